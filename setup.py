@@ -1,0 +1,33 @@
+"""tfseg: unsupervised object segmentation with layered, perturbed GANs (TensorFlow 2 / Keras 3)."""
+import setuptools
+
+setuptools.setup(
+    name="tfseg",
+    version="0.1.0",
+    description="Learn to segment objects without labels: ReDO, PerturbGAN and Labels4Free in TF2/Keras 3.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["tfseg", "tfseg.*"]),
+    python_requires=">=3.10",
+    # TensorFlow itself lives in the extras so that CPU and GPU machines pick their build.
+    install_requires=[
+        "keras>=3.10",
+        "gin-config>=0.5",
+        "absl-py>=2.0",
+        "tensorflow-datasets>=4.9",
+        "tensorboard>=2.21,<2.22",
+        "numpy",
+        "pillow",
+    ],
+    extras_require={
+        "cpu": ["tensorflow-cpu>=2.21,<2.22"],
+        "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
+        "test": ["pytest>=8", "pytest-timeout"],
+    },
+    entry_points={
+        "console_scripts": [
+            "tfseg-train=tfseg.train:run",
+            "tfseg-evaluate=tfseg.evaluate:run",
+        ],
+    },
+)
