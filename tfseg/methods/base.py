@@ -1,0 +1,78 @@
+"""The contract between a method (ReDO, PerturbGAN, ...) and the generic trainer.
+
+A method is a `keras.Model` that owns its networks and optimizers and splits a training step
+into *phases* (e.g. "generator" then "discriminator"). For each phase it provides a
+gradient function, which the trainer may compile with XLA per replica, and an apply function,
+which runs outside XLA (optimizer updates under a strategy cannot be compiled: they merge across
+replicas). Losses are scaled by the *global* batch so that summing gradients over replicas
+gives the global mean.
+"""
+import keras
+import tensorflow as tf
+
+
+class Method(keras.Model):
+    """Base class; subclasses set `phases` and implement the methods below."""
+
+    #: Names of the phases of one training step, run in this order.
+    phases = ()
+    #: How many input batches one training step consumes (ReDO: 2, its D sees a fresh real batch).
+    batches_per_step = 1
+
+    def __init__(self, resolution, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self.resolution = resolution
+        self.base_seed = seed
+        # Which output region is the foreground. Chosen on the *validation* split by the
+        # trainer, stored in checkpoints and exports.
+        self.foreground_region = tf.Variable(0, dtype=tf.int32, trainable=False,
+                                             name="foreground_region")
+
+    # -- to implement ---------------------------------------------------------------------------
+    def build_for_training(self, global_batch_size):
+        """Creates all variables (networks and optimizers) so checkpoints can be restored."""
+        raise NotImplementedError
+
+    def phase_gradients(self, phase, batches, step):
+        """Per-replica losses and gradients of one phase.
+
+        Args:
+            phase: one of `self.phases`.
+            batches: tuple of `batches_per_step` dicts with "image" `[b, R, R, 3]` in [-1, 1].
+            step: int64 scalar, the global step (seeds the method's randomness).
+        Returns:
+            `(metrics, grads)`: metrics maps names to per-example `[b]` tensors; grads is the
+            structure `apply_phase` expects.
+        """
+        raise NotImplementedError
+
+    def apply_phase(self, phase, grads):
+        """Applies the gradients of `phase_gradients` with the phase's optimizers."""
+        raise NotImplementedError
+
+    def region_masks(self, images, training=False):
+        """Soft masks of every region, `[batch, R, R, n]`."""
+        raise NotImplementedError
+
+    def summary_images(self, images, step):
+        """Named `[batch, R, R, 3]` image batches in [-1, 1] (or masks in [0, 1]) for TensorBoard."""
+        raise NotImplementedError
+
+    def optimizers_by_name(self):
+        """Dict of the optimizers, for checkpoints and learning-rate summaries."""
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------------
+    def segment(self, images):
+        """Foreground probability `[batch, R, R, 1]` in [0, 1] for images `[batch, R, R, 3]`."""
+        masks = self.region_masks(images, training=False)
+        return tf.gather(masks, self.foreground_region, axis=-1)[..., None]
+
+    def replica_seed(self, step, stream):
+        """A stateless seed, distinct per step, per replica and per random stream."""
+        context = tf.distribute.get_replica_context()
+        replica = context.replica_id_in_sync_group if context is not None else 0
+        replica = tf.cast(replica, tf.int64)
+        step = tf.cast(step, tf.int64)
+        return tf.stack([tf.constant(self.base_seed, tf.int64) * 1000 + replica,
+                         step * 16 + stream])

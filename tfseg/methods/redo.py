@@ -1,0 +1,264 @@
+"""ReDO (Chen, Artieres & Denoyer 2019): segment by redrawing (METHODS.md §2).
+
+A mask network F splits a real image x into n soft regions. For each sample one region i is
+redrawn by its generator G_i from a fresh code z: y = m_i * G_i(m_i, z) + (1 - m_i) * x. The other
+regions keep their real pixels, so F cannot ignore x; a discriminator must not tell y from real
+images; an encoder recovers z from y (information conservation), so the redrawn region cannot be
+empty. F, the G_k and the encoder are trained together on one loss; D on the hinge loss.
+"""
+import gin
+import keras
+import tensorflow as tf
+from keras import ops
+
+from tfseg import losses
+from tfseg.methods.base import Method
+from tfseg.modeling.mask_network import MaskNetwork
+from tfseg.modeling.redo_discriminator import Discriminator
+from tfseg.modeling.redo_generator import RegionGenerator
+
+
+def _adam(learning_rate):
+    # beta_1 = 0: the reference's GAN setting for every network.
+    return keras.optimizers.Adam(learning_rate, beta_1=0.0, beta_2=0.9)
+
+
+class ReDO(Method):
+    """ReDO's networks, optimizers and two-phase training step ("generator", "discriminator").
+
+    Call `build_for_training` before use. See `build_redo` for the arguments.
+    """
+
+    phases = ("generator", "discriminator")
+    batches_per_step = 2
+
+    def __init__(self, resolution, num_regions=2, z_dim=32, mask_width=64, mask_residual_blocks=3,
+                 generator_width=32, generator_max_width=None, generator_self_attention=True,
+                 discriminator_width=64, discriminator_max_width=1024,
+                 discriminator_self_attention=True, shared_encoder_trunk=True, info_weight=5.0,
+                 learning_rate=1e-4, mask_learning_rate=1e-5, mask_weight_decay=1e-4,
+                 init_gain=0.8, seed=0, **kwargs):
+        super().__init__(resolution=resolution, seed=seed, **kwargs)
+        self.num_regions = num_regions
+        self.z_dim = z_dim
+        self.info_weight = info_weight
+        self.mask_weight_decay = mask_weight_decay
+        self.shared_encoder_trunk = shared_encoder_trunk
+        keras.utils.set_random_seed(seed)  # initial weights follow the seed
+        self.mask_network = MaskNetwork(num_regions, mask_width, mask_residual_blocks,
+                                        gain=init_gain, name="mask_network")
+        self.generators = [
+            RegionGenerator(resolution, generator_width, generator_max_width,
+                            generator_self_attention, z_dim, gain=init_gain, name=f"generator_{k}")
+            for k in range(num_regions)]
+        self.discriminator = Discriminator(resolution, discriminator_width, discriminator_max_width,
+                                           discriminator_self_attention, num_regions, z_dim,
+                                           with_encoder_head=shared_encoder_trunk, gain=init_gain,
+                                           name="discriminator")
+        self.encoder = None
+        if not shared_encoder_trunk:
+            # A separate trunk for delta, as in the reference code (two networks of D's shape).
+            self.encoder = Discriminator(resolution, discriminator_width, discriminator_max_width,
+                                         False, num_regions, z_dim, with_encoder_head=True,
+                                         gain=init_gain, name="encoder")
+        self.mask_optimizer = _adam(mask_learning_rate)
+        self.generator_optimizer = _adam(learning_rate)
+        self.encoder_optimizer = _adam(learning_rate)
+        self.discriminator_optimizer = _adam(learning_rate)
+
+    # -- variables ------------------------------------------------------------------------------
+    def _encoder_variables(self):
+        if self.encoder is not None:
+            return self.encoder.trainable_variables
+        return self.discriminator.trunk.trainable_variables + self.discriminator.code_head.trainable_variables
+
+    def _generator_variables(self):
+        return [v for g in self.generators for v in g.trainable_variables]
+
+    def _discriminator_variables(self):
+        d = self.discriminator
+        return d.trunk.trainable_variables + d.adversarial_head.trainable_variables
+
+    def build_for_training(self, global_batch_size):
+        r = self.resolution
+        images = tf.zeros([2, r, r, 3])
+        masks = self.mask_network(images)
+        z = tf.zeros([2, self.z_dim])
+        for k, generator in enumerate(self.generators):
+            generator(masks[..., k:k + 1], z)
+        self.discriminator(images)
+        if self.encoder is not None:
+            self.encoder(images)
+        self.mask_optimizer.build(self.mask_network.trainable_variables)
+        self.generator_optimizer.build(self._generator_variables())
+        self.encoder_optimizer.build(self._encoder_variables())
+        self.discriminator_optimizer.build(self._discriminator_variables())
+
+    def optimizers_by_name(self):
+        return {"mask": self.mask_optimizer, "generator": self.generator_optimizer,
+                "encoder": self.encoder_optimizer, "discriminator": self.discriminator_optimizer}
+
+    # -- forward pieces -------------------------------------------------------------------------
+    def region_masks(self, images, training=False):
+        return self.mask_network(images, training=training)
+
+    def _codes(self, batch, step, stream):
+        return tf.random.stateless_normal([batch, self.z_dim], self.replica_seed(step, stream))
+
+    def redraw(self, images, masks, z, training):
+        """Redraws one region per sample.
+
+        Samples are split into n contiguous chunks and chunk k redraws region k: a stratified draw
+        of i ~ U{1..n} that runs each generator only on its own samples (the data are shuffled,
+        so position carries no information).
+
+        Args:
+            images: `[b, R, R, 3]` real images.
+            masks: `[b, R, R, n]` soft masks.
+            z: `[b, nz]` codes.
+        Returns:
+            `(composites [b, R, R, 3], regions [b] int32)`.
+        """
+        b = images.shape[0]
+        bounds = [k * b // self.num_regions for k in range(self.num_regions + 1)]
+        composites, regions = [], []
+        for k, generator in enumerate(self.generators):
+            lo, hi = bounds[k], bounds[k + 1]
+            if hi == lo:
+                continue
+            m = masks[lo:hi, :, :, k:k + 1]
+            drawn = generator(m, z[lo:hi], training=training)
+            composites.append(drawn + (1.0 - m) * images[lo:hi])
+            regions.append(tf.fill([hi - lo], k))
+        return tf.concat(composites, 0), tf.concat(regions, 0)
+
+    def _predicted_codes(self, composites, training):
+        network = self.encoder if self.encoder is not None else self.discriminator
+        logits, codes = network(composites, training=training)
+        return logits, codes
+
+    # -- training phases ------------------------------------------------------------------------
+    def phase_gradients(self, phase, batches, step):
+        if phase == "generator":
+            return self._generator_gradients(batches[0]["image"], step)
+        if phase == "discriminator":
+            return self._discriminator_gradients(batches[0]["image"], batches[1]["image"], step)
+        raise ValueError(f"ReDO has no phase {phase!r}; phases are {self.phases}")
+
+    def _generator_gradients(self, images, step):
+        b = images.shape[0]
+        z = self._codes(b, step, stream=0)
+        mask_vars = self.mask_network.trainable_variables
+        gen_vars = self._generator_variables()
+        enc_vars = self._encoder_variables()
+        with tf.GradientTape(persistent=True) as tape:
+            masks = self.mask_network(images, training=True)
+            composites, regions = self.redraw(images, masks, z, training=True)
+            if self.encoder is None:
+                logits, codes = self.discriminator(composites, training=True)
+            else:
+                logits, _ = self.discriminator(composites, training=True)
+                _, codes = self.encoder(composites, training=True)
+            predicted = tf.gather(codes, regions, axis=1, batch_dims=1)
+            adversarial = losses.hinge_generator_loss(logits)
+            info = losses.information_conservation_loss(predicted, z)
+            per_example = adversarial + self.info_weight * info
+            total = tf.nn.compute_average_loss(per_example)
+            info_total = tf.nn.compute_average_loss(self.info_weight * info)
+        # F and the G_k descend the whole loss; the encoder only the information term (in the
+        # shared-trunk arrangement the adversarial term must not train D's trunk from G's side).
+        mask_grads = tape.gradient(total, mask_vars)
+        gen_grads = tape.gradient(total, gen_vars)
+        enc_grads = tape.gradient(info_total, enc_vars)
+        del tape
+        coverage = losses.mask_coverage(masks[..., :1])
+        metrics = {
+            "loss/generator_adversarial": adversarial,
+            "loss/information": info,
+            "loss/generator_total": per_example,
+            "mask/coverage": coverage,
+            "mask/smaller_region": tf.minimum(coverage, 1.0 - coverage),
+            "mask/binariness": losses.mask_binariness(masks[..., :1]),
+        }
+        return metrics, (mask_grads, gen_grads, enc_grads)
+
+    def _discriminator_gradients(self, images, real_images, step):
+        b = images.shape[0]
+        # The same z as the generator phase, redrawn by the *updated* F and G (reference order).
+        z = self._codes(b, step, stream=0)
+        masks = self.mask_network(images, training=True)
+        composites, _ = self.redraw(images, masks, z, training=True)
+        composites = tf.stop_gradient(composites)
+        d_vars = self._discriminator_variables()
+        with tf.GradientTape() as tape:
+            real_logits, _ = self.discriminator(real_images, training=True)
+            fake_logits, _ = self.discriminator(composites, training=True)
+            per_example = losses.hinge_discriminator_loss(real_logits, fake_logits)
+            total = tf.nn.compute_average_loss(per_example)
+        grads = tape.gradient(total, d_vars)
+        metrics = {"loss/discriminator": per_example, "discriminator/real": real_logits,
+                   "discriminator/fake": fake_logits}
+        return metrics, grads
+
+    def apply_phase(self, phase, grads):
+        if phase == "generator":
+            mask_grads, gen_grads, enc_grads = grads
+            mask_vars = self.mask_network.trainable_variables
+            # Coupled L2 (PyTorch Adam weight_decay), not AdamW: gradient += wd * theta.
+            mask_grads = [g + self.mask_weight_decay * v for g, v in zip(mask_grads, mask_vars)]
+            self.mask_optimizer.apply(mask_grads, mask_vars)
+            self.generator_optimizer.apply(gen_grads, self._generator_variables())
+            self.encoder_optimizer.apply(enc_grads, self._encoder_variables())
+        elif phase == "discriminator":
+            self.discriminator_optimizer.apply(grads, self._discriminator_variables())
+        else:
+            raise ValueError(f"ReDO has no phase {phase!r}")
+
+    # -- summaries ------------------------------------------------------------------------------
+    def summary_images(self, images, step):
+        b = images.shape[0]
+        masks = self.mask_network(images, training=False)
+        out = {"input": images}
+        for k, generator in enumerate(self.generators):
+            m = masks[..., k:k + 1]
+            z = tf.random.stateless_normal([b, self.z_dim], [self.base_seed, 10_000 + k])
+            out[f"region_{k}_mask"] = m
+            out[f"region_{k}_redrawn"] = generator(m, z) + (1.0 - m) * images
+        return out
+
+
+@gin.configurable(module="tfseg.methods")
+def redo(resolution, num_regions=2, z_dim=32, mask_width=64, mask_residual_blocks=3,
+         generator_width=32, generator_max_width=None, generator_self_attention=True,
+         discriminator_width=64, discriminator_max_width=1024, discriminator_self_attention=True,
+         shared_encoder_trunk=True, info_weight=5.0, learning_rate=1e-4, mask_learning_rate=1e-5,
+         mask_weight_decay=1e-4, init_gain=0.8, seed=0):
+    """Builds a ReDO method (gin: `tfseg.methods.redo.<arg>`); defaults are the paper's CUB/Flowers settings.
+
+    Args:
+        resolution: image side R (set by the trainer).
+        num_regions: n (2: object and background).
+        z_dim: nz, size of each region code.
+        mask_width: width nf of the mask network (64 in the paper).
+        mask_residual_blocks: residual blocks in the mask network.
+        generator_width: ch of each region generator (32 for CUB/Flowers, 64 for LFW).
+        generator_max_width: optional cap on generator block widths.
+        generator_self_attention / discriminator_self_attention: the SA blocks of §2.3.
+        discriminator_width, discriminator_max_width: D's first and maximal widths.
+        shared_encoder_trunk: the z-encoder is a head on D's trunk (InfoGAN); False = its own net.
+        info_weight: lambda_z.
+        learning_rate: Adam lr of G, D and the encoder; mask_learning_rate: of F.
+        mask_weight_decay: coupled L2 on F.
+        init_gain: orthogonal init gain (0.8; 0.2 and 1.4 fail).
+        seed: seeds initial weights and the codes z.
+    """
+    return ReDO(resolution, num_regions=num_regions, z_dim=z_dim, mask_width=mask_width,
+                mask_residual_blocks=mask_residual_blocks, generator_width=generator_width,
+                generator_max_width=generator_max_width,
+                generator_self_attention=generator_self_attention,
+                discriminator_width=discriminator_width,
+                discriminator_max_width=discriminator_max_width,
+                discriminator_self_attention=discriminator_self_attention,
+                shared_encoder_trunk=shared_encoder_trunk, info_weight=info_weight,
+                learning_rate=learning_rate, mask_learning_rate=mask_learning_rate,
+                mask_weight_decay=mask_weight_decay, init_gain=init_gain, seed=seed, name="redo")

@@ -1,0 +1,1 @@
+"""Networks: generators, discriminators, mask networks and the small layers Keras lacks."""

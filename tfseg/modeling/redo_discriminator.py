@@ -1,0 +1,96 @@
+"""ReDO's discriminator D and z-encoder delta, sharing one residual trunk (METHODS.md §2.3, third table).
+
+Sharing the trunk is the InfoGAN arrangement: the adversarial head is trained by the
+discriminator loss, the code head (and, through it, the trunk) by the information-conservation
+loss. A separate encoder is available with `shared_trunk=False` in the method.
+"""
+import math
+
+import keras
+from keras import ops
+
+from tfseg.modeling import layers as L
+
+
+class DownResBlock(keras.layers.Layer):
+    """Pre-activation residual block: [ReLU] -> SN-conv -> ReLU -> SN-conv -> [avg-pool], + shortcut."""
+
+    def __init__(self, channels, downsample=True, preactivation=True, gain=0.8, **kwargs):
+        super().__init__(**kwargs)
+        self.downsample = downsample
+        self.preactivation = preactivation
+        self.conv1 = L.conv(channels, 3, spectral_norm=True, gain=gain)
+        self.conv2 = L.conv(channels, 3, spectral_norm=True, gain=gain)
+        self.channels = channels
+        self.shortcut = None
+
+    def build(self, input_shape):
+        if self.downsample or input_shape[-1] != self.channels:
+            self.shortcut = L.conv(self.channels, 1, spectral_norm=True, gain=0.8)
+
+    def call(self, x, training=False):
+        h = ops.relu(x) if self.preactivation else x
+        h = self.conv1(h, training=training)
+        h = self.conv2(ops.relu(h), training=training)
+        skip = x
+        if self.downsample:
+            h = ops.average_pool(h, 2, 2)
+            skip = ops.average_pool(skip, 2, 2)
+        if self.shortcut is not None:
+            skip = self.shortcut(skip, training=training)
+        return h + skip
+
+
+class DiscriminatorTrunk(keras.Model):
+    """Residual trunk from `[batch, R, R, 3]` images down to 4x4, then spatial sum pooling.
+
+    Args:
+        resolution: R, a power of two >= 8.
+        width: nf, channels after the first block; doubling per block, capped by max_width.
+        self_attention: after the first block, as the reference D does.
+    Returns `[batch, C]` features.
+    """
+
+    def __init__(self, resolution=128, width=64, max_width=1024, self_attention=True, gain=0.8,
+                 **kwargs):
+        super().__init__(**kwargs)
+        num_down = int(round(math.log2(resolution / 4)))
+        if 4 * 2**num_down != resolution:
+            raise ValueError(f"discriminator resolution must be a power of two >= 8, got {resolution}")
+        widths = [min(width * 2**i, max_width) for i in range(num_down)]
+        self.blocks = [DownResBlock(widths[0], preactivation=False, gain=gain)]
+        self.attention = L.SelfAttention(gain=gain) if self_attention else None
+        self.blocks += [DownResBlock(w, gain=gain) for w in widths[1:]]
+        self.blocks.append(DownResBlock(widths[-1], downsample=False, gain=gain))
+
+    def call(self, images, training=False):
+        h = self.blocks[0](images, training=training)
+        if self.attention is not None:
+            h = self.attention(h, training=training)
+        for block in self.blocks[1:]:
+            h = block(h, training=training)
+        return ops.sum(h, axis=(1, 2))  # the reference pools without a final ReLU
+
+
+class Discriminator(keras.Model):
+    """D with an optional z-encoder head on the same trunk.
+
+    Call: `images [batch, R, R, 3]` -> `(logits [batch], codes [batch, num_regions, z_dim] or None)`.
+    """
+
+    def __init__(self, resolution=128, width=64, max_width=1024, self_attention=True,
+                 num_regions=2, z_dim=32, with_encoder_head=True, gain=0.8, **kwargs):
+        super().__init__(**kwargs)
+        self.trunk = DiscriminatorTrunk(resolution, width, max_width, self_attention, gain)
+        self.adversarial_head = L.dense(1, gain=gain)
+        self.num_regions = num_regions
+        self.z_dim = z_dim
+        self.code_head = L.dense(num_regions * z_dim, gain=gain) if with_encoder_head else None
+
+    def call(self, images, training=False):
+        features = self.trunk(images, training=training)
+        logits = ops.squeeze(self.adversarial_head(features), -1)
+        codes = None
+        if self.code_head is not None:
+            codes = ops.reshape(self.code_head(features), (-1, self.num_regions, self.z_dim))
+        return logits, codes
