@@ -1,0 +1,69 @@
+"""Output shapes and invariants of every network, at tiny sizes."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfseg.modeling import layers as L
+from tfseg.modeling.mask_network import MaskNetwork
+from tfseg.modeling.redo_discriminator import Discriminator
+from tfseg.modeling.redo_generator import RegionGenerator
+
+
+@pytest.mark.parametrize("num_regions", [2, 3])
+def test_mask_network_outputs_masks_that_sum_to_one(num_regions):
+    net = MaskNetwork(num_regions=num_regions, width=8, num_residual_blocks=1)
+    masks = net(tf.random.uniform([2, 16, 16, 3], -1, 1)).numpy()
+    assert masks.shape == (2, 16, 16, num_regions)
+    np.testing.assert_allclose(masks.sum(-1), 1.0, atol=1e-5)
+    assert masks.min() >= 0.0 and masks.max() <= 1.0
+
+
+@pytest.mark.parametrize("resolution,attention", [(8, False), (16, True), (32, False)])
+def test_region_generator_draws_only_inside_its_mask(resolution, attention):
+    gen = RegionGenerator(resolution, width=4, self_attention=attention, z_dim=5)
+    mask = np.zeros([3, resolution, resolution, 1], np.float32)
+    mask[:, : resolution // 2] = 1.0
+    out = gen(tf.constant(mask), tf.random.normal([3, 5]), training=True).numpy()
+    assert out.shape == (3, resolution, resolution, 3)
+    assert np.all(out[:, resolution // 2:] == 0.0)
+    assert np.abs(out).max() <= 1.0
+
+
+def test_region_generator_rejects_non_power_of_two():
+    with pytest.raises(ValueError, match="power of two"):
+        RegionGenerator(24)
+
+
+@pytest.mark.parametrize("resolution,encoder", [(16, True), (32, False)])
+def test_discriminator_outputs_logits_and_codes(resolution, encoder):
+    d = Discriminator(resolution, width=4, max_width=16, num_regions=2, z_dim=3,
+                      with_encoder_head=encoder)
+    logits, codes = d(tf.random.uniform([5, resolution, resolution, 3], -1, 1), training=True)
+    assert logits.shape == (5,)
+    assert (codes is None) if not encoder else codes.shape == (5, 2, 3)
+
+
+def test_self_attention_starts_as_identity():
+    layer = L.SelfAttention()
+    x = tf.random.normal([2, 8, 8, 16])
+    np.testing.assert_allclose(layer(x, training=True), x, atol=1e-6)
+
+
+def test_pyramid_pooling_appends_one_channel_per_branch():
+    out = L.PyramidPooling()(tf.random.normal([2, 8, 8, 6]))
+    assert out.shape == (2, 8, 8, 10)
+
+
+def test_conditional_instance_norm_uses_the_code():
+    layer = L.ConditionalInstanceNorm()
+    x = tf.random.normal([2, 4, 4, 3])
+    a = layer(x, tf.ones([2, 7])).numpy()
+    b = layer(x, -tf.ones([2, 7])).numpy()
+    assert not np.allclose(a, b)
+
+
+def test_instance_norm_normalises_each_channel_of_each_image():
+    x = tf.random.normal([2, 6, 6, 3]) * 5 + 3
+    y = L.instance_norm(affine=False)(x).numpy()
+    np.testing.assert_allclose(y.mean(axis=(1, 2)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(y.std(axis=(1, 2)), 1.0, atol=1e-2)

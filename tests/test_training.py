@@ -1,0 +1,164 @@
+"""The trainer end to end at tiny sizes: every shipped config, resume, restart, bad input."""
+import glob
+import json
+import os
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+from tfseg import config, train
+from tfseg.training import checkpointing, trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED = sorted(p for p in glob.glob(os.path.join(REPO, "gin_configs", "*.gin"))
+                 if os.path.basename(p) not in ("smoke.gin",) and not p.endswith("_base.gin"))
+
+
+def run_train(*args):
+    """Runs `python -m tfseg.train` in-process; returns its exit code."""
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["tfseg.train", *args])
+    return train.main([])
+
+
+@pytest.mark.parametrize("gin_file", SHIPPED, ids=os.path.basename)
+def test_every_shipped_config_trains_two_steps_on_fake_data(gin_file, tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    assert run_train(f"--gin_file={gin_file}", "--smoke", f"--model_dir={model_dir}") == 0
+    out = capsys.readouterr().out
+    assert "step 2/2" in out
+    assert checkpointing.latest_checkpoint(model_dir, "latest").endswith("ckpt-2")
+    with open(os.path.join(model_dir, "eval_test.json")) as f:
+        results = json.load(f)
+    assert 0.0 <= results["fg_iou"] <= 1.0 and results["num_images"] == 8
+    assert os.path.exists(os.path.join(model_dir, "config.gin"))
+    assert os.path.exists(os.path.join(model_dir, "eval_test.png"))
+
+
+def _smoke_config(tmp_path, *bindings):
+    config.parse([os.path.join(REPO, "gin_configs", "demo.gin"), config.SMOKE_CONFIG], bindings)
+    return trainer.TrainConfig()
+
+
+def _weights(model):
+    return [v.numpy().copy() for v in model.variables]
+
+
+def test_interrupted_run_resumes_at_the_same_step_with_the_same_weights(tmp_path, monkeypatch):
+    model_dir = str(tmp_path)
+    cfg = _smoke_config(tmp_path, "tfseg.training.TrainConfig.num_steps = 6",
+                        "tfseg.training.TrainConfig.eval_every = 100",
+                        "tfseg.training.TrainConfig.checkpoint_every = 100")
+    first = trainer.Trainer(model_dir, cfg)
+    first._build(0)
+    step_fn = first.train_step
+    calls = {"n": 0}
+
+    def interrupt_after_three(iterator, step):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return step_fn(iterator, step)
+
+    monkeypatch.setattr(first, "_compile_step", lambda: setattr(first, "train_step", interrupt_after_three))
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    assert int(first.state.step.numpy()) == 3
+    saved = _weights(first.model)
+
+    second = trainer.Trainer(model_dir, cfg)
+    second._build(0)
+    second.checkpoint.restore(second.latest.latest_checkpoint)
+    assert int(second.state.step.numpy()) == 3
+    for a, b in zip(saved, _weights(second.model)):
+        np.testing.assert_array_equal(a, b)
+    results = trainer.Trainer(model_dir, cfg).train()
+    assert checkpointing.latest_checkpoint(model_dir, "latest").endswith("ckpt-6")
+    assert results["num_images"] == 8
+
+
+def test_rerunning_a_finished_run_does_not_train_again(tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    args = [f"--gin_file={REPO}/gin_configs/demo.gin", "--smoke", f"--model_dir={model_dir}"]
+    assert run_train(*args) == 0
+    capsys.readouterr()
+    assert run_train(*args) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "at step 2" in out
+    assert "step 1/2" not in out
+
+
+def test_collapsed_masks_restart_the_run_with_a_new_seed(tmp_path, capsys):
+    # Any mask's smaller region is <= 0.5 < 0.6, so the first evaluation counts as a collapse.
+    cfg = _smoke_config(tmp_path, "tfseg.training.TrainConfig.collapse_threshold = 0.6",
+                        "tfseg.training.TrainConfig.max_restarts = 1",
+                        "tfseg.training.TrainConfig.eval_every = 1")
+    run = trainer.Trainer(str(tmp_path), cfg)
+    run.train()
+    out = capsys.readouterr().out
+    assert "restarting from scratch, restart 1" in out
+    assert "already made" in out  # the second collapse is not restarted again
+    reader = tf.train.load_checkpoint(checkpointing.latest_checkpoint(str(tmp_path), "latest"))
+    assert reader.get_tensor("restarts/.ATTRIBUTES/VARIABLE_VALUE") == 1
+    assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 2
+
+
+def test_misspelled_binding_fails_before_training_with_a_suggestion(tmp_path, capsys):
+    code = run_train(f"--gin_file={REPO}/gin_configs/demo.gin", f"--model_dir={tmp_path}/run",
+                     "--gin_bindings=tfseg.training.TrainConfig.num_step = 3")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "num_step" in err and "Did you mean num_steps" in err
+    assert not os.path.exists(f"{tmp_path}/run")
+
+
+def test_unknown_configurable_fails_with_a_suggestion(tmp_path, capsys):
+    code = run_train(f"--gin_file={REPO}/gin_configs/demo.gin", f"--model_dir={tmp_path}/run",
+                     "--gin_param=tfseg.methods.redoo.z_dim = 3")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "tfseg.methods.redoo" in err and "tfseg.methods.redo" in err
+
+
+def test_missing_gin_file_lists_the_shipped_ones(tmp_path, capsys):
+    assert run_train("--gin_file=gin_configs/nope.gin", f"--model_dir={tmp_path}") == 2
+    err = capsys.readouterr().err
+    assert "nope.gin" in err and "demo.gin" in err
+
+
+def test_missing_data_directory_fails_before_training(tmp_path, capsys):
+    missing = tmp_path / "no_such_photos"
+    code = run_train(f"--gin_file={REPO}/gin_configs/redo_folder.gin", f"--model_dir={tmp_path}/run",
+                     f"--gin_bindings=tfseg.data.image_folder_source.image_dir = '{missing}'")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "image_dir" in err
+    assert not os.path.exists(f"{tmp_path}/run/checkpoints")
+
+
+def test_unwritable_model_dir_fails_before_training(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code = run_train(f"--gin_file={REPO}/gin_configs/demo.gin", f"--model_dir={blocker}/run")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "not writable" in err and "--model_dir" in err
+
+
+def test_dry_run_prints_the_resolved_config_and_trains_nothing(tmp_path, capsys):
+    code = run_train(f"--gin_file={REPO}/gin_configs/demo.gin", f"--model_dir={tmp_path}/run", "--dry_run")
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "tfseg.training.TrainConfig.num_steps" in out and "dry run" in out
+    assert not os.path.exists(f"{tmp_path}/run/checkpoints")
+
+
+def test_bad_jit_compile_value_is_rejected():
+    from tfseg.training.strategy import resolve_jit_compile
+    assert resolve_jit_compile("false") is False and resolve_jit_compile("TRUE") is True
+    assert resolve_jit_compile("auto") is False  # no GPU on the test machines
+    with pytest.raises(ValueError, match="auto, true or false"):
+        resolve_jit_compile("maybe")

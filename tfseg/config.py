@@ -1,0 +1,126 @@
+"""gin parsing with errors that say how to fix them, and the run-directory checks done before training."""
+import difflib
+import inspect
+import os
+import re
+
+import gin
+
+GIN_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "gin_configs")
+
+SMOKE_CONFIG = os.path.join(GIN_CONFIG_DIR, "smoke.gin")
+
+
+class ConfigError(ValueError):
+    """A gin file, binding or run directory that cannot work; the message says the fix."""
+
+
+def register_all():
+    """Imports every module that registers gin configurables, so bindings can be checked."""
+    # pylint: disable=import-outside-toplevel,unused-import
+    import tfseg.data.pipeline  # noqa: F401
+    import tfseg.data.procedural  # noqa: F401
+    import tfseg.data.folder  # noqa: F401
+    import tfseg.data.tfds_sources  # noqa: F401
+    import tfseg.methods.redo  # noqa: F401
+    import tfseg.training.strategy  # noqa: F401
+    import tfseg.training.trainer  # noqa: F401
+
+
+def _registry():
+    from gin import config as gin_config  # gin keeps its registry there
+    return gin_config._REGISTRY  # pylint: disable=protected-access
+
+
+def _configurable_names():
+    names = set()
+    for selector, _ in _registry().items():
+        names.add(selector)
+        names.add(selector.split(".")[-1])
+    return sorted(names)
+
+
+def _suggest(message):
+    """Adds a 'did you mean' line to gin's errors for unknown configurables and parameters."""
+    match = re.search(r"No configurable matching (?:reference )?'@?([\w.]+)'", message)
+    if match:
+        close = difflib.get_close_matches(match.group(1), _configurable_names(), n=3, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        return (f"unknown gin configurable '{match.group(1)}'.{hint} "
+                "List the configurables with `python -m tfseg.train --helpfull` or see README.md.")
+    match = re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", message)
+    if match:
+        name, param = match.groups()
+        params = []
+        try:
+            fn = _registry().get_match(name).wrapped
+            fn = fn.__init__ if inspect.isclass(fn) else fn
+            params = [p for p in inspect.signature(fn).parameters if p not in ("self", "kwargs")]
+        except Exception:  # pylint: disable=broad-except
+            pass
+        close = difflib.get_close_matches(param, params, n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        return (f"gin binding '{name}.{param}': '{name}' has no parameter '{param}'.{hint} "
+                f"Its parameters are: {', '.join(params)}.")
+    return None
+
+
+def parse(gin_files=(), gin_bindings=()):
+    """Parses gin files then bindings (later ones win) and finalizes the config.
+
+    Raises:
+        ConfigError: a missing file, an unknown configurable or parameter, a syntax error.
+    """
+    register_all()
+    gin.clear_config()
+    for path in gin_files:
+        if not os.path.exists(path):
+            shipped = sorted(f for f in os.listdir(GIN_CONFIG_DIR) if f.endswith(".gin")) \
+                if os.path.isdir(GIN_CONFIG_DIR) else []
+            raise ConfigError(f"gin file '{path}' does not exist. Shipped configs (in "
+                              f"{GIN_CONFIG_DIR}): {', '.join(shipped)}")
+        gin.add_config_file_search_path(os.path.dirname(os.path.abspath(path)))
+    if os.path.isdir(GIN_CONFIG_DIR):
+        gin.add_config_file_search_path(GIN_CONFIG_DIR)
+    try:
+        gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings),
+                                            finalize_config=False)
+    except (ValueError, SyntaxError) as err:
+        text = str(err)
+        raise ConfigError(_suggest(text) or f"could not parse the gin config: {text}") from err
+    except Exception as err:  # tokenizer errors of a malformed binding
+        raise ConfigError(f"could not parse the gin config ({type(err).__name__}): {err}") from err
+    gin.finalize()
+
+
+def prepare_model_dir(model_dir):
+    """Creates `model_dir` and checks it is writable, before any training."""
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+        probe = os.path.join(model_dir, ".tfseg_write_check")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as err:
+        raise ConfigError(f"model_dir '{model_dir}' is not writable ({err.strerror or err}). "
+                          "Pass --model_dir=<a folder you can write>, e.g. --model_dir=runs/demo") from err
+
+
+def save_config(model_dir, name="config.gin"):
+    """Writes the full parsed config to `model_dir/name` (what `tfseg.evaluate` re-reads)."""
+    path = os.path.join(model_dir, name)
+    with open(path, "w") as f:
+        f.write(gin.config_str())
+    return path
+
+
+def load_run_config(model_dir, extra_bindings=()):
+    """Parses the config a training run saved in `model_dir`."""
+    path = os.path.join(model_dir, "config.gin")
+    if not os.path.exists(path):
+        raise ConfigError(f"'{model_dir}' holds no config.gin: it is not a tfseg training run. "
+                          "Train first with python -m tfseg.train --gin_file=... "
+                          f"--model_dir={model_dir}")
+    parse([path], extra_bindings)
+    return path

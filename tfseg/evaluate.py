@@ -1,0 +1,50 @@
+"""Score a trained run: `python -m tfseg.evaluate --model_dir=runs/demo [--split=test]`.
+
+Prints a table of fg IoU, mIoU and accuracy (fixed polarity, dataset-level and per-image best
+permutation; threshold 0.5), writes `eval_<split>.json` and an image | truth | prediction grid
+`eval_<split>.png` into the run directory. The foreground region was chosen on validation
+during training; test labels select nothing.
+"""
+import sys
+
+from absl import app, flags
+
+flags.DEFINE_string("model_dir", None, "A training run directory (holds config.gin and checkpoints).")
+flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Labelled split to score.")
+flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
+                  "best: the validation-selected checkpoint; latest: the last one.")
+flags.DEFINE_multi_string("gin_bindings", [], "Bindings applied over the run's config, e.g. a data_dir.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    from tfseg import config  # pylint: disable=import-outside-toplevel
+    from tfseg.data import DataError  # pylint: disable=import-outside-toplevel
+    from tfseg.evaluation import metrics  # pylint: disable=import-outside-toplevel
+    from tfseg.training import loading, trainer  # pylint: disable=import-outside-toplevel
+
+    if not FLAGS.model_dir:
+        print("error: --model_dir is required (a folder written by python -m tfseg.train)",
+              file=sys.stderr)
+        return 2
+    try:
+        model, train_config, path = loading.load_trained(FLAGS.model_dir, FLAGS.checkpoint,
+                                                         FLAGS.gin_bindings)
+        results = trainer.run_split_evaluation(model, train_config, FLAGS.model_dir, FLAGS.split)
+    except (config.ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{FLAGS.split} split, checkpoint {path}:")
+    print(metrics.format_table(results))
+    print(f"wrote {FLAGS.model_dir}/eval_{FLAGS.split}.json and eval_{FLAGS.split}.png")
+    return 0
+
+
+def run():
+    """Console-script entry point (`tfseg-evaluate`)."""
+    app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+    run()

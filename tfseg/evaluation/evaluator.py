@@ -1,0 +1,87 @@
+"""Runs a trained method over a labelled split and scores its masks (METHODS.md §2.6, §4).
+
+The foreground region (which of the n regions is the object) is chosen on the *validation*
+split only; test labels never select anything.
+"""
+import numpy as np
+import tensorflow as tf
+
+from tfseg.evaluation import grids
+from tfseg.evaluation.metrics import MaskMetrics
+
+
+def _region_fn(model):
+    return tf.function(lambda images: model.region_masks(images, training=False))
+
+
+def score_regions(model, dataset, threshold=0.5, max_examples=None):
+    """Scores each region as if it were the foreground.
+
+    Args:
+        model: a `tfseg.methods.base.Method`.
+        dataset: batches of {"image", "mask"}.
+    Returns:
+        list (one per region) of `MaskMetrics.result()` dicts, and a dict of numpy samples of the
+        first batch ("image", "mask", "regions") for image grids.
+    """
+    region_fn = _region_fn(model)
+    accumulators, sample, seen, coverage = None, None, 0, 0.0
+    for batch in dataset:
+        if "mask" not in batch:
+            raise ValueError("this split has no ground-truth masks; evaluation needs a labelled split")
+        regions = region_fn(batch["image"]).numpy()
+        truth = batch["mask"].numpy()
+        if max_examples is not None:
+            keep = max(0, min(len(truth), max_examples - seen))
+            regions, truth = regions[:keep], truth[:keep]
+            if keep == 0:
+                break
+        if accumulators is None:
+            accumulators = [MaskMetrics(threshold) for _ in range(regions.shape[-1])]
+            sample = {"image": batch["image"].numpy()[:len(truth)], "mask": truth, "regions": regions}
+        for k, acc in enumerate(accumulators):
+            acc.update(regions[..., k:k + 1], truth)
+        coverage = coverage + regions.mean(axis=(1, 2)).sum(axis=0)
+        seen += len(truth)
+    if accumulators is None:
+        raise ValueError("the evaluation split is empty")
+    results = [acc.result() for acc in accumulators]
+    for k, result in enumerate(results):
+        # Mean soft coverage of the region: watched for collapse (one region taking everything).
+        result["prediction_coverage"] = float(coverage[k] / seen)
+    return results, sample
+
+
+def choose_foreground_region(region_results):
+    """Index of the region whose masks best match the foreground (by mean per-image fg IoU)."""
+    return int(np.argmax([r["fg_iou"] for r in region_results]))
+
+
+def evaluate(model, dataset, threshold=0.5, max_examples=None, choose_region=False):
+    """Scores the model's foreground masks.
+
+    Args:
+        choose_region: True on the validation split: pick and store the foreground region
+            (`model.foreground_region`) before scoring. False elsewhere: use the stored one.
+    Returns:
+        `(results, sample)`: the `MaskMetrics` result of the foreground region plus
+        "foreground_region"; sample holds numpy "image", "mask", "prediction" for grids.
+    """
+    region_results, sample = score_regions(model, dataset, threshold, max_examples)
+    if choose_region:
+        model.foreground_region.assign(choose_foreground_region(region_results))
+    region = int(model.foreground_region.numpy())
+    results = dict(region_results[region])
+    results["foreground_region"] = region
+    sample = {"image": sample["image"], "mask": sample["mask"],
+              "prediction": sample["regions"][..., region:region + 1]}
+    return results, sample
+
+
+def prediction_grid(sample, rows=8):
+    """uint8 grid with columns image | truth | prediction | overlay."""
+    images = grids.images_to_uint8(sample["image"][:rows])
+    truth = grids.masks_to_uint8(sample["mask"][:rows])
+    pred = sample["prediction"][:rows]
+    return grids.make_grid([images, truth, grids.masks_to_uint8(pred),
+                            grids.overlay(images, pred[..., 0])])

@@ -1,0 +1,1 @@
+"""The generic trainer: strategy, XLA-compiled per-replica gradients, checkpoints, summaries."""

@@ -1,0 +1,52 @@
+"""Checkpoints that resume: all networks, optimizers, the step and the random state.
+
+The randomness of every method is stateless, derived from (seed, step), so the step and the
+restart count *are* the random state.
+"""
+import os
+
+import tensorflow as tf
+
+
+class RunState:
+    """Counters stored with every checkpoint."""
+
+    def __init__(self):
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.restarts = tf.Variable(0, dtype=tf.int64, trainable=False, name="restarts")
+        self.best_score = tf.Variable(-1.0, dtype=tf.float32, trainable=False, name="best_score")
+
+
+def make_checkpoint(model, state):
+    """A `tf.train.Checkpoint` of a method, its optimizers and the run state.
+
+    The flat list of non-trainable variables is listed explicitly: Keras 3 wrappers
+    (SpectralNormalization's power-iteration vector) are not reached through the model alone.
+    """
+    return tf.train.Checkpoint(model=model, optimizers=model.optimizers_by_name(),
+                               non_trainable=list(model.non_trainable_variables),
+                               step=state.step, restarts=state.restarts,
+                               best_score=state.best_score)
+
+
+def managers(checkpoint, model_dir, keep=3):
+    """(latest, best) checkpoint managers under `model_dir/checkpoints` and `model_dir/best`."""
+    latest = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"),
+                                        max_to_keep=keep)
+    best = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "best"), max_to_keep=1)
+    return latest, best
+
+
+def restore(checkpoint, path):
+    """Restores `path` and checks every variable of the model found its value."""
+    checkpoint.restore(path).assert_existing_objects_matched()
+
+
+def latest_checkpoint(model_dir, which="best"):
+    """Path of the best (validation-selected) or latest checkpoint in `model_dir`, or None."""
+    folders = ["best", "checkpoints"] if which == "best" else ["checkpoints"]
+    for folder in folders:
+        path = tf.train.latest_checkpoint(os.path.join(model_dir, folder))
+        if path:
+            return path
+    return None

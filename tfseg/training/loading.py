@@ -1,0 +1,25 @@
+"""Rebuilds a trained method from its run directory (for evaluation, export and prediction)."""
+import tensorflow as tf
+
+from tfseg import config
+from tfseg.training import checkpointing, trainer
+
+
+def load_trained(model_dir, which="best", extra_bindings=()):
+    """Returns `(model, train_config, checkpoint_path)` of the run in `model_dir`.
+
+    Raises:
+        ConfigError: no config or no checkpoint in `model_dir`.
+    """
+    config.load_run_config(model_dir, extra_bindings)
+    path = checkpointing.latest_checkpoint(model_dir, which)
+    if path is None:
+        raise config.ConfigError(f"'{model_dir}' has no checkpoint yet. Train first (python -m "
+                                 f"tfseg.train --model_dir={model_dir} ...) or check the path.")
+    train_config = trainer.TrainConfig()
+    model = trainer.build_method(train_config, restarts=int(
+        tf.train.load_checkpoint(path).get_tensor("restarts/.ATTRIBUTES/VARIABLE_VALUE")))
+    model.build_for_training(train_config.batch_size)
+    state = checkpointing.RunState()
+    checkpointing.restore(checkpointing.make_checkpoint(model, state), path)
+    return model, train_config, path

@@ -1,0 +1,43 @@
+"""tf.distribute strategy and XLA choice, both by gin."""
+import gin
+import tensorflow as tf
+
+STRATEGIES = ("mirrored", "one_device", "multi_worker")
+
+
+@gin.configurable(module="tfseg.training")
+def make_strategy(name="mirrored", device=None):
+    """Returns the distribution strategy.
+
+    Args:
+        name: "mirrored" (all local GPUs, else the CPU), "one_device", or "multi_worker"
+            (MultiWorkerMirroredStrategy; reads the cluster from the TF_CONFIG environment variable).
+        device: for "one_device", e.g. "/gpu:0"; default: the first GPU, else the CPU.
+    """
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "one_device":
+        if device is None:
+            device = "/gpu:0" if tf.config.list_logical_devices("GPU") else "/cpu:0"
+        return tf.distribute.OneDeviceStrategy(device)
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"unknown strategy {name!r}; set tfseg.training.make_strategy.name to one of "
+                     f"{', '.join(STRATEGIES)}")
+
+
+def resolve_jit_compile(jit_compile):
+    """`auto|true|false` -> bool. auto: XLA on GPU/TPU only.
+
+    On our 2-core CPU XLA was measured 1.4-1.6x slower than TF's oneDNN kernels
+    (tools/benchmark.py), hence off there.
+    """
+    value = str(jit_compile).lower()
+    if value == "auto":
+        return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"jit_compile must be auto, true or false, got {jit_compile!r} "
+                     "(gin binding tfseg.training.train.jit_compile)")

@@ -1,0 +1,277 @@
+"""The custom training loop shared by every method.
+
+Not `model.fit`: fit breaks under MultiWorkerMirroredStrategy (keras-team/keras#20585), and a GAN
+step is several optimizer phases anyway. Each phase's losses-and-gradients function runs per
+replica, compiled with XLA when asked; the optimizer update runs outside XLA in the replica
+context, where Keras all-reduces the gradients (XLA cannot compile that merge).
+"""
+import json
+import os
+import time
+
+import gin
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tfseg.data import pipeline
+from tfseg.evaluation import evaluator, grids, metrics
+from tfseg.training import checkpointing, progress, strategy as strategy_lib
+
+CONFIG_FILE = "config.gin"
+
+
+@gin.configurable(module="tfseg.training")
+class TrainConfig:
+    """Every knob of a run that is not a network's or the data's (gin: `tfseg.training.TrainConfig.<arg>`).
+
+    Args:
+        method: a method factory, e.g. `@tfseg.methods.redo`.
+        resolution: image side R used by data and networks.
+        batch_size: global batch, split across replicas.
+        num_steps: length of the run in training steps.
+        log_every: steps between progress lines and scalar summaries.
+        eval_every: steps between validation evaluations, image grids and best-checkpoint updates.
+        checkpoint_every: steps between checkpoints (also written at the end and on Ctrl-C).
+        eval_examples: validation images scored at each evaluation (None: all).
+        eval_batch_size: batch size of evaluation.
+        jit_compile: "auto" (XLA on GPU/TPU only), "true" or "false".
+        collapse_threshold: restart the run if the smaller region's mean coverage falls below
+            this on both the last training batch and validation (ReDO's autoRestart; 0 disables).
+        collapse_before_step: ... at an evaluation at or before this step.
+        max_restarts: give up restarting after this many.
+        keep_checkpoints: how many recent checkpoints to keep.
+        seed: seeds weights, codes and data order.
+    """
+
+    def __init__(self, method=gin.REQUIRED, resolution=gin.REQUIRED, batch_size=gin.REQUIRED,
+                 num_steps=gin.REQUIRED, log_every=50, eval_every=500, checkpoint_every=500,
+                 eval_examples=512, eval_batch_size=64, jit_compile="auto",
+                 collapse_threshold=0.1, collapse_before_step=7000, max_restarts=5,
+                 keep_checkpoints=3, seed=0):
+        self.method = method
+        self.resolution = resolution
+        self.batch_size = batch_size
+        self.num_steps = num_steps
+        self.log_every = log_every
+        self.eval_every = eval_every
+        self.checkpoint_every = checkpoint_every
+        self.eval_examples = eval_examples
+        self.eval_batch_size = eval_batch_size
+        self.jit_compile = jit_compile
+        self.collapse_threshold = collapse_threshold
+        self.collapse_before_step = collapse_before_step
+        self.max_restarts = max_restarts
+        self.keep_checkpoints = keep_checkpoints
+        self.seed = seed
+
+
+def make_train_step(model, strategy, jit_compile):
+    """A `tf.function(iterator, step) -> metrics` running every phase of `model` once.
+
+    Each phase's gradient function is compiled per replica (with XLA if `jit_compile`); the
+    optimizer update runs outside XLA, in the replica context, where Keras all-reduces the
+    gradients. Metrics are per-example values gathered from all replicas.
+    """
+    gradient_fns = {
+        phase: tf.function(lambda batches, step, phase=phase:
+                           model.phase_gradients(phase, batches, step),
+                           jit_compile=jit_compile)
+        for phase in model.phases}
+
+    @tf.function
+    def train_step(iterator, step):
+        batches = tuple(next(iterator) for _ in range(model.batches_per_step))
+        out = {}
+        for phase in model.phases:
+            def replica_fn(batches, step, phase=phase):
+                phase_metrics, grads = gradient_fns[phase](batches, step)
+                model.apply_phase(phase, grads)
+                return phase_metrics
+            per_replica = strategy.run(replica_fn, args=(batches, step))
+            for name, value in per_replica.items():
+                out[name] = strategy.gather(value, axis=0)
+        return out
+
+    return train_step
+
+
+def build_method(config, restarts=0):
+    """The method of `config`, seeded anew for every automatic restart."""
+    return config.method(resolution=config.resolution, seed=config.seed + 1000 * restarts)
+
+
+def _training_dataset(config, strategy):
+    dataset = pipeline.make_dataset("train", config.batch_size, resolution=config.resolution)
+    # Training never sees a label, even where the data set has them.
+    dataset = dataset.map(lambda example: {"image": example["image"]})
+    return iter(strategy.experimental_distribute_dataset(dataset))
+
+
+def _eval_dataset(config, split):
+    return pipeline.make_dataset(split, config.eval_batch_size, resolution=config.resolution)
+
+
+class Trainer:
+    """Runs one training job in `model_dir`; re-running the same job resumes it."""
+
+    def __init__(self, model_dir, config=None, strategy=None, stream=None):
+        self.model_dir = model_dir
+        self.config = config or TrainConfig()
+        self.strategy = strategy or strategy_lib.make_strategy()
+        self.jit = strategy_lib.resolve_jit_compile(self.config.jit_compile)
+        self.stream = stream
+        self.writers = {name: tf.summary.create_file_writer(os.path.join(model_dir, name))
+                        for name in ("train", "validation")}
+
+    # -- construction ---------------------------------------------------------------------------
+    def _build(self, restarts):
+        with self.strategy.scope():
+            self.state = checkpointing.RunState()
+            self.state.restarts.assign(restarts)
+            self.model = build_method(self.config, restarts)
+            self.model.build_for_training(self.config.batch_size)
+            self.checkpoint = checkpointing.make_checkpoint(self.model, self.state)
+        self.latest, self.best = checkpointing.managers(self.checkpoint, self.model_dir,
+                                                        self.config.keep_checkpoints)
+        self._compile_step()
+
+    def _compile_step(self):
+        self.train_step = make_train_step(self.model, self.strategy, self.jit)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def train(self):
+        """Trains to `num_steps` (resuming if possible), then scores the best model on test."""
+        cfg = self.config
+        restarts = self._saved_restarts()
+        self._build(restarts)
+        resumed = self.latest.restore_or_initialize()
+        if resumed:
+            checkpointing.restore(self.checkpoint, resumed)
+        step = int(self.state.step.numpy())
+        display = progress.Progress(cfg.num_steps, step, cfg.batch_size * self.model.batches_per_step,
+                                    self.stream)
+        if resumed:
+            display.message(f"resumed from {resumed} at step {step}")
+        iterator = _training_dataset(cfg, self.strategy)
+        last_metrics = None
+        try:
+            while step < cfg.num_steps:
+                values = self.train_step(iterator, self.state.step)
+                self.state.step.assign_add(1)
+                step += 1
+                if step % cfg.log_every == 0 or step == cfg.num_steps:
+                    last_metrics = self._log(step, values, display)
+                if step % cfg.eval_every == 0 or step == cfg.num_steps:
+                    if self._validate(step, last_metrics, display):
+                        return self.train()  # collapsed: a fresh, reseeded run
+                if step % cfg.checkpoint_every == 0:
+                    self.latest.save(checkpoint_number=step)
+        except KeyboardInterrupt:
+            self.latest.save(checkpoint_number=step)
+            display.message(f"interrupted: checkpoint written at step {step}; run the same "
+                            "command again to resume")
+            raise
+        if self.latest.latest_checkpoint is None or not self.latest.latest_checkpoint.endswith(f"-{step}"):
+            self.latest.save(checkpoint_number=step)
+        return self.final_evaluation(display)
+
+    def _saved_restarts(self):
+        path = tf.train.latest_checkpoint(os.path.join(self.model_dir, "checkpoints"))
+        if not path:
+            return 0
+        reader = tf.train.load_checkpoint(path)
+        return int(reader.get_tensor("restarts/.ATTRIBUTES/VARIABLE_VALUE"))
+
+    def _log(self, step, values, display):
+        scalars = {name: float(np.mean(value.numpy())) for name, value in values.items()}
+        for name, value in values.items():
+            if name.startswith("mask/coverage") or name.startswith("mask/smaller"):
+                scalars[name + "_min"] = float(np.min(value.numpy()))
+        rate = display.update(step, {k: v for k, v in scalars.items() if k.startswith("loss/")
+                                     and not k.endswith("total")})
+        with self.writers["train"].as_default(step=step):
+            for name, value in scalars.items():
+                tf.summary.scalar(name, value)
+            tf.summary.scalar("perf/images_per_second", rate)
+            for name, optimizer in self.model.optimizers_by_name().items():
+                tf.summary.scalar(f"learning_rate/{name}", float(optimizer.learning_rate.numpy()))
+        return scalars
+
+    def _validate(self, step, last_metrics, display):
+        """Scores validation, keeps the best checkpoint, writes grids; True if the run collapsed."""
+        cfg = self.config
+        results, sample = evaluator.evaluate(self.model, _eval_dataset(cfg, "validation"),
+                                             max_examples=cfg.eval_examples, choose_region=True)
+        score = results["fg_iou"]
+        with self.writers["validation"].as_default(step=step):
+            for key in ("fg_iou", "miou", "accuracy", "best_perm_fg_iou", "best_perm_accuracy",
+                        "confusion_miou"):
+                tf.summary.scalar(f"eval/{key}", results[key])
+            tf.summary.image("eval/image_truth_prediction_overlay",
+                             evaluator.prediction_grid(sample)[None].astype(np.float32) / 255.0)
+        self._image_summaries(step, sample["image"][:8])
+        display.message(f"step {step}: validation fg IoU {score:.3f}  mIoU {results['miou']:.3f}  "
+                        f"acc {results['accuracy']:.3f}  (region {results['foreground_region']})")
+        if score > float(self.state.best_score.numpy()):
+            self.state.best_score.assign(score)
+            self.best.save(checkpoint_number=step)
+        return self._collapsed(step, results, last_metrics, display)
+
+    def _image_summaries(self, step, images):
+        named = self.model.summary_images(tf.constant(images), step)
+        columns = []
+        for name, batch in named.items():
+            batch = np.asarray(batch)
+            columns.append(grids.masks_to_uint8(batch) if batch.shape[-1] == 1
+                           else grids.images_to_uint8(batch))
+        with self.writers["train"].as_default(step=step):
+            tf.summary.image("samples/" + "|".join(named),
+                             grids.tensorboard_grid(columns))
+
+    def _collapsed(self, step, results, last_metrics, display):
+        cfg = self.config
+        if not cfg.collapse_threshold or step > cfg.collapse_before_step or last_metrics is None:
+            return False
+        train_smaller = last_metrics.get("mask/smaller_region")
+        if train_smaller is None:
+            return False
+        coverage = results.get("prediction_coverage")
+        val_smaller = min(coverage, 1 - coverage) if coverage is not None else train_smaller
+        if train_smaller >= cfg.collapse_threshold or val_smaller >= cfg.collapse_threshold:
+            return False
+        restarts = int(self.state.restarts.numpy())
+        if restarts >= cfg.max_restarts:
+            display.message(f"masks collapsed at step {step} but {restarts} restarts were "
+                            "already made (tfseg.training.TrainConfig.max_restarts); going on")
+            return False
+        display.message(f"masks collapsed at step {step} (smaller region {train_smaller:.3f} < "
+                        f"{cfg.collapse_threshold}): restarting from scratch, restart {restarts + 1}")
+        for folder in ("checkpoints", "best"):
+            tf.io.gfile.rmtree(os.path.join(self.model_dir, folder)) if tf.io.gfile.exists(
+                os.path.join(self.model_dir, folder)) else None
+        # Write the new restart count so a crash right now still restarts with a new seed.
+        self._build(restarts + 1)
+        self.latest.save(checkpoint_number=0)
+        return True
+
+    def final_evaluation(self, display=None):
+        """Restores the validation-best checkpoint and scores it on the test split."""
+        best = self.best.latest_checkpoint
+        if best:
+            checkpointing.restore(self.checkpoint, best)
+        results = run_split_evaluation(self.model, self.config, self.model_dir, "test")
+        text = metrics.format_table(results)
+        (display.message if display else print)(
+            f"test split, checkpoint {best or self.latest.latest_checkpoint}:\n{text}")
+        return results
+
+
+def run_split_evaluation(model, config, model_dir, split):
+    """Scores `model` on `split` and writes `eval_<split>.json` and `eval_<split>.png`."""
+    results, sample = evaluator.evaluate(model, _eval_dataset(config, split))
+    results = {k: (v.item() if hasattr(v, "item") else v) for k, v in results.items()}
+    with open(os.path.join(model_dir, f"eval_{split}.json"), "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+    grids.save_png(evaluator.prediction_grid(sample), os.path.join(model_dir, f"eval_{split}.png"))
+    return results
