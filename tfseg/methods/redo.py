@@ -34,7 +34,7 @@ class ReDO(Method):
 
     def __init__(self, resolution, num_regions=2, z_dim=32, mask_width=64, mask_residual_blocks=3,
                  generator_width=32, generator_max_width=None, generator_self_attention=True,
-                 discriminator_width=64, discriminator_max_width=1024,
+                 generator_norm_offset=0.0, discriminator_width=64, discriminator_max_width=1024,
                  discriminator_self_attention=True, shared_encoder_trunk=True, info_weight=5.0,
                  learning_rate=1e-4, mask_learning_rate=1e-5, mask_weight_decay=1e-4,
                  init_gain=0.8, seed=0, **kwargs):
@@ -49,7 +49,8 @@ class ReDO(Method):
                                         gain=init_gain, name="mask_network")
         self.generators = [
             RegionGenerator(resolution, generator_width, generator_max_width,
-                            generator_self_attention, z_dim, gain=init_gain, name=f"generator_{k}")
+                            generator_self_attention, z_dim, gain=init_gain,
+                            norm_offset=generator_norm_offset, name=f"generator_{k}")
             for k in range(num_regions)]
         self.discriminator = Discriminator(resolution, discriminator_width, discriminator_max_width,
                                            discriminator_self_attention, num_regions, z_dim,
@@ -230,7 +231,8 @@ class ReDO(Method):
 @gin.configurable(module="tfseg.methods")
 def redo(resolution, num_regions=2, z_dim=32, mask_width=64, mask_residual_blocks=3,
          generator_width=32, generator_max_width=None, generator_self_attention=True,
-         discriminator_width=64, discriminator_max_width=1024, discriminator_self_attention=True,
+         generator_norm_offset=0.0, discriminator_width=64, discriminator_max_width=1024,
+         discriminator_self_attention=True,
          shared_encoder_trunk=True, info_weight=5.0, learning_rate=1e-4, mask_learning_rate=1e-5,
          mask_weight_decay=1e-4, init_gain=0.8, seed=0):
     """Builds a ReDO method (gin: `tfseg.methods.redo.<arg>`); defaults are the paper's CUB/Flowers settings.
@@ -244,6 +246,7 @@ def redo(resolution, num_regions=2, z_dim=32, mask_width=64, mask_residual_block
         generator_width: ch of each region generator (32 for CUB/Flowers, 64 for LFW).
         generator_max_width: optional cap on generator block widths.
         generator_self_attention / discriminator_self_attention: the SA blocks of §2.3.
+        generator_norm_offset: gamma offset of the generators' conditional norms (reference: 0).
         discriminator_width, discriminator_max_width: D's first and maximal widths.
         shared_encoder_trunk: the z-encoder is a head on D's trunk (InfoGAN); False = its own net.
         info_weight: lambda_z.
@@ -256,6 +259,7 @@ def redo(resolution, num_regions=2, z_dim=32, mask_width=64, mask_residual_block
                 mask_residual_blocks=mask_residual_blocks, generator_width=generator_width,
                 generator_max_width=generator_max_width,
                 generator_self_attention=generator_self_attention,
+                generator_norm_offset=generator_norm_offset,
                 discriminator_width=discriminator_width,
                 discriminator_max_width=discriminator_max_width,
                 discriminator_self_attention=discriminator_self_attention,

@@ -15,11 +15,11 @@ from tfseg.modeling import layers as L
 class UpResBlock(keras.layers.Layer):
     """CN(z) -> ReLU -> concat mask -> up x2 -> SN-conv3x3 -> CN(z) -> ReLU -> SN-conv3x3, + up/1x1 shortcut."""
 
-    def __init__(self, channels, gain=0.8, **kwargs):
+    def __init__(self, channels, gain=0.8, norm_offset=0.0, **kwargs):
         super().__init__(**kwargs)
-        self.norm1 = L.ConditionalInstanceNorm(gain=gain)
+        self.norm1 = L.ConditionalInstanceNorm(gain=gain, offset=norm_offset)
         self.conv1 = L.conv(channels, 3, use_bias=False, spectral_norm=True, gain=gain)
-        self.norm2 = L.ConditionalInstanceNorm(gain=gain)
+        self.norm2 = L.ConditionalInstanceNorm(gain=gain, offset=norm_offset)
         self.conv2 = L.conv(channels, 3, use_bias=True, spectral_norm=True, gain=gain)
         self.shortcut = L.conv(channels, 1, use_bias=True, spectral_norm=True, gain=gain)
 
@@ -46,10 +46,11 @@ class RegionGenerator(keras.Model):
         max_width: cap on the per-block width (keeps low resolutions affordable).
         self_attention: insert self-attention before the last block, as the reference does.
         z_dim: nz.
+        norm_offset: the `+offset` on the conditional norms' gamma (0 in the reference code).
     """
 
     def __init__(self, resolution=128, width=32, max_width=None, self_attention=True, z_dim=32,
-                 gain=0.8, **kwargs):
+                 gain=0.8, norm_offset=0.0, **kwargs):
         super().__init__(**kwargs)
         num_blocks = int(round(math.log2(resolution / 4)))
         if 4 * 2**num_blocks != resolution:
@@ -60,9 +61,9 @@ class RegionGenerator(keras.Model):
         self.seed_channels = widths[0] * 2 if not max_width else min(widths[0] * 2, max_width)
         self.z_dim = z_dim
         self.seed = L.dense(4 * 4 * self.seed_channels, gain=gain)
-        self.blocks = [UpResBlock(w, gain=gain) for w in widths]
+        self.blocks = [UpResBlock(w, gain=gain, norm_offset=norm_offset) for w in widths]
         self.attention = L.SelfAttention(gain=gain) if self_attention else None
-        self.out_norm = L.ConditionalInstanceNorm(gain=gain)
+        self.out_norm = L.ConditionalInstanceNorm(gain=gain, offset=norm_offset)
         self.out_conv = L.conv(3, 3, use_bias=True, spectral_norm=True, gain=gain)
 
     def call(self, mask, z, training=False):
