@@ -36,11 +36,11 @@ Source = Callable[[str, int], tf.data.Dataset]
 
 
 class DataError(ValueError):
-  """The data configuration cannot work; the message names the bad setting and the fix."""
+    """The data configuration cannot work; the message names the bad setting and the fix."""
 
 
 class SplitUnavailableError(DataError):
-  """The source has no such split (e.g. LSUN has no validation split). Fatal for "train" only."""
+    """The source has no such split (e.g. LSUN has no validation split). Fatal for "train" only."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -49,29 +49,29 @@ class SplitUnavailableError(DataError):
 
 
 def release_iterators() -> int:
-  """Destroys the resources of all live tf.data iterators; returns how many were released.
+    """Destroys the resources of all live tf.data iterators; returns how many were released.
 
-  Registered with `atexit`. Why: the procedural and folder sources run Python inside `tf.data` through
-  `tf.numpy_function`. If an iterator with such calls in flight (a prefetching training stream) is
-  only destroyed while CPython finalizes, the TF thread waiting for the GIL is terminated, its call
-  never completes, and the iterator's destructor waits for it forever: the process hangs on exit.
-  atexit hooks run before finalization, when in-flight calls can still finish. The iterators are
-  unusable afterwards, so only call this when the process is about to end.
-  """
-  try:
-    from tensorflow.python.data.ops import iterator_ops  # pylint: disable=g-import-not-at-top
-  except ImportError:  # pragma: no cover
-    return 0
-  released = 0
-  for obj in gc.get_objects():
-    # type() rather than isinstance(): isinstance falls back to obj.__class__, which some lazy proxy
-    # objects (TFDS's deprecated builder aliases) answer with a warning each.
-    if issubclass(type(obj), iterator_ops.OwnedIterator) and "_iterator_resource" in obj.__dict__:
-      obj.__dict__.pop("_iterator_resource")
-      obj.__dict__.pop("_components", None)
-      released += 1
-  gc.collect()
-  return released
+    Registered with `atexit`. Why: the procedural and folder sources run Python inside `tf.data` through
+    `tf.numpy_function`. If an iterator with such calls in flight (a prefetching training stream) is
+    only destroyed while CPython finalizes, the TF thread waiting for the GIL is terminated, its call
+    never completes, and the iterator's destructor waits for it forever: the process hangs on exit.
+    atexit hooks run before finalization, when in-flight calls can still finish. The iterators are
+    unusable afterwards, so only call this when the process is about to end.
+    """
+    try:
+        from tensorflow.python.data.ops import iterator_ops  # pylint: disable=g-import-not-at-top
+    except ImportError:  # pragma: no cover
+        return 0
+    released = 0
+    for obj in gc.get_objects():
+        # type() rather than isinstance(): isinstance falls back to obj.__class__, which some lazy proxy
+        # objects (TFDS's deprecated builder aliases) answer with a warning each.
+        if issubclass(type(obj), iterator_ops.OwnedIterator) and "_iterator_resource" in obj.__dict__:
+            obj.__dict__.pop("_iterator_resource")
+            obj.__dict__.pop("_components", None)
+            released += 1
+    gc.collect()
+    return released
 
 
 atexit.register(release_iterators)
@@ -84,33 +84,33 @@ atexit.register(release_iterators)
 
 @gin.configurable(module="tfseg.data")
 def fake_source(split: str, resolution: int, num_examples: int = 8) -> tf.data.Dataset:
-  """A tiny random data set with rectangular masks, for two-step smoke runs of any config.
+    """A tiny random data set with rectangular masks, for two-step smoke runs of any config.
 
-  Images are deliberately wider than tall (R x 1.25 R) so that the resize and crop paths run.
+    Images are deliberately wider than tall (R x 1.25 R) so that the resize and crop paths run.
 
-  Args:
-    split: "train", "validation" or "test" (each split has its own fixed examples).
-    resolution: image height R.
-    num_examples: examples per split.
+    Args:
+        split: "train", "validation" or "test" (each split has its own fixed examples).
+        resolution: image height R.
+        num_examples: examples per split.
 
-  Returns:
-    Unbatched `{"image": uint8 [R, W, 3], "mask": uint8 [R, W, 1] in {0, 1}}`, W = R + R // 4.
-  """
-  if split not in SPLITS:
-    raise DataError(f"Unknown split {split!r}; expected one of {SPLITS}.")
-  if num_examples < 1:
-    raise DataError(f"num_examples must be >= 1, got {num_examples}. Set tfseg.data.fake_source.num_examples.")
-  rng = np.random.default_rng(SPLITS.index(split))
-  h, w = resolution, resolution + resolution // 4
-  images = rng.integers(0, 256, size=(num_examples, h, w, 3), dtype=np.uint8)
-  masks = np.zeros((num_examples, h, w, 1), np.uint8)
-  for i in range(num_examples):
-    top, left = rng.integers(0, h // 2), rng.integers(0, w // 2)
-    bottom, right = top + rng.integers(h // 4, h // 2 + 1), left + rng.integers(w // 4, w // 2 + 1)
-    masks[i, top:bottom, left:right] = 1
-    # A brighter rectangle, so the mask is visible in the image.
-    images[i, top:bottom, left:right] = images[i, top:bottom, left:right] // 2 + 128
-  return tf.data.Dataset.from_tensor_slices({"image": images, "mask": masks})
+    Returns:
+        Unbatched `{"image": uint8 [R, W, 3], "mask": uint8 [R, W, 1] in {0, 1}}`, W = R + R // 4.
+    """
+    if split not in SPLITS:
+        raise DataError(f"Unknown split {split!r}; expected one of {SPLITS}.")
+    if num_examples < 1:
+        raise DataError(f"num_examples must be >= 1, got {num_examples}. Set tfseg.data.fake_source.num_examples.")
+    rng = np.random.default_rng(SPLITS.index(split))
+    h, w = resolution, resolution + resolution // 4
+    images = rng.integers(0, 256, size=(num_examples, h, w, 3), dtype=np.uint8)
+    masks = np.zeros((num_examples, h, w, 1), np.uint8)
+    for i in range(num_examples):
+        top, left = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        bottom, right = top + rng.integers(h // 4, h // 2 + 1), left + rng.integers(w // 4, w // 2 + 1)
+        masks[i, top:bottom, left:right] = 1
+        # A brighter rectangle, so the mask is visible in the image.
+        images[i, top:bottom, left:right] = images[i, top:bottom, left:right] // 2 + 128
+    return tf.data.Dataset.from_tensor_slices({"image": images, "mask": masks})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -119,17 +119,17 @@ def fake_source(split: str, resolution: int, num_examples: int = 8) -> tf.data.D
 
 
 def _call_source(source: Source, split: str, resolution: int) -> tf.data.Dataset:
-  if split not in SPLITS:
-    raise DataError(f"Unknown split {split!r}; expected one of {SPLITS}.")
-  if not callable(source):
-    raise DataError(f"The data source {source!r} is not callable. Bind a source function, e.g. "
-                    "tfseg.data.make_dataset.source = @tfseg.data.procedural_source.")
-  ds = source(split, resolution)
-  spec = ds.element_spec
-  if not isinstance(spec, dict) or "image" not in spec:
-    raise DataError(f"Source {getattr(source, '__name__', source)!r} must yield dicts with an 'image' key, "
-                    f"got element_spec {spec}.")
-  return ds
+    if split not in SPLITS:
+        raise DataError(f"Unknown split {split!r}; expected one of {SPLITS}.")
+    if not callable(source):
+        raise DataError(f"The data source {source!r} is not callable. Bind a source function, e.g. "
+                        "tfseg.data.make_dataset.source = @tfseg.data.procedural_source.")
+    ds = source(split, resolution)
+    spec = ds.element_spec
+    if not isinstance(spec, dict) or "image" not in spec:
+        raise DataError(f"Source {getattr(source, '__name__', source)!r} must yield dicts with an 'image' key, "
+                        f"got element_spec {spec}.")
+    return ds
 
 
 @gin.configurable(module="tfseg.data")
@@ -138,131 +138,132 @@ def make_dataset(split: str, batch_size: int, source: Source = gin.REQUIRED, res
                  image_resize_method: str = "nearest", shuffle_buffer: int = 1000, repeat: bool | None = None,
                  drop_remainder: bool | None = None, num_parallel_calls: int = tf.data.AUTOTUNE,
                  square_resize: bool = False, seed: int | None = None) -> tf.data.Dataset:
-  """Builds the batched, prefetched input pipeline of one split.
+    """Builds the batched, prefetched input pipeline of one split.
 
-  "train": augmented (random flip; random crop when `random_crop`), shuffled, repeated forever,
-  incomplete last batch dropped. "validation"/"test": one pass in the source's fixed order, resize +
-  centre crop only, last batch kept.
+    "train": augmented (random flip; random crop when `random_crop`), shuffled, repeated forever,
+    incomplete last batch dropped. "validation"/"test": one pass in the source's fixed order, resize +
+    centre crop only, last batch kept.
 
-  Args:
-    split: "train", "validation" or "test".
-    batch_size: examples per batch B.
-    source: a source callable `source(split, resolution)`, e.g. `@tfseg.data.procedural_source`.
-    resolution: output side R.
-    random_crop: PerturbGAN-style random crops from a `crop_scale * R` resize (training only).
-    random_flip: random horizontal flips (training only).
-    crop_scale: see `random_crop`; 1.125 as in PerturbGAN.
-    image_resize_method: `tf.image.resize` method for images ("nearest" as in ReDO); masks always
-      use nearest neighbour.
-    shuffle_buffer: examples in the shuffle buffer (training). Unbounded sources (the procedural
-      stream) are not shuffled: their examples are already independent draws.
-    repeat: repeat forever; default True for "train", False otherwise.
-    drop_remainder: drop an incomplete last batch; default True for "train", False otherwise.
-    num_parallel_calls: parallelism of the pre-processing map.
-    square_resize: resize to a square ignoring aspect ratio (PerturbGAN) instead of the shorter side.
-    seed: makes shuffling and augmentation reproducible; None draws fresh randomness.
+    Args:
+        split: "train", "validation" or "test".
+        batch_size: examples per batch B.
+        source: a source callable `source(split, resolution)`, e.g. `@tfseg.data.procedural_source`.
+        resolution: output side R.
+        random_crop: PerturbGAN-style random crops from a `crop_scale * R` resize (training only).
+        random_flip: random horizontal flips (training only).
+        crop_scale: see `random_crop`; 1.125 as in PerturbGAN.
+        image_resize_method: `tf.image.resize` method for images ("nearest" as in ReDO); masks always
+            use nearest neighbour.
+        shuffle_buffer: examples in the shuffle buffer (training). Unbounded sources (the procedural
+            stream) are not shuffled: their examples are already independent draws.
+        repeat: repeat forever; default True for "train", False otherwise.
+        drop_remainder: drop an incomplete last batch; default True for "train", False otherwise.
+        num_parallel_calls: parallelism of the pre-processing map.
+        square_resize: resize to a square ignoring aspect ratio (PerturbGAN) instead of the shorter side.
+        seed: makes shuffling and augmentation reproducible; None draws fresh randomness.
 
-  Returns:
-    `tf.data.Dataset` of `{"image": float32 [B, R, R, 3] in [-1, 1], "mask": float32 [B, R, R, 1] in
-    {0, 1}}`; "mask" only when the source has ground truth for `split` (test with
-    `"mask" in ds.element_spec`).
+    Returns:
+        `tf.data.Dataset` of `{"image": float32 [B, R, R, 3] in [-1, 1], "mask": float32 [B, R, R, 1] in
+        {0, 1}}`; "mask" only when the source has ground truth for `split` (test with
+        `"mask" in ds.element_spec`).
 
-  Raises:
-    DataError: when the source's configuration is unusable (raised here, before any training).
-  """
-  if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-    raise DataError(f"batch_size must be a positive int, got {batch_size!r}.")
-  ds = _call_source(source, split, resolution)
-  training = split == "train"
-  repeat = training if repeat is None else repeat
-  drop_remainder = training if drop_remainder is None else drop_remainder
-  unbounded = ds.cardinality() == tf.data.INFINITE_CARDINALITY
+    Raises:
+        DataError: when the source's configuration is unusable (raised here, before any training).
+    """
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise DataError(f"batch_size must be a positive int, got {batch_size!r}.")
+    ds = _call_source(source, split, resolution)
+    training = split == "train"
+    repeat = training if repeat is None else repeat
+    drop_remainder = training if drop_remainder is None else drop_remainder
+    unbounded = ds.cardinality() == tf.data.INFINITE_CARDINALITY
 
-  if repeat and not unbounded:
-    ds = ds.repeat()
-  image_shape = ds.element_spec["image"].shape
-  if image_shape.is_fully_defined() and image_shape[:2] == [resolution, resolution] and not (training and random_crop):
-    # Fast path (e.g. the procedural stream): nothing to resize or crop, so batch first and normalise
-    # and flip whole batches, which is several times cheaper per example than the per-example map.
-    if training and shuffle_buffer > 1 and not unbounded:
-      ds = ds.shuffle(shuffle_buffer, seed=seed)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if repeat and not unbounded:
+        ds = ds.repeat()
+    image_shape = ds.element_spec["image"].shape
+    already_sized = image_shape.is_fully_defined() and image_shape[:2] == [resolution, resolution]
+    if already_sized and not (training and random_crop):
+        # Fast path (e.g. the procedural stream): nothing to resize or crop, so batch first and normalise
+        # and flip whole batches, which is several times cheaper per example than the per-example map.
+        if training and shuffle_buffer > 1 and not unbounded:
+            ds = ds.shuffle(shuffle_buffer, seed=seed)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        if training:
+            ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(2)))
+            fn = lambda b, s: augment.preprocess_batch(b, training=True, flip=random_flip, seed=s)
+        else:
+            fn = lambda b: augment.preprocess_batch(b, training=False)
+        ds = ds.map(fn, num_parallel_calls=num_parallel_calls, deterministic=True)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
     if training:
-      ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(2)))
-      fn = lambda b, s: augment.preprocess_batch(b, training=True, flip=random_flip, seed=s)
+        # One independent stateless seed per example; a fixed `seed` makes the stream reproducible.
+        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds))
+        fn = lambda ex, s: augment.preprocess(  # pylint: disable=g-long-lambda
+            ex, resolution, training=True, random_crop=random_crop, flip=random_flip, crop_scale=crop_scale,
+            image_resize_method=image_resize_method, square_resize=square_resize, seed=s)
     else:
-      fn = lambda b: augment.preprocess_batch(b, training=False)
+        fn = lambda ex: augment.preprocess(  # pylint: disable=g-long-lambda
+            ex, resolution, training=False, image_resize_method=image_resize_method, square_resize=square_resize)
     ds = ds.map(fn, num_parallel_calls=num_parallel_calls, deterministic=True)
+    # Shuffle after pre-processing: R x R examples are small, raw photos in a 1000-deep buffer are not.
+    if training and shuffle_buffer > 1 and not unbounded:
+        ds = ds.shuffle(shuffle_buffer, seed=seed)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     return ds.prefetch(tf.data.AUTOTUNE)
-
-  if training:
-    # One independent stateless seed per example; a fixed `seed` makes the stream reproducible.
-    seeds = tf.data.Dataset.random(seed=seed).batch(2)
-    ds = tf.data.Dataset.zip((ds, seeds))
-    fn = lambda ex, s: augment.preprocess(  # pylint: disable=g-long-lambda
-        ex, resolution, training=True, random_crop=random_crop, flip=random_flip, crop_scale=crop_scale,
-        image_resize_method=image_resize_method, square_resize=square_resize, seed=s)
-  else:
-    fn = lambda ex: augment.preprocess(  # pylint: disable=g-long-lambda
-        ex, resolution, training=False, image_resize_method=image_resize_method, square_resize=square_resize)
-  ds = ds.map(fn, num_parallel_calls=num_parallel_calls, deterministic=True)
-  # Shuffle after pre-processing: R x R examples are small, raw photos in a 1000-deep buffer are not.
-  if training and shuffle_buffer > 1 and not unbounded:
-    ds = ds.shuffle(shuffle_buffer, seed=seed)
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-  return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def has_masks(source: Source, split: str, resolution: int = 64) -> bool:
-  """Whether `source` yields ground-truth masks for `split` (builds, but does not read, the data)."""
-  return "mask" in _call_source(source, split, resolution).element_spec
+    """Whether `source` yields ground-truth masks for `split` (builds, but does not read, the data)."""
+    return "mask" in _call_source(source, split, resolution).element_spec
 
 
 def bound_source() -> tuple[Source, int]:
-  """The source and resolution bound to `make_dataset` in the current gin config (and scope)."""
-  bindings = gin.get_bindings(make_dataset)
-  if "source" not in bindings:
-    raise DataError("No data source is bound. Add a binding such as "
-                    "`tfseg.data.make_dataset.source = @tfseg.data.procedural_source` to the gin config.")
-  return bindings["source"], bindings.get("resolution", 64)
+    """The source and resolution bound to `make_dataset` in the current gin config (and scope)."""
+    bindings = gin.get_bindings(make_dataset)
+    if "source" not in bindings:
+        raise DataError("No data source is bound. Add a binding such as "
+                        "`tfseg.data.make_dataset.source = @tfseg.data.procedural_source` to the gin config.")
+    return bindings["source"], bindings.get("resolution", 64)
 
 
 def dataset_has_masks(split: str) -> bool:
-  """Whether the gin-bound source yields ground-truth masks for `split`."""
-  source, resolution = bound_source()
-  return has_masks(source, split, resolution)
+    """Whether the gin-bound source yields ground-truth masks for `split`."""
+    source, resolution = bound_source()
+    return has_masks(source, split, resolution)
 
 
 class SplitInfo(NamedTuple):
-  """What `validate_data_config` found for one split."""
-  available: bool
-  has_masks: bool
+    """What `validate_data_config` found for one split."""
+    available: bool
+    has_masks: bool
 
 
 def validate_data_config(splits: Sequence[str] = SPLITS) -> dict[str, SplitInfo]:
-  """Calls the gin-bound source once per split so a bad config fails before training starts.
+    """Calls the gin-bound source once per split so a bad config fails before training starts.
 
-  Building a source checks paths, folders and prepared data but reads at most file listings, so this
-  takes well under a second for the shipped sources.
+    Building a source checks paths, folders and prepared data but reads at most file listings, so this
+    takes well under a second for the shipped sources.
 
-  Args:
-    splits: splits to check.
+    Args:
+        splits: splits to check.
 
-  Returns:
-    `{split: SplitInfo(available, has_masks)}`. An evaluation split the source does not have (e.g.
-    LSUN's validation split) is reported as unavailable instead of raising.
+    Returns:
+        `{split: SplitInfo(available, has_masks)}`. An evaluation split the source does not have (e.g.
+        LSUN's validation split) is reported as unavailable instead of raising.
 
-  Raises:
-    DataError: when no source is bound, for any problem with "train", and for any problem other than
-      an absent evaluation split.
-  """
-  source, resolution = bound_source()
-  info = {}
-  for split in splits:
-    try:
-      info[split] = SplitInfo(True, has_masks(source, split, resolution))
-    except SplitUnavailableError:
-      if split == "train":
-        raise
-      info[split] = SplitInfo(False, False)
-  return info
+    Raises:
+        DataError: when no source is bound, for any problem with "train", and for any problem other than
+            an absent evaluation split.
+    """
+    source, resolution = bound_source()
+    info = {}
+    for split in splits:
+        try:
+            info[split] = SplitInfo(True, has_masks(source, split, resolution))
+        except SplitUnavailableError:
+            if split == "train":
+                raise
+            info[split] = SplitInfo(False, False)
+    return info

@@ -42,95 +42,95 @@ _DEMO_HINT = ("To run without this data set, bind tfseg.data.make_dataset.source
 
 
 def _prepare_instructions(name: str, data_dir: str) -> str:
-  """How to prepare `name` offline, as verified against the TFDS 4.9 builders."""
-  if name.startswith("lsun/"):
-    category = name.split("/", 1)[1]
-    return (
-        f"TFDS cannot fetch LSUN during training. Download the LSUN object archive {category}.zip (the URL "
-        f"TFDS registers is http://dl.yf.io/lsun/objects/{category}.zip) into a folder MANUAL_DIR, then run "
-        f"once:\n"
-        f"    pip install tensorflow-io   # the TFDS LSUN builder reads LMDB through it\n"
-        f"    tfds build {name} --data_dir={data_dir} --manual_dir=MANUAL_DIR\n"
-        f"(TFDS uses a file in --manual_dir whose name matches the registered URL, {category}.zip, "
-        f"instead of downloading it.)")
-  return (f"Prepare it once with network access:\n    tfds build {name} --data_dir={data_dir}\n"
-          f"or copy an already prepared {name} folder into {data_dir}.")
+    """How to prepare `name` offline, as verified against the TFDS 4.9 builders."""
+    if name.startswith("lsun/"):
+        category = name.split("/", 1)[1]
+        return (
+            f"TFDS cannot fetch LSUN during training. Download the LSUN object archive {category}.zip (the URL "
+            f"TFDS registers is http://dl.yf.io/lsun/objects/{category}.zip) into a folder MANUAL_DIR, then run "
+            f"once:\n"
+            f"    pip install tensorflow-io   # the TFDS LSUN builder reads LMDB through it\n"
+            f"    tfds build {name} --data_dir={data_dir} --manual_dir=MANUAL_DIR\n"
+            f"(TFDS uses a file in --manual_dir whose name matches the registered URL, {category}.zip, "
+            f"instead of downloading it.)")
+    return (f"Prepare it once with network access:\n    tfds build {name} --data_dir={data_dir}\n"
+            f"or copy an already prepared {name} folder into {data_dir}.")
 
 
 @gin.configurable(module="tfseg.data")
 def tfds_source(split: str, resolution: int, name: str = gin.REQUIRED, data_dir: str | None = None,
                 split_map: dict[str, str] | None = None) -> tf.data.Dataset:
-  """Examples of a prepared TFDS data set, mapped to tfseg's `{"image", "mask"}` dicts.
+    """Examples of a prepared TFDS data set, mapped to tfseg's `{"image", "mask"}` dicts.
 
-  Args:
-    split: "train", "validation" or "test".
-    resolution: unused (images are resized by `make_dataset`); part of the source signature.
-    name: TFDS name, e.g. "caltech_birds2011" or "lsun/horse".
-    data_dir: TFDS data folder; None means TFDS's default (`~/tensorflow_datasets` or `$TFDS_DATA_DIR`).
-    split_map: tfseg split -> TFDS split expression (slicing and "+" allowed). Defaults to
-      `DEFAULT_SPLIT_MAPS[name]`, `{"train": "train"}` for LSUN, else the identity.
+    Args:
+        split: "train", "validation" or "test".
+        resolution: unused (images are resized by `make_dataset`); part of the source signature.
+        name: TFDS name, e.g. "caltech_birds2011" or "lsun/horse".
+        data_dir: TFDS data folder; None means TFDS's default (`~/tensorflow_datasets` or `$TFDS_DATA_DIR`).
+        split_map: tfseg split -> TFDS split expression (slicing and "+" allowed). Defaults to
+            `DEFAULT_SPLIT_MAPS[name]`, `{"train": "train"}` for LSUN, else the identity.
 
-  Returns:
-    Unbatched `{"image": uint8 [h, w, 3]}`, plus `"mask": uint8 [h, w, 1] in {0, 1}` when the data set
-    has a `segmentation_mask` feature (CUB). Train files are read in shuffled order, evaluation
-    splits in a fixed order.
+    Returns:
+        Unbatched `{"image": uint8 [h, w, 3]}`, plus `"mask": uint8 [h, w, 1] in {0, 1}` when the data set
+        has a `segmentation_mask` feature (CUB). Train files are read in shuffled order, evaluation
+        splits in a fixed order.
 
-  Raises:
-    DataError: at call time when `name` is unknown or its data are not prepared in `data_dir` (with
-      instructions), or the split expression is invalid. `SplitUnavailableError` when `split_map`
-      has no entry for `split`.
-  """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # Heavy; only this source needs it.
+    Raises:
+        DataError: at call time when `name` is unknown or its data are not prepared in `data_dir` (with
+            instructions), or the split expression is invalid. `SplitUnavailableError` when `split_map`
+            has no entry for `split`.
+    """
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # Heavy; only this source needs it.
 
-  del resolution  # Resizing happens in make_dataset.
-  if split not in SPLITS:
-    raise DataError(f"Unknown split {split!r}; expected one of {SPLITS}.")
-  if not name or name is gin.REQUIRED:
-    raise DataError("tfds_source needs a data set name. Set the gin binding tfseg.data.tfds_source.name, "
-                    "e.g. 'caltech_birds2011' or 'lsun/horse'.")
-  if split_map is None:
-    split_map = DEFAULT_SPLIT_MAPS.get(name, _LSUN_SPLIT_MAP if name.startswith("lsun/") else
-                                       {s: s for s in SPLITS})
-  if split not in split_map:
-    raise SplitUnavailableError(
-        f"TFDS data set {name!r} has no tfseg split {split!r} (split_map={dict(split_map)}). Add it to the gin "
-        f"binding tfseg.data.tfds_source.split_map, e.g. {{'{split}': 'train[:5%]'}}.")
+    del resolution  # Resizing happens in make_dataset.
+    if split not in SPLITS:
+        raise DataError(f"Unknown split {split!r}; expected one of {SPLITS}.")
+    if not name or name is gin.REQUIRED:
+        raise DataError("tfds_source needs a data set name. Set the gin binding tfseg.data.tfds_source.name, "
+                        "e.g. 'caltech_birds2011' or 'lsun/horse'.")
+    if split_map is None:
+        split_map = DEFAULT_SPLIT_MAPS.get(name, _LSUN_SPLIT_MAP if name.startswith("lsun/") else
+                                           {s: s for s in SPLITS})
+    if split not in split_map:
+        raise SplitUnavailableError(
+            f"TFDS data set {name!r} has no tfseg split {split!r} (split_map={dict(split_map)}). Add it to the gin "
+            f"binding tfseg.data.tfds_source.split_map, e.g. {{'{split}': 'train[:5%]'}}.")
 
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except Exception as e:  # pylint: disable=broad-except  # TFDS raises several types for unknown names.
-    raise DataError(f"Unknown TFDS data set {name!r}: {e}. Fix the gin binding tfseg.data.tfds_source.name.") from e
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # pylint: disable=broad-except  # TFDS raises several types for unknown names.
+        raise DataError(f"Unknown TFDS data set {name!r}: {e}. Fix the gin binding tfseg.data.tfds_source.name.") from e
 
-  try:
-    ds = builder.as_dataset(split=split_map[split], shuffle_files=split == "train")
-  except AssertionError as e:
-    # TFDS's "could not find data in <data_dir>": the builder exists but was never prepared.
-    root = str(builder.data_dir_root)
-    hint = _LSUN_DEMO_HINT if name.startswith("lsun/") else _DEMO_HINT
-    raise DataError(f"TFDS data set {name!r} is not prepared in data_dir '{root}' (set with "
-                    f"tfseg.data.tfds_source.data_dir). {_prepare_instructions(name, root)}\n{hint}") from e
-  except (ValueError, KeyError) as e:
-    raise DataError(f"TFDS split expression {split_map[split]!r} for {name!r} is invalid: {e}. Fix the gin "
-                    "binding tfseg.data.tfds_source.split_map.") from e
+    try:
+        ds = builder.as_dataset(split=split_map[split], shuffle_files=split == "train")
+    except AssertionError as e:
+        # TFDS's "could not find data in <data_dir>": the builder exists but was never prepared.
+        root = str(builder.data_dir_root)
+        hint = _LSUN_DEMO_HINT if name.startswith("lsun/") else _DEMO_HINT
+        raise DataError(f"TFDS data set {name!r} is not prepared in data_dir '{root}' (set with "
+                        f"tfseg.data.tfds_source.data_dir). {_prepare_instructions(name, root)}\n{hint}") from e
+    except (ValueError, KeyError) as e:
+        raise DataError(f"TFDS split expression {split_map[split]!r} for {name!r} is invalid: {e}. Fix the gin "
+                        "binding tfseg.data.tfds_source.split_map.") from e
 
-  features = builder.info.features
-  if "image" not in features:
-    raise DataError(f"TFDS data set {name!r} has no 'image' feature (features: {list(features.keys())}).")
-  mask_key = next((k for k in MASK_FEATURES if k in features), None)
+    features = builder.info.features
+    if "image" not in features:
+        raise DataError(f"TFDS data set {name!r} has no 'image' feature (features: {list(features.keys())}).")
+    mask_key = next((k for k in MASK_FEATURES if k in features), None)
 
-  def convert(example):
-    image = example["image"]
-    # Grey-scale photos exist in some TFDS image sets; the models expect RGB.
-    if image.shape[-1] == 1:
-      image = tf.image.grayscale_to_rgb(image)
-    out = {"image": image}
-    if mask_key is not None:
-      mask = example[mask_key]
-      if mask.shape[-1] != 1:
-        mask = mask[..., :1]
-      # Only mock data produce differently sized masks, but resizing is free when sizes agree.
-      mask = tf.image.resize(mask, tf.shape(image)[:2], method="nearest")
-      out["mask"] = tf.cast(mask > MASK_FEATURES[mask_key], tf.uint8)
-    return out
+    def convert(example):
+        image = example["image"]
+        # Grey-scale photos exist in some TFDS image sets; the models expect RGB.
+        if image.shape[-1] == 1:
+            image = tf.image.grayscale_to_rgb(image)
+        out = {"image": image}
+        if mask_key is not None:
+            mask = example[mask_key]
+            if mask.shape[-1] != 1:
+                mask = mask[..., :1]
+            # Only mock data produce differently sized masks, but resizing is free when sizes agree.
+            mask = tf.image.resize(mask, tf.shape(image)[:2], method="nearest")
+            out["mask"] = tf.cast(mask > MASK_FEATURES[mask_key], tf.uint8)
+        return out
 
-  return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=split != "train")
+    return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=split != "train")
