@@ -2,6 +2,8 @@
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import gin
 import numpy as np
@@ -15,6 +17,12 @@ from tfseg.training import checkpointing, trainer
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = sorted(p for p in glob.glob(os.path.join(REPO, "gin_configs", "*.gin"))
                  if os.path.basename(p) not in ("smoke.gin",) and not p.endswith("_base.gin"))
+
+
+def run_module(module, *args):
+    """Runs `python -m module args` in a subprocess (entry points define clashing absl flags)."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
 
 
 def run_train(*args):
@@ -80,15 +88,32 @@ def test_interrupted_run_resumes_at_the_same_step_with_the_same_weights(tmp_path
     assert results["num_images"] == 8
 
 
-def test_rerunning_a_finished_run_does_not_train_again(tmp_path, capsys):
+def test_rerunning_a_finished_run_does_not_train_again_and_evaluate_rescores_it(tmp_path, capsys):
     model_dir = str(tmp_path / "run")
     args = [f"--gin_file={REPO}/gin_configs/demo.gin", "--smoke", f"--model_dir={model_dir}"]
     assert run_train(*args) == 0
     capsys.readouterr()
+    with open(os.path.join(model_dir, "eval_test.json")) as f:
+        trained = json.load(f)
     assert run_train(*args) == 0
     out = capsys.readouterr().out
     assert "resumed from" in out and "at step 2" in out
     assert "step 1/2" not in out
+
+    os.remove(os.path.join(model_dir, "eval_test.json"))
+    result = run_module("tfseg.evaluate", f"--model_dir={model_dir}", "--split=test")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "fixed polarity" in result.stdout
+    with open(os.path.join(model_dir, "eval_test.json")) as f:
+        rescored = json.load(f)
+    assert rescored["fg_iou"] == pytest.approx(trained["fg_iou"])
+    assert rescored["foreground_region"] == trained["foreground_region"]
+
+
+def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path):
+    result = run_module("tfseg.evaluate", f"--model_dir={tmp_path}")
+    assert result.returncode == 2
+    assert "not a tfseg training run" in result.stderr
 
 
 def test_collapsed_masks_restart_the_run_with_a_new_seed(tmp_path, capsys):
@@ -152,7 +177,7 @@ def test_dry_run_prints_the_resolved_config_and_trains_nothing(tmp_path, capsys)
     code = run_train(f"--gin_file={REPO}/gin_configs/demo.gin", f"--model_dir={tmp_path}/run", "--dry_run")
     assert code == 0
     out = capsys.readouterr().out
-    assert "tfseg.training.TrainConfig.num_steps" in out and "dry run" in out
+    assert "TrainConfig.num_steps = 3000" in out and "dry run" in out
     assert not os.path.exists(f"{tmp_path}/run/checkpoints")
 
 

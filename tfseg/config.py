@@ -5,6 +5,7 @@ import os
 import re
 
 import gin
+from absl import logging
 
 GIN_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "gin_configs")
@@ -83,6 +84,10 @@ def parse(gin_files=(), gin_bindings=()):
         gin.add_config_file_search_path(os.path.dirname(os.path.abspath(path)))
     if os.path.isdir(GIN_CONFIG_DIR):
         gin.add_config_file_search_path(GIN_CONFIG_DIR)
+    verbosity = logging.get_verbosity()
+    # gin's package-path reader logs a spurious "Path not found" error for every `include` it
+    # then finds on the search path.
+    logging.set_verbosity(logging.FATAL)
     try:
         gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings),
                                             finalize_config=False)
@@ -91,6 +96,8 @@ def parse(gin_files=(), gin_bindings=()):
         raise ConfigError(_suggest(text) or f"could not parse the gin config: {text}") from err
     except Exception as err:  # tokenizer errors of a malformed binding
         raise ConfigError(f"could not parse the gin config ({type(err).__name__}): {err}") from err
+    finally:
+        logging.set_verbosity(verbosity)
     gin.finalize()
 
 

@@ -143,6 +143,8 @@ class Trainer:
     def train(self):
         """Trains to `num_steps` (resuming if possible), then scores the best model on test."""
         cfg = self.config
+        self.labelled = {split: info.available and info.has_masks
+                         for split, info in pipeline.validate_data_config().items()}
         restarts = self._saved_restarts()
         self._build(restarts)
         resumed = self.latest.restore_or_initialize()
@@ -201,6 +203,12 @@ class Trainer:
     def _validate(self, step, last_metrics, display):
         """Scores validation, keeps the best checkpoint, writes grids; True if the run collapsed."""
         cfg = self.config
+        if not self.labelled.get("validation"):
+            # No labelled validation split (e.g. LSUN, a photo folder without masks): image grids
+            # only; the last checkpoint is the one used.
+            batch = next(iter(_eval_dataset(cfg, "train")))
+            self._image_summaries(step, batch["image"].numpy()[:8])
+            return self._collapsed(step, {}, last_metrics, display)
         results, sample = evaluator.evaluate(self.model, _eval_dataset(cfg, "validation"),
                                              max_examples=cfg.eval_examples, choose_region=True)
         score = results["fg_iou"]
@@ -236,7 +244,7 @@ class Trainer:
         train_smaller = last_metrics.get("mask/smaller_region")
         if train_smaller is None:
             return False
-        coverage = results.get("prediction_coverage")
+        coverage = results.get("prediction_coverage")  # absent without a labelled validation split
         val_smaller = min(coverage, 1 - coverage) if coverage is not None else train_smaller
         if train_smaller >= cfg.collapse_threshold or val_smaller >= cfg.collapse_threshold:
             return False
@@ -260,6 +268,11 @@ class Trainer:
         best = self.best.latest_checkpoint
         if best:
             checkpointing.restore(self.checkpoint, best)
+        if not self.labelled.get("test"):
+            (display.message if display else print)(
+                "no labelled test split: nothing to score. Masks of your images: see the "
+                "TensorBoard image grids, or export the model and run tfseg.predict.")
+            return {}
         results = run_split_evaluation(self.model, self.config, self.model_dir, "test")
         text = metrics.format_table(results)
         (display.message if display else print)(
