@@ -1,0 +1,338 @@
+"""Export for TF Serving, local prediction and the REST client, tested the way TF Serving uses them.
+
+The TF Serving binary cannot be installed here, so `saved_model_cli` checks the signatures and
+`tests/tf_serving_fixture.py` decodes the REST bodies as TF Serving does and serves the SavedModel on
+127.0.0.1. One tiny run (the demo config in smoke mode, R = 16) is made and exported once per module.
+"""
+import base64
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+from PIL import Image
+
+from tfseg import config, export, predict
+from tfseg.data import augment, procedural
+from tfseg.evaluation import evaluator, metrics
+from tfseg.serving import export_module, inference
+from tfseg.training import checkpointing, loading, trainer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tf_serving_fixture  # noqa: E402  pylint: disable=wrong-import-position
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZES = [(16, 16), (40, 24), (23, 57)]
+
+
+def _load_client():
+    spec = importlib.util.spec_from_file_location("serving_client", os.path.join(REPO, "tools", "serving_client.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+serving_client = _load_client()
+
+
+def _write_run(model_dir):
+    """A run directory as `tfseg.train --smoke` leaves it (config.gin, latest and best checkpoints).
+
+    The weights are the initial ones: serving only needs a checkpoint, and skipping the two training
+    steps saves their tracing (a minute on a busy 2-core machine).
+    """
+    config.parse([os.path.join(REPO, "gin_configs", "demo.gin"), config.SMOKE_CONFIG])
+    config.save_config(model_dir)
+    cfg = trainer.TrainConfig()
+    model = trainer.build_method(cfg)
+    model.build_for_training(cfg.batch_size)
+    model.foreground_region.assign(1)  # not the default, so a lost region would show
+    state = checkpointing.RunState()
+    state.step.assign(2)
+    latest, best = checkpointing.managers(checkpointing.make_checkpoint(model, state), model_dir)
+    latest.save(checkpoint_number=2)
+    best.save(checkpoint_number=2)
+
+
+def _run_entry(module, *args):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS([module.__name__, *args])
+    return module.main([])
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("run"))
+    _write_run(model_dir)
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir, tmp_path_factory):
+    base = str(tmp_path_factory.mktemp("serving") / "tfseg")
+    path, _ = export_module.export_run(run_dir, base)
+    return path
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return tf.saved_model.load(exported)
+
+
+@pytest.fixture(scope="module")
+def model(run_dir):
+    model, _, _ = loading.load_trained(run_dir)
+    return model
+
+
+def _random_image(h, w, seed):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    image[h // 4:h // 2, w // 3:w // 2] = 255  # some structure besides noise
+    return image
+
+
+def _encode(image, fmt):
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _in_process_masks(model, files, resolution=16):
+    """model.segment after the evaluation pre-processing of each decoded file."""
+    views = [augment.preprocess({"image": tf.io.decode_image(data, channels=3, expand_animations=False)},
+                                resolution, training=False, image_resize_method="nearest")["image"]
+             for data in files]
+    return model.segment(tf.stack(views)).numpy()
+
+
+# -- the SavedModel ---------------------------------------------------------------------------------
+
+
+def test_saved_model_cli_lists_both_signatures_as_predict_methods(exported):
+    out = subprocess.run(["saved_model_cli", "show", "--all", "--dir", exported], capture_output=True, text=True,
+                         check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}).stdout
+    blocks = {name: out.split(f"signature_def['{name}']")[1].split("signature_def[")[0]
+              for name in ("serving_default", "serve_image_tensor")}
+    for block in blocks.values():
+        assert "Method name is: tensorflow/serving/predict" in block
+        for output in ("mask", "mask_png_bytes", "foreground_fraction"):
+            assert f"outputs['{output}']" in block
+    assert "inputs['image_bytes']" in blocks["serving_default"] and "DT_STRING" in blocks["serving_default"]
+    assert "inputs['images']" in blocks["serve_image_tensor"] and "DT_UINT8" in blocks["serve_image_tensor"]
+    assert "shape: (-1, 16, 16, 1)" in blocks["serving_default"]
+
+
+def test_export_records_the_config_and_the_method_in_assets(exported, run_dir):
+    assets = os.path.join(exported, "assets")
+    with open(os.path.join(assets, "config.gin")) as a, open(os.path.join(run_dir, "config.gin")) as b:
+        assert a.read() == b.read()
+    meta = export_module.read_metadata(exported)
+    assert meta["method"] == "ReDO" and meta["method_factory"] == "@tfseg.methods.redo"
+    assert meta["resolution"] == 16 and meta["image_resize_method"] == "nearest"
+    assert meta["foreground_region"] == 1 and meta["checkpoint"].endswith("ckpt-2")
+
+
+@pytest.mark.parametrize("fmt", ["row", "columnar"])
+def test_client_json_decoded_like_tf_serving_gives_the_in_process_masks(fmt, loaded, model):
+    files = [_encode(_random_image(h, w, i), "PNG") for i, (h, w) in enumerate(SIZES)]
+    files.append(_encode(_random_image(31, 20, 9), "JPEG"))
+    body = json.loads(json.dumps(serving_client.build_request(files, fmt=fmt)))  # exactly what goes on the wire
+    if fmt == "row":
+        assert body == {"instances": [{"b64": base64.b64encode(f).decode()} for f in files]}
+    name, inputs, row = tf_serving_fixture.decode_request(body, loaded.signatures)
+    assert (name, row) == ("serving_default", fmt == "row")
+    out = loaded.signatures[name](**inputs)
+
+    expected = _in_process_masks(model, files)
+    assert out["mask"].shape == (len(files), 16, 16, 1)
+    np.testing.assert_allclose(out["mask"].numpy(), expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(out["foreground_fraction"].numpy(), (expected >= 0.5).mean(axis=(1, 2, 3)))
+    for png, (h, w) in zip(out["mask_png_bytes"].numpy(), SIZES + [(31, 20)]):
+        assert tf.io.decode_png(png).shape == (h, w, 1)
+
+    # ... and the JSON answer carries the PNGs base64-encoded, which the client decodes.
+    answer = json.loads(json.dumps(tf_serving_fixture.encode_response(out, row)))
+    rows = serving_client.parse_response(answer, len(files))
+    assert [r["mask_png_bytes"] for r in rows] == list(out["mask_png_bytes"].numpy())
+
+
+def test_tensor_signature_gives_the_in_process_masks(loaded, model):
+    images = np.stack([_random_image(40, 24, seed) for seed in range(3)])
+    out = loaded.signatures["serve_image_tensor"](images=tf.constant(images))
+    expected = _in_process_masks(model, [_encode(image, "PNG") for image in images])
+    np.testing.assert_allclose(out["mask"].numpy(), expected, atol=1e-5, rtol=0)
+    assert [tf.io.decode_png(p).shape for p in out["mask_png_bytes"].numpy()] == [(40, 24, 1)] * 3
+
+
+def test_mask_png_puts_the_crop_back_where_it_was_taken():
+    # A 40 x 24 image: shorter side 24 -> 16, so the resized image is 27 x 16 and the crop starts at row 5.
+    mask = tf.ones([16, 16, 1])
+    back = export_module.mask_to_original_size(mask, 40, 24, 16).numpy()[..., 0]
+    assert back.shape == (40, 24)
+    rows = back.mean(axis=1)
+    assert rows[0] == 0.0 and rows[-1] == 0.0  # outside the crop: background
+    assert np.all(rows[9:30] == 1.0)  # inside: the mask (rows 7.4 to 31.1 of the original)
+    assert 0.0 < rows[7] < 1.0 and 0.0 < rows[31] < 1.0
+    square = export_module.mask_to_original_size(mask, 40, 24, 16, square_resize=True).numpy()
+    assert np.all(square == 1.0)
+
+
+GOOD = _encode(_random_image(20, 20, 1), "PNG")
+_JPEG = _encode(_random_image(20, 20, 2), "JPEG")
+
+
+@pytest.mark.parametrize("data, problem", [
+    (b"", "image_bytes[1] is empty"),
+    (b"just some text, no image", "image_bytes[1] is not a JPEG or PNG image"),
+    (GOOD[:len(GOOD) // 2], "image_bytes[1] is a truncated PNG"),
+    (_JPEG[:len(_JPEG) // 2], "JPEG data"),
+    (base64.b64encode(GOOD), "image_bytes[1] is base64 text of an image"),
+], ids=["empty", "text", "truncated-png", "truncated-jpeg", "base64-twice"])
+def test_bad_bytes_fail_with_invalid_argument_naming_the_problem(data, problem, loaded):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=problem.replace("[", r"\[").replace("]", r"\]")):
+        loaded.signatures["serving_default"](image_bytes=tf.constant([GOOD, data]))
+    # The process is fine and the next good request is served.
+    assert loaded.signatures["serving_default"](image_bytes=tf.constant([GOOD]))["mask"].shape[0] == 1
+
+
+def test_images_over_the_pixel_limit_are_refused_before_decoding(model):
+    serving = export_module.ServingFunctions(model, 16, max_pixels=300)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes\[0\] has 20 x 20 pixels"):
+        serving.from_bytes(tf.constant([GOOD]))
+
+
+# -- the REST client against the stand-in server ----------------------------------------------------
+
+
+def _image_folder(root, bad=()):
+    os.makedirs(root, exist_ok=True)
+    for i, (h, w) in enumerate(SIZES):
+        Image.fromarray(_random_image(h, w, i)).save(os.path.join(root, f"img{i}.png"))
+    for name in bad:
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(GOOD[:40])  # cut off: the server refuses it
+    return root
+
+
+def test_client_writes_masks_and_reports_a_bad_image_then_carries_on(exported, tmp_path):
+    images = _image_folder(str(tmp_path / "images"), bad=["img1_cut.png"])
+    with tf_serving_fixture.serving({"tfseg": {1: exported}}) as server:
+        client = serving_client.ServingClient(server.url, "tfseg", timeout=20, retries=0)
+        log = io.StringIO()
+        summary = serving_client.segment_folder(client, images, str(tmp_path / "out"), batch_size=4, stream=log)
+    assert sorted(summary["written"]) == ["img0.png", "img1.png", "img2.png"]
+    assert list(summary["errors"]) == ["img1_cut.png"]
+    assert "truncated PNG" in summary["errors"]["img1_cut.png"]
+    assert "img1_cut.png" in log.getvalue()
+    for i, (h, w) in enumerate(SIZES):
+        assert Image.open(tmp_path / "out" / f"img{i}_mask.png").size == (w, h)
+    # The batch of four failed as a whole, then each image was sent alone.
+    assert [len(r["instances"]) for r in server.requests] == [4, 1, 1, 1, 1]
+
+
+def test_client_retries_a_busy_server_and_gives_up_on_a_dead_one(exported):
+    with tf_serving_fixture.serving({"tfseg": {1: exported}}) as server:
+        server.fail_next = [503, 503]
+        client = serving_client.ServingClient(server.url, "tfseg", fmt="columnar", retries=2, backoff=0.01)
+        rows = client.predict([GOOD])
+        assert tf.io.decode_png(rows[0]["mask_png_bytes"]).shape == (20, 20, 1)
+        with pytest.raises(serving_client.ServerError, match="Servable not found"):
+            serving_client.ServingClient(server.url, "nope", retries=0).predict([GOOD])
+        url = server.url
+    dead = serving_client.ServingClient(url, "tfseg", timeout=2, retries=1, backoff=0.01)
+    with pytest.raises(serving_client.Unreachable, match="2 attempts"):
+        dead.predict([GOOD])
+
+
+# -- the entry points -------------------------------------------------------------------------------
+
+
+def test_export_refuses_a_run_without_checkpoint(tmp_path, capsys):
+    config.parse([os.path.join(REPO, "gin_configs", "demo.gin"), config.SMOKE_CONFIG])
+    config.save_config(str(tmp_path))
+    code = _run_entry(export, f"--model_dir={tmp_path}", f"--export_dir={tmp_path}/serving")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint" in err and "tfseg.train" in err
+    assert not os.path.exists(tmp_path / "serving" / "1")
+
+
+def test_versions_are_numbered_one_then_two_and_never_overwritten(exported, run_dir, capsys):
+    base = os.path.dirname(exported)
+    assert os.path.basename(exported) == "1"
+    assert _run_entry(export, f"--model_dir={run_dir}", f"--export_dir={base}") == 0
+    assert tf.saved_model.contains_saved_model(os.path.join(base, "2"))
+    assert _run_entry(export, f"--model_dir={run_dir}", f"--export_dir={base}", "--version=1") == 2
+    assert "exists already" in capsys.readouterr().err
+    assert sorted(os.listdir(base)) == ["1", "2"]  # no temporary folder left behind
+
+
+def test_predict_writes_mask_cutout_overlay_and_sheet_and_skips_unreadable_files(exported, tmp_path, capsys):
+    images = _image_folder(str(tmp_path / "images"), bad=["broken.png"])
+    with open(tmp_path / "images" / "notes.jpg", "w") as f:
+        f.write("not an image")
+    out = tmp_path / "out"
+    assert _run_entry(predict, f"--export_dir={exported}", f"--images={images}", f"--out={out}",
+                      "--batch_size=2") == 0
+    captured = capsys.readouterr()
+    assert "skipped" in captured.err and "broken.png" in captured.err and "notes.jpg" in captured.err
+    assert "3/5 images" in captured.err or "5/5 images" in captured.err  # the progress bar
+    for i, (h, w) in enumerate(SIZES):
+        assert Image.open(out / f"img{i}_mask.png").size == (w, h)
+        cutout = Image.open(out / f"img{i}_cutout.png")
+        assert cutout.mode == "RGBA" and cutout.size == (w, h)
+        assert Image.open(out / f"img{i}_overlay.png").size == (w, h)
+    assert Image.open(out / "contact_sheet.png").size[1] > 3 * 96
+    with open(out / "predictions.json") as f:
+        summary = json.load(f)
+    assert sorted(summary["skipped"]) == ["broken.png", "notes.jpg"]
+    assert "truncated PNG" in summary["skipped"]["broken.png"]
+    assert not os.path.exists(out / "broken_mask.png")
+
+
+def test_predict_masks_score_the_same_fg_iou_as_the_evaluation(exported, run_dir, tmp_path):
+    # PNGs of the embedded data set's test split, the same images tfseg.evaluate scores.
+    names = procedural.write_png_folder(str(tmp_path / "data"), "test", 12, 16)
+    segment, _ = inference.load_exported(exported)
+    summary = inference.predict_folder(segment, str(tmp_path / "data" / "images"), str(tmp_path / "out"),
+                                       batch_size=5, stream=io.StringIO())
+    assert len(summary["written"]) == len(names)
+    pred = np.stack([np.asarray(Image.open(tmp_path / "out" / f"{n}_mask.png")) for n in names])[..., None]
+    truth = np.stack([np.asarray(Image.open(tmp_path / "data" / "masks" / f"{n}.png")) for n in names])[..., None]
+    served = metrics.MaskMetrics()
+    served.update(pred / 255.0, truth > 127)
+
+    model, cfg, _ = loading.load_trained(run_dir, extra_bindings=[
+        "tfseg.data.make_dataset.source = @tfseg.data.procedural_source"])
+    evaluated, _ = evaluator.evaluate(model, trainer._eval_dataset(cfg, "test"),  # pylint: disable=protected-access
+                                      max_examples=len(names))
+    assert evaluated["num_images"] == len(names)
+    assert abs(served.result()["fg_iou"] - evaluated["fg_iou"]) <= 0.01
+
+
+def test_predict_from_a_run_directory_matches_the_export(exported, run_dir, tmp_path):
+    images = _image_folder(str(tmp_path / "images"))
+    from_export, meta = inference.load_exported(os.path.dirname(exported))  # the latest version
+    assert os.path.basename(meta["version_dir"]).isdigit()
+    from_run, meta = inference.load_from_run(run_dir)
+    assert meta["method"] == "ReDO"
+    files = [inference.read_image_bytes(os.path.join(images, f)) for f in sorted(os.listdir(images))]
+    a, b = from_export(files), from_run(files)
+    np.testing.assert_allclose(a["mask"], b["mask"], atol=1e-5, rtol=0)
+    assert list(a["mask_png_bytes"]) == list(b["mask_png_bytes"])
+
+
+def test_benchmark_reports_images_per_second_of_both_signatures(exported):
+    from tfseg.serving import benchmark  # pylint: disable=import-outside-toplevel
+    rates = benchmark.savedmodel_rates(os.path.dirname(exported), 16, batch_sizes=(1, 4), repeats=1,
+                                       min_seconds=0.01)
+    assert sorted(rates) == ["savedmodel_bytes_b1", "savedmodel_bytes_b4", "savedmodel_tensor_b1",
+                             "savedmodel_tensor_b4"]
+    assert all(rate > 0 for rate in rates.values())

@@ -1,0 +1,77 @@
+"""Segment your own images: `python -m tfseg.predict --export_dir=serving/tfseg/1 --images=DIR --out=DIR`.
+
+Uses an exported SavedModel (`--export_dir`, written by `python -m tfseg.export`) or a training run's
+checkpoint directly (`--model_dir`); both run the same computation TF Serving runs. Writes, per image,
+`<name>_mask.png` (grey, 255 = foreground, at the image's size), `<name>_cutout.png` (RGBA) and
+`<name>_overlay.png`, plus `contact_sheet.png` and `predictions.json`. Unreadable files are reported
+and skipped; the exit code is 0 when at least one image was segmented.
+"""
+import sys
+
+from absl import app, flags
+
+# allow_override: tfseg.train / evaluate / export define the same names (same meaning, same default), and
+# tests import several entry points into one process.
+flags.DEFINE_string("export_dir", None, "An exported version folder, e.g. serving/tfseg/1 (the base folder "
+                    "serving/tfseg means its latest version).", allow_override=True)
+flags.DEFINE_string("model_dir", None, "A training run directory, used instead of --export_dir.",
+                    allow_override=True)
+flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "With --model_dir: which checkpoint.",
+                  allow_override=True)
+flags.DEFINE_string("images", None, "Folder of images (JPEG, PNG, BMP, ...), searched recursively.")
+flags.DEFINE_string("out", None, "Output folder, created if needed.")
+flags.DEFINE_integer("batch_size", 16, "Images per model call.")
+flags.DEFINE_integer("sheet_rows", 64, "Images shown in contact_sheet.png.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    if bool(FLAGS.export_dir) == bool(FLAGS.model_dir):
+        print("error: pass exactly one of --export_dir (e.g. serving/tfseg/1, written by python -m "
+              "tfseg.export) or --model_dir (a training run)", file=sys.stderr)
+        return 2
+    if not FLAGS.images or not FLAGS.out:
+        print("error: --images=<folder of images> and --out=<output folder> are required", file=sys.stderr)
+        return 2
+    import os  # pylint: disable=import-outside-toplevel
+    # Expected bad files are reported by us; TF's own warnings about them would garble the progress bar.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not os.path.isdir(FLAGS.images):
+        print(f"error: --images={FLAGS.images} is not a folder", file=sys.stderr)
+        return 2
+    from tfseg import config  # pylint: disable=import-outside-toplevel
+    from tfseg.serving import inference  # pylint: disable=import-outside-toplevel
+
+    if not inference.list_images(FLAGS.images):
+        print(f"error: {FLAGS.images} holds no image files ({', '.join(inference.IMAGE_EXTENSIONS)})",
+              file=sys.stderr)
+        return 2
+    try:
+        if FLAGS.export_dir:
+            segment, metadata = inference.load_exported(FLAGS.export_dir)
+        else:
+            segment, metadata = inference.load_from_run(FLAGS.model_dir, FLAGS.checkpoint)
+    except (config.ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    source = metadata.get("version_dir") or metadata.get("checkpoint")
+    print(f"segmenting {FLAGS.images} with {metadata.get('method', 'the model')} ({source}) "
+          f"at {metadata.get('resolution', '?')} px -> {FLAGS.out}")
+    summary = inference.predict_folder(segment, FLAGS.images, FLAGS.out, FLAGS.batch_size, FLAGS.sheet_rows)
+    print(f"wrote masks, cut-outs and overlays of {len(summary['written'])} images to {FLAGS.out}"
+          + (f"; contact sheet {summary['contact_sheet']}" if summary["contact_sheet"] else ""))
+    if summary["skipped"]:
+        print(f"skipped {len(summary['skipped'])} unreadable file(s) (listed in {FLAGS.out}/predictions.json):")
+        for rel, reason in summary["skipped"].items():
+            print(f"  {rel}: {reason}")
+    return 0 if summary["written"] else 1
+
+
+def run():
+    """Console-script entry point (`tfseg-predict`)."""
+    app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+    run()

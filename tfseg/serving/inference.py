@@ -1,0 +1,324 @@
+"""Segmenting a folder of the user's own images (the library behind `python -m tfseg.predict`).
+
+The images go through the `serving_default` computation (JPEG/PNG bytes in, masks out), either from an
+exported SavedModel or built in-process from a run's checkpoint, so local predictions are exactly
+what TF Serving returns. Per image ``<name>.<ext>`` the output folder gets
+
+* ``<name>_mask.png``: the foreground mask, 8-bit grey (255 = foreground), at the image's size;
+* ``<name>_cutout.png``: the image as RGBA with the mask as alpha;
+* ``<name>_overlay.png``: the image with the foreground tinted red;
+
+plus ``contact_sheet.png`` (rows: image | mask | overlay | cut-out on grey, first `sheet_rows` images)
+and ``predictions.json`` (foreground fraction per image, skipped files with the reason). Sub-folders
+of the input folder are mirrored. Files other than JPEG and PNG (BMP, PPM, ...) are converted to PNG
+with pillow first; files nobody can read are reported and skipped.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import sys
+import time
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+import tensorflow as tf
+
+from tfseg.evaluation import grids
+from tfseg.serving import export_module
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
+
+
+class UnreadableImage(ValueError):
+    """A file that is not an image any decoder here can read."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Segmenters: list of file bytes -> dict of numpy outputs.
+# --------------------------------------------------------------------------------------------------
+
+
+def load_exported(version_dir):
+    """The `serving_default` signature of an exported SavedModel, as a callable on a list of bytes.
+
+    Args:
+        version_dir: `<export_dir>/<version>`, a folder written by `tfseg.export`; given the base folder
+            `<export_dir>`, its latest version is used (as TF Serving does).
+
+    Returns:
+        `(segment, metadata)`: `segment(list of bytes) -> {"mask", "mask_png_bytes",
+        "foreground_fraction"}` numpy arrays; metadata is the export's `assets/tfseg_export.json` plus
+        "version_dir".
+
+    Raises:
+        FileNotFoundError: `version_dir` holds no SavedModel.
+    """
+    if not tf.saved_model.contains_saved_model(version_dir):
+        names = os.listdir(version_dir) if os.path.isdir(version_dir) else []
+        versions = sorted(int(n) for n in names if n.isdigit()
+                          and tf.saved_model.contains_saved_model(os.path.join(version_dir, n)))
+        if not versions:
+            raise FileNotFoundError(f"'{version_dir}' holds no SavedModel. Export one with python -m tfseg.export "
+                                    "--model_dir=<training run> --export_dir=serving/tfseg")
+        version_dir = os.path.join(version_dir, str(versions[-1]))
+    loaded = tf.saved_model.load(version_dir)
+    signature = loaded.signatures[export_module.SIGNATURE_BYTES]
+
+    def segment(data):
+        out = signature(**{export_module.INPUT_BYTES: tf.constant(data, tf.string)})
+        return {k: v.numpy() for k, v in out.items()}
+
+    segment.keep_alive = loaded  # the signature needs its SavedModel object alive
+    try:
+        metadata = export_module.read_metadata(version_dir)
+    except FileNotFoundError:
+        metadata = {}
+    metadata["version_dir"] = version_dir
+    return segment, metadata
+
+
+def load_from_run(model_dir, which="best"):
+    """The same computation as the export, built in-process from a run's checkpoint.
+
+    Returns:
+        `(segment, metadata)` as in `load_exported`.
+
+    Raises:
+        tfseg.config.ConfigError: `model_dir` has no config.gin or no checkpoint.
+    """
+    from tfseg.training import loading  # pylint: disable=import-outside-toplevel
+
+    model, train_config, checkpoint = loading.load_trained(model_dir, which)
+    serving = export_module.serving_functions_from_run(model, train_config)
+    fn = tf.function(serving.from_bytes, input_signature=[tf.TensorSpec([None], tf.string)])
+
+    def segment(data):
+        return {k: v.numpy() for k, v in fn(tf.constant(data, tf.string)).items()}
+
+    return segment, {"method": type(model).__name__, "resolution": serving.resolution,
+                     "checkpoint": checkpoint}
+
+
+# --------------------------------------------------------------------------------------------------
+# Files.
+# --------------------------------------------------------------------------------------------------
+
+
+def list_images(root):
+    """Relative paths of the image files under `root` (recursively, by extension), sorted."""
+    found = []
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                found.append(os.path.relpath(os.path.join(dirpath, name), root))
+    return sorted(found)
+
+
+def is_jpeg_or_png(data):
+    return data.startswith(b"\x89PNG\r\n\x1a\n") or data.startswith(b"\xff\xd8\xff")
+
+
+def read_image_bytes(path):
+    """The bytes to send for the file at `path`: the file itself if JPEG or PNG, else a PNG of it.
+
+    Raises:
+        UnreadableImage: empty, or neither JPEG/PNG nor a format pillow reads.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data:
+        raise UnreadableImage("empty file")
+    if is_jpeg_or_png(data):
+        return data
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="PNG")
+    except UnidentifiedImageError as err:
+        raise UnreadableImage("not an image (neither JPEG, PNG nor another format pillow reads)") from err
+    except Exception as err:  # pylint: disable=broad-except
+        # pillow signals bad files with OSError, SyntaxError, ValueError, ...: all mean "unreadable".
+        raise UnreadableImage(f"unreadable image ({type(err).__name__}: {err})") from err
+    return buffer.getvalue()
+
+
+def output_names(relative_paths):
+    """Output stem per input: the path without extension, or with it (a.jpg -> a_jpg) where two collide."""
+    stems = [os.path.splitext(p)[0] for p in relative_paths]
+    taken = {}
+    for stem in stems:
+        taken[stem] = taken.get(stem, 0) + 1
+    return [stem if taken[stem] == 1 else p.replace(".", "_") for stem, p in zip(stems, relative_paths)]
+
+
+def error_text(err, with_index=True):
+    """The useful line of a TF error (the assertion's message or the decoder's), without the graph noise.
+
+    Args:
+        err: a `tf.errors.OpError` (or any exception).
+        with_index: keep the "image_bytes[i] " prefix of the export's checks (drop it for a batch of one).
+    """
+    message = getattr(err, "message", None) or str(err)
+    start = message.find("assertion failed: [")
+    if start >= 0:
+        end = message.find("]\n", start)
+        end = message.find("]", start + 19) if end < 0 else end
+        text = message[start + len("assertion failed: ["):end]
+        return text if with_index else re.sub(r"^image_bytes\[\d+\]", "the file", text)
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Graph execution error", "Detected at node", "<stack",
+                                                             "[[{{"))]
+    return (useful or lines or [message])[0].split(" [[{{")[0].split(" [Op:")[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Progress.
+# --------------------------------------------------------------------------------------------------
+
+
+class ProgressBar:
+    """`[#####.....] k/N images | x img/s | ETA mm:ss` on one rewritten line (a line per update off a tty)."""
+
+    def __init__(self, total, stream=None, width=30):
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start = time.time()
+
+    def update(self, done):
+        elapsed = max(time.time() - self.start, 1e-9)
+        rate = done / elapsed
+        eta = (self.total - done) / rate if rate > 0 else 0
+        filled = int(self.width * done / max(self.total, 1))
+        bar = "#" * filled + "." * (self.width - filled)
+        line = (f"[{bar}] {done}/{self.total} images | {rate:.1f} img/s | "
+                f"ETA {int(eta) // 60:02d}:{int(eta) % 60:02d}")
+        self.stream.write(("\r" + line) if self.tty else (line + "\n"))
+        self.stream.flush()
+
+    def message(self, text):
+        """A line of its own above the bar."""
+        self.stream.write(("\r\033[K" if self.tty else "") + text + "\n")
+        self.stream.flush()
+
+    def close(self):
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# --------------------------------------------------------------------------------------------------
+# Outputs.
+# --------------------------------------------------------------------------------------------------
+
+
+def _thumbnail(array, size, fill):
+    """uint8 [h, w, 3] -> [size, size, 3]: fitted inside the square, centred, aspect kept."""
+    image = Image.fromarray(array)
+    scale = size / max(image.size)
+    # Nearest when enlarging keeps small model-sized images crisp; bilinear when shrinking photos.
+    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                         Image.NEAREST if scale > 1 else Image.BILINEAR)
+    canvas = Image.new("RGB", (size, size), (fill, fill, fill))
+    canvas.paste(image, ((size - image.width) // 2, (size - image.height) // 2))
+    return np.asarray(canvas)
+
+
+def write_outputs(out_dir, stem, image_rgb, mask_png):
+    """Writes the mask, cut-out and overlay of one image; returns (overlay, cut-out on grey) for the sheet.
+
+    Args:
+        image_rgb: uint8 [h, w, 3], the decoded input.
+        mask_png: bytes, the `mask_png_bytes` output (grey, [h, w]).
+    """
+    base = os.path.join(out_dir, stem)
+    os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
+    with open(base + "_mask.png", "wb") as f:
+        f.write(mask_png)
+    alpha = np.asarray(Image.open(io.BytesIO(mask_png)).convert("L"))
+    Image.fromarray(np.dstack([image_rgb, alpha])).save(base + "_cutout.png")
+    overlay = grids.overlay(image_rgb, alpha.astype(np.float32) / 255.0)
+    grids.save_png(overlay, base + "_overlay.png")
+    weight = alpha[..., None].astype(np.float32) / 255.0
+    on_grey = np.rint(image_rgb * weight + 128.0 * (1.0 - weight)).astype(np.uint8)
+    return alpha, overlay, on_grey
+
+
+def predict_folder(segment, images_dir, out_dir, batch_size=16, sheet_rows=64, thumb=96, stream=None):
+    """Segments every image under `images_dir` and writes the outputs to `out_dir`.
+
+    Args:
+        segment: a callable from `load_exported` or `load_from_run`.
+        images_dir: folder of images, searched recursively.
+        out_dir: destination folder, created if needed.
+        batch_size: images per call of the model.
+        sheet_rows: images shown in `contact_sheet.png` (the first ones in sorted order).
+        thumb: side in pixels of a contact-sheet cell.
+        stream: where the progress bar and skip reports go (stderr by default).
+
+    Returns:
+        dict with "written" (list of relative paths), "skipped" ({relative path: reason}),
+        "foreground_fraction" ({relative path: value}) and "contact_sheet" (path or None).
+    """
+    files = list_images(images_dir)
+    names = output_names(files)
+    os.makedirs(out_dir, exist_ok=True)
+    bar = ProgressBar(len(files), stream)
+    written, skipped, fractions, sheet = [], {}, {}, []
+
+    def skip(rel, reason):
+        skipped[rel] = reason
+        bar.message(f"skipped {os.path.join(images_dir, rel)}: {reason}")
+
+    def run(items):
+        """items: list of (rel, stem, bytes). Runs them as one batch; one by one if the batch fails."""
+        try:
+            return [(item, out) for item, out in zip(items, _split(segment([d for _, _, d in items])))]
+        except tf.errors.InvalidArgumentError as err:
+            if len(items) == 1:
+                skip(items[0][0], error_text(err, with_index=False))
+                return []
+            # One bad file fails the whole batch: find it (them) by running each image alone.
+            return [result for item in items for result in run([item])]
+
+    done = 0
+    for start in range(0, len(files), max(1, batch_size)):
+        items = []
+        for rel, stem in zip(files[start:start + batch_size], names[start:start + batch_size]):
+            try:
+                items.append((rel, stem, read_image_bytes(os.path.join(images_dir, rel))))
+            except (UnreadableImage, OSError) as err:
+                skip(rel, str(err))
+        for (rel, stem, data), out in (run(items) if items else []):
+            image = tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+            mask, overlay, on_grey = write_outputs(out_dir, stem, image, out["mask_png_bytes"])
+            written.append(rel)
+            fractions[rel] = float(out["foreground_fraction"])
+            if len(sheet) < sheet_rows:
+                sheet.append([_thumbnail(image, thumb, 255), _thumbnail(np.repeat(mask[..., None], 3, -1), thumb, 255),
+                              _thumbnail(overlay, thumb, 255), _thumbnail(on_grey, thumb, 255)])
+        done = min(start + batch_size, len(files))
+        bar.update(done)
+    bar.close()
+
+    sheet_path = None
+    if sheet:
+        columns = [np.stack([row[c] for row in sheet]) for c in range(4)]
+        sheet_path = grids.save_png(grids.make_grid(columns), os.path.join(out_dir, "contact_sheet.png"))
+    summary = {"written": written, "skipped": skipped, "foreground_fraction": fractions,
+               "contact_sheet": sheet_path}
+    with open(os.path.join(out_dir, "predictions.json"), "w") as f:
+        json.dump({"images_dir": os.path.abspath(images_dir), "foreground_fraction": fractions,
+                   "skipped": skipped}, f, indent=2, sort_keys=True)
+    return summary
+
+
+def _split(outputs):
+    """dict of batched numpy outputs -> list of per-image dicts."""
+    n = len(outputs["mask_png_bytes"])
+    return [{k: v[i] for k, v in outputs.items()} for i in range(n)]
