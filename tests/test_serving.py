@@ -336,3 +336,9 @@ def test_benchmark_reports_images_per_second_of_both_signatures(exported):
     assert sorted(rates) == ["savedmodel_bytes_b1", "savedmodel_bytes_b4", "savedmodel_tensor_b1",
                              "savedmodel_tensor_b4"]
     assert all(rate > 0 for rate in rates.values())
+
+
+def test_client_and_predict_keep_outputs_of_same_named_files_apart():
+    files = ["a.jpg", "a.png", "b.png", "sub/a.jpg"]
+    assert serving_client.output_stems(files) == ["a_jpg", "a_png", "b", "sub/a"]
+    assert inference.output_names(files) == ["a_jpg", "a_png", "b", "sub/a"]

@@ -202,6 +202,12 @@ def list_images(root):
     return sorted(found)
 
 
+def output_stems(relative_paths):
+    """Output name per input: the path without extension, or with it (a.jpg -> a_jpg) where two collide."""
+    stems = [os.path.splitext(p)[0] for p in relative_paths]
+    return [stem if stems.count(stem) == 1 else p.replace(".", "_") for stem, p in zip(stems, relative_paths)]
+
+
 def read_image(path):
     """The file's bytes if it is a JPEG or PNG, else a PNG made with pillow; ValueError if unreadable."""
     with open(path, "rb") as f:
@@ -234,6 +240,7 @@ def segment_folder(client, images_dir, out_dir, batch_size=8, stream=None):
     """
     stream = stream or sys.stderr
     files = list_images(images_dir)
+    stems = dict(zip(files, output_stems(files)))
     os.makedirs(out_dir, exist_ok=True)
     written, errors, fractions = [], {}, {}
 
@@ -267,7 +274,7 @@ def segment_folder(client, images_dir, out_dir, batch_size=8, stream=None):
             if not isinstance(png, bytes):
                 report(rel, "the answer has no mask_png_bytes (is this a tfseg model?)")
                 continue
-            target = os.path.join(out_dir, os.path.splitext(rel)[0] + "_mask.png")
+            target = os.path.join(out_dir, stems[rel] + "_mask.png")
             os.makedirs(os.path.dirname(target), exist_ok=True)
             with open(target, "wb") as f:
                 f.write(png)
