@@ -28,6 +28,8 @@ setuptools.setup(
         "console_scripts": [
             "tfseg-train=tfseg.train:run",
             "tfseg-evaluate=tfseg.evaluate:run",
+            "tfseg-export=tfseg.export:run",
+            "tfseg-predict=tfseg.predict:run",
         ],
     },
 )

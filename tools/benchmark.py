@@ -20,6 +20,7 @@ flags.DEFINE_integer("repeats", 5, "Timings per figure; the median is reported."
 flags.DEFINE_integer("warmup", 3, "Untimed steps before timing (compilation).")
 flags.DEFINE_integer("inference_batch", 64, "Batch size of the mask-network inference timing.")
 flags.DEFINE_list("xla", ["false", "true"], "XLA settings to measure.")
+flags.DEFINE_bool("savedmodel", True, "Also export the (untrained) model and time its serving signatures.")
 FLAGS = flags.FLAGS
 
 
@@ -43,7 +44,7 @@ def _block(out):
 
 
 def measure(train_config, jit_compile, strategy):
-    """Returns (training images/s, inference images/s, images per training step) for one XLA setting."""
+    """Returns (training images/s, inference images/s, images per training step, model) for one XLA setting."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from tfseg.training import trainer  # pylint: disable=import-outside-toplevel
 
@@ -61,7 +62,16 @@ def measure(train_config, jit_compile, strategy):
     images = tf.random.uniform([FLAGS.inference_batch, r, r, 3], -1.0, 1.0, seed=2)
     segment = tf.function(model.segment, jit_compile=jit_compile)
     infer_rate = _median_rate(lambda: segment(images), FLAGS.inference_batch)
-    return train_rate, infer_rate, b * model.batches_per_step
+    return train_rate, infer_rate, b * model.batches_per_step, model
+
+
+def measure_savedmodel(model, train_config):
+    """Images/s of the exported SavedModel's two signatures at batch 1 and 32."""
+    import tempfile  # pylint: disable=import-outside-toplevel
+    from tfseg.serving import benchmark as serving_benchmark, export_module  # pylint: disable=import-outside-toplevel
+    with tempfile.TemporaryDirectory() as folder:
+        path = export_module.export(export_module.serving_functions_from_run(model, train_config), folder)
+        return serving_benchmark.savedmodel_rates(path, train_config.resolution)
 
 
 def main(argv):
@@ -84,11 +94,18 @@ def main(argv):
           f"batch {train_config.batch_size} | replicas {strategy.num_replicas_in_sync} | "
           f"median of {FLAGS.repeats} x {FLAGS.steps} steps")
     print(f"{'XLA':<6}{'train img/s':>14}{'train steps/s':>16}{'inference img/s':>18}")
-    for jit, (train_rate, infer_rate, per_step) in rows.items():
+    for jit, (train_rate, infer_rate, per_step, _) in rows.items():
         print(f"{'on' if jit else 'off':<6}{train_rate:>14.1f}{train_rate / per_step:>16.2f}{infer_rate:>18.1f}")
     if True in rows and False in rows:
         print(f"XLA on / off: training x{rows[True][0] / rows[False][0]:.2f}, "
               f"inference x{rows[True][1] / rows[False][1]:.2f}")
+    if FLAGS.savedmodel:
+        model = next(iter(rows.values()))[3]
+        rates = measure_savedmodel(model, train_config)
+        print(f"\nSavedModel (serving signatures, images/s):")
+        print(f"{'signature':<22}{'batch 1':>10}{'batch 32':>10}")
+        for name, key in (("serving_default bytes", "bytes"), ("serve_image_tensor", "tensor")):
+            print(f"{name:<22}{rates[f'savedmodel_{key}_b1']:>10.1f}{rates[f'savedmodel_{key}_b32']:>10.1f}")
     return 0
 
 
