@@ -12,6 +12,7 @@ import tensorflow as tf
 from absl import flags
 
 from tfseg import config, train
+from tfseg.evaluation import curves
 from tfseg.training import checkpointing, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,6 +100,13 @@ def test_rerunning_a_finished_run_does_not_train_again_and_evaluate_rescores_it(
     out = capsys.readouterr().out
     assert "resumed from" in out and "at step 2" in out
     assert "step 1/2" not in out
+
+    curve = curves.read_curve(model_dir)
+    assert [step for step, _, _ in curve] == [2]  # smoke: one validation, at the last step
+    assert 0.0 <= curve[0][2]["fg_iou"] <= 1.0 and curve[0][1] >= 0.0
+    curves.draw(curve + [(4, curve[0][1] + 1.0, {"fg_iou": 0.9})], str(tmp_path / "curve.png"))
+    from PIL import Image
+    assert Image.open(tmp_path / "curve.png").size == (480, 320)
 
     os.remove(os.path.join(model_dir, "eval_test.json"))
     result = run_module("tfseg.evaluate", f"--model_dir={model_dir}", "--split=test")

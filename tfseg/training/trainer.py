@@ -155,6 +155,9 @@ class Trainer:
                                     self.stream)
         if resumed:
             display.message(f"resumed from {resumed} at step {step}")
+        with self.writers["train"].as_default(step=step):
+            # Indented: TensorBoard renders text summaries as Markdown.
+            tf.summary.text("config", "\n".join("    " + line for line in gin.config_str().splitlines()))
         iterator = _training_dataset(cfg, self.strategy)
         last_metrics = None
         try:
