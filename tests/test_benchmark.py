@@ -13,7 +13,7 @@ def test_benchmark_prints_training_inference_and_savedmodel_rates():
          "--gin_file=gin_configs/smoke.gin", "--steps=1", "--repeats=1", "--warmup=1",
          "--inference_batch=2"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO})
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert re.search(r"^off\s+[\d.]+\s+[\d.]+\s+[\d.]+$", out, re.M), out

@@ -11,7 +11,10 @@ from tfseg.evaluation.metrics import MaskMetrics
 
 
 def _region_fn(model):
-    return tf.function(lambda images: model.region_masks(images, training=False))
+    # One traced function per model: tracing costs more than a small evaluation.
+    if getattr(model, "_tfseg_region_fn", None) is None:
+        model._tfseg_region_fn = tf.function(lambda images: model.region_masks(images, training=False))
+    return model._tfseg_region_fn
 
 
 def score_regions(model, dataset, threshold=0.5, max_examples=None):

@@ -168,8 +168,10 @@ class ReDO(Method):
             info_total = tf.nn.compute_average_loss(self.info_weight * info)
         # F and the G_k descend the whole loss; the encoder only the information term (in the
         # shared-trunk arrangement the adversarial term must not train D's trunk from G's side).
-        mask_grads = tape.gradient(total, mask_vars)
-        gen_grads = tape.gradient(total, gen_vars)
+        # Two backward passes, not three: F and the G_k share the one through D and G.
+        mask_and_gen_grads = tape.gradient(total, mask_vars + gen_vars)
+        mask_grads = mask_and_gen_grads[:len(mask_vars)]
+        gen_grads = mask_and_gen_grads[len(mask_vars):]
         enc_grads = tape.gradient(info_total, enc_vars)
         del tape
         coverage = losses.mask_coverage(masks[..., :1])
