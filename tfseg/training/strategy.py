@@ -29,8 +29,9 @@ def make_strategy(name="mirrored", device=None):
 def resolve_jit_compile(jit_compile):
     """`auto|true|false` -> bool. auto: XLA on GPU/TPU only.
 
-    On our 2-core CPU XLA was measured 1.4-1.6x slower than TF's oneDNN kernels
-    (tools/benchmark.py), hence off there.
+    On our 2-core CPU the XLA-compiled ReDO step is slower than TF's oneDNN kernels
+    (`python tools/benchmark.py --gin_file=gin_configs/demo.gin`: 131 vs 161 training img/s),
+    hence off there.
     """
     value = str(jit_compile).lower()
     if value == "auto":
