@@ -50,3 +50,8 @@ def latest_checkpoint(model_dir, which="best"):
         if path:
             return path
     return None
+
+
+def saved_restarts(path):
+    """The restart count stored in the checkpoint at `path` (seeds the rebuilt networks)."""
+    return int(tf.train.load_checkpoint(path).get_tensor("restarts/.ATTRIBUTES/VARIABLE_VALUE"))

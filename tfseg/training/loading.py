@@ -1,6 +1,4 @@
 """Rebuilds a trained method from its run directory (for evaluation, export and prediction)."""
-import tensorflow as tf
-
 from tfseg import config
 from tfseg.training import checkpointing, trainer
 
@@ -17,8 +15,7 @@ def load_trained(model_dir, which="best", extra_bindings=()):
         raise config.ConfigError(f"'{model_dir}' has no checkpoint yet. Train first (python -m "
                                  f"tfseg.train --model_dir={model_dir} ...) or check the path.")
     train_config = trainer.TrainConfig()
-    model = trainer.build_method(train_config, restarts=int(
-        tf.train.load_checkpoint(path).get_tensor("restarts/.ATTRIBUTES/VARIABLE_VALUE")))
+    model = trainer.build_method(train_config, restarts=checkpointing.saved_restarts(path))
     model.build_for_training(train_config.batch_size)
     state = checkpointing.RunState()
     checkpointing.restore(checkpointing.make_checkpoint(model, state), path)

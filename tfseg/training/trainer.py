@@ -183,10 +183,7 @@ class Trainer:
 
     def _saved_restarts(self):
         path = tf.train.latest_checkpoint(os.path.join(self.model_dir, "checkpoints"))
-        if not path:
-            return 0
-        reader = tf.train.load_checkpoint(path)
-        return int(reader.get_tensor("restarts/.ATTRIBUTES/VARIABLE_VALUE"))
+        return checkpointing.saved_restarts(path) if path else 0
 
     def _log(self, step, values, display):
         scalars = {name: float(np.mean(value.numpy())) for name, value in values.items()}
@@ -259,8 +256,9 @@ class Trainer:
         display.message(f"masks collapsed at step {step} (smaller region {train_smaller:.3f} < "
                         f"{cfg.collapse_threshold}): restarting from scratch, restart {restarts + 1}")
         for folder in ("checkpoints", "best"):
-            tf.io.gfile.rmtree(os.path.join(self.model_dir, folder)) if tf.io.gfile.exists(
-                os.path.join(self.model_dir, folder)) else None
+            path = os.path.join(self.model_dir, folder)
+            if tf.io.gfile.exists(path):
+                tf.io.gfile.rmtree(path)
         # Write the new restart count so a crash right now still restarts with a new seed.
         self._build(restarts + 1)
         self.latest.save(checkpoint_number=0)
