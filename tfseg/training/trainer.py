@@ -140,16 +140,23 @@ class Trainer:
         self.train_step = make_train_step(self.model, self.strategy, self.jit)
 
     # -- the loop -------------------------------------------------------------------------------
-    def train(self):
-        """Trains to `num_steps` (resuming if possible), then scores the best model on test."""
+    def train(self, restarts=None):
+        """Trains to `num_steps` (resuming if possible), then scores the best model on test.
+
+        Args:
+            restarts: None resumes with the restart count of the last checkpoint; a number starts
+                a fresh run seeded for that restart (after a collapse).
+        """
         cfg = self.config
         self.labelled = {split: info.available and info.has_masks
                          for split, info in pipeline.validate_data_config().items()}
-        restarts = self._saved_restarts()
-        self._build(restarts)
+        self._build(self._saved_restarts() if restarts is None else restarts)
         resumed = self.latest.restore_or_initialize()
         if resumed:
             checkpointing.restore(self.checkpoint, resumed)
+        elif restarts:
+            # Persist the restart count at once, so a crash now still resumes with the new seed.
+            self.latest.save(checkpoint_number=0)
         step = int(self.state.step.numpy())
         display = progress.Progress(cfg.num_steps, step, cfg.batch_size * self.model.batches_per_step,
                                     self.stream)
@@ -169,7 +176,8 @@ class Trainer:
                     last_metrics = self._log(step, values, display)
                 if step % cfg.eval_every == 0 or step == cfg.num_steps:
                     if self._validate(step, last_metrics, display):
-                        return self.train()  # collapsed: a fresh, reseeded run
+                        # Collapsed: a fresh run, reseeded.
+                        return self.train(restarts=int(self.state.restarts.numpy()) + 1)
                 if step % cfg.checkpoint_every == 0:
                     self.latest.save(checkpoint_number=step)
         except KeyboardInterrupt:
@@ -186,10 +194,11 @@ class Trainer:
         return checkpointing.saved_restarts(path) if path else 0
 
     def _log(self, step, values, display):
-        scalars = {name: float(np.mean(value.numpy())) for name, value in values.items()}
-        for name, value in values.items():
-            if name.startswith("mask/coverage") or name.startswith("mask/smaller"):
-                scalars[name + "_min"] = float(np.min(value.numpy()))
+        arrays = {name: value.numpy() for name, value in values.items()}
+        scalars = {name: float(np.mean(array)) for name, array in arrays.items()}
+        for name, array in arrays.items():
+            if name.startswith(("mask/coverage", "mask/smaller")):
+                scalars[name + "_min"] = float(np.min(array))
         rate = display.update(step, {k: v for k, v in scalars.items() if k.startswith("loss/")
                                      and not k.endswith("total")})
         with self.writers["train"].as_default(step=step):
@@ -259,9 +268,6 @@ class Trainer:
             path = os.path.join(self.model_dir, folder)
             if tf.io.gfile.exists(path):
                 tf.io.gfile.rmtree(path)
-        # Write the new restart count so a crash right now still restarts with a new seed.
-        self._build(restarts + 1)
-        self.latest.save(checkpoint_number=0)
         return True
 
     def final_evaluation(self, display=None):
