@@ -4,6 +4,7 @@ Each returns *per-example* losses `[batch]` so the trainer can average them over
 batch across replicas (`tf.nn.compute_average_loss`). Scalars that are already means over the
 batch are documented as such.
 """
+import tensorflow as tf
 from keras import ops
 
 
@@ -44,3 +45,89 @@ def mask_coverage(masks):
 def mask_binariness(masks):
     """Mean of min(m, 1 - m): 0 for a binary mask, 0.5 for a flat grey one. `[batch,H,W,1]` -> `[batch]`."""
     return ops.mean(ops.minimum(masks, 1.0 - masks), axis=(1, 2, 3))
+
+
+# -- Wasserstein GAN with gradient penalty (PerturbGAN, METHODS.md §1.3) ---------------------------
+def wasserstein_discriminator_loss(real_scores, fake_scores):
+    """Critic side of the WGAN loss: D(fake) - D(real). `[batch]`, `[batch]` -> `[batch]`."""
+    return fake_scores - real_scores
+
+
+def wasserstein_generator_loss(fake_scores):
+    """Generator side of the WGAN loss: -D(fake). `[batch]` -> `[batch]`."""
+    return -fake_scores
+
+
+def drift_loss(real_scores):
+    """ProGAN's drift term D(x)^2 on real scores, keeps the critic near 0. `[batch]` -> `[batch]`."""
+    return ops.square(real_scores)
+
+
+def interpolate(real, fake, u):
+    """x_bar = u * real + (1 - u) * fake, u `[batch]` in [0, 1], images `[batch, H, W, C]`."""
+    u = ops.reshape(u, (-1, 1, 1, 1))
+    return u * real + (1.0 - u) * fake
+
+
+def gradient_penalty(critic, points):
+    """WGAN-GP term without lambda: (||grad_x D(x)||_2 - 1)^2 at `points`.
+
+    Args:
+        critic: callable `[batch, H, W, C] -> [batch]` scores.
+        points: `[batch, H, W, C]` (usually `interpolate(real, fake, u)`, treated as constants).
+    Returns:
+        `[batch]` per-example penalty.
+    """
+    points = tf.stop_gradient(points)
+    with tf.GradientTape() as tape:
+        tape.watch(points)
+        scores = critic(points)
+    grads = tape.gradient(ops.sum(scores), points)
+    norms = ops.sqrt(ops.sum(ops.square(grads), axis=(1, 2, 3)) + 1e-12)
+    return ops.square(norms - 1.0)
+
+
+# -- mask priors (PerturbGAN §1.3, Labels4Free §3.4) ----------------------------------------------
+def mask_size_loss(masks, min_coverage):
+    """Hinge on too small masks: max(0, eta - mean(m)), per sample and mask channel.
+
+    Args:
+        masks: `[batch, H, W, k]` in [0, 1].
+        min_coverage: eta, the smallest mean coverage that costs nothing.
+    Returns:
+        `[batch]`: the hinge averaged over the k channels (multiply by gamma_1 outside).
+    """
+    coverage = ops.mean(masks, axis=(1, 2))
+    return ops.mean(ops.relu(min_coverage - coverage), axis=-1)
+
+
+def mask_excess_loss(masks, max_coverage):
+    """Hinge on too large masks: max(0, mean(m) - max_coverage) (Labels4Free's L_bg). `[b,H,W,k]` -> `[b]`."""
+    coverage = ops.mean(masks, axis=(1, 2))
+    return ops.mean(ops.relu(coverage - max_coverage), axis=-1)
+
+
+def mask_binarization_loss(masks):
+    """mean(min(m, 1 - m)) over pixels and channels: 0 for binary masks. `[b,H,W,k]` -> `[b]`."""
+    return mask_binariness(masks)
+
+
+# -- non-saturating logistic GAN with R1 (StyleGAN2, Labels4Free) ---------------------------------
+def logistic_discriminator_loss(real_logits, fake_logits):
+    """softplus(-D(x)) + softplus(D(fake)). `[batch]`, `[batch]` -> `[batch]`."""
+    return ops.softplus(-real_logits) + ops.softplus(fake_logits)
+
+
+def logistic_generator_loss(fake_logits):
+    """Non-saturating generator loss softplus(-D(fake)). `[batch]` -> `[batch]`."""
+    return ops.softplus(-fake_logits)
+
+
+def r1_penalty(critic, real_images):
+    """R1 without gamma/2: ||grad_x D(x)||^2 on real images. Returns `[batch]`."""
+    real_images = tf.stop_gradient(real_images)
+    with tf.GradientTape() as tape:
+        tape.watch(real_images)
+        scores = critic(real_images)
+    grads = tape.gradient(ops.sum(scores), real_images)
+    return ops.sum(ops.square(grads), axis=(1, 2, 3))
