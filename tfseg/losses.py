@@ -82,7 +82,7 @@ def gradient_penalty(critic, points):
     with tf.GradientTape() as tape:
         tape.watch(points)
         scores = critic(points)
-    grads = tape.gradient(ops.sum(scores), points)
+    grads = tape.gradient(scores, points)  # d(sum of scores): per-example grads
     norms = ops.sqrt(ops.sum(ops.square(grads), axis=(1, 2, 3)) + 1e-12)
     return ops.square(norms - 1.0)
 
@@ -129,5 +129,5 @@ def r1_penalty(critic, real_images):
     with tf.GradientTape() as tape:
         tape.watch(real_images)
         scores = critic(real_images)
-    grads = tape.gradient(ops.sum(scores), real_images)
+    grads = tape.gradient(scores, real_images)
     return ops.sum(ops.square(grads), axis=(1, 2, 3))
