@@ -7,8 +7,26 @@ which runs outside XLA (optimizer updates under a strategy cannot be compiled: t
 replicas). Losses are scaled by the *global* batch so that summing gradients over replicas
 gives the global mean.
 """
+from typing import NamedTuple
+
 import keras
 import tensorflow as tf
+
+
+class Stage(NamedTuple):
+    """A part of training with its own phases, run for `TrainConfig.stage_steps[name]` steps.
+
+    Attributes:
+        name: e.g. "generator", "segmenter"; names the step budget in gin.
+        phases: the phases one step of this stage runs, in order.
+        batches_per_step: real batches one step consumes (0: the stage trains on generated data).
+        evaluates: whether validation scores the segmenter during this stage (a generator stage
+            has no segmenter of real images yet: image grids only).
+    """
+    name: str
+    phases: tuple
+    batches_per_step: int = 1
+    evaluates: bool = True
 
 
 class Method(keras.Model):
@@ -27,6 +45,13 @@ class Method(keras.Model):
         # trainer, stored in checkpoints and exports.
         self.foreground_region = tf.Variable(0, dtype=tf.int32, trainable=False,
                                              name="foreground_region")
+
+    def stages(self):
+        """The stages of training in order; one stage of all `phases` unless overridden."""
+        return (Stage("train", tuple(self.phases), self.batches_per_step, True),)
+
+    def begin_stage(self, name):
+        """Called before the first step of stage `name` (also when a run resumes inside it)."""
 
     # -- to implement ---------------------------------------------------------------------------
     def build_for_training(self, global_batch_size):

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tfseg.config import ConfigError
 from tfseg.data import pipeline
 from tfseg.evaluation import evaluator, grids, metrics
 from tfseg.training import checkpointing, progress, strategy as strategy_lib
@@ -29,7 +30,9 @@ class TrainConfig:
         method: a method factory, e.g. `@tfseg.methods.redo`.
         resolution: image side R used by data and networks.
         batch_size: global batch, split across replicas.
-        num_steps: length of the run in training steps.
+        num_steps: length of the run in training steps (of each stage not in `stage_steps`).
+        stage_steps: steps per stage for methods trained in stages, e.g. PerturbGAN's
+            {"generator": 3000, "encoder": 500, "segmenter": 500}; 0 skips a stage.
         log_every: steps between progress lines and scalar summaries.
         eval_every: steps between validation evaluations, image grids and best-checkpoint updates.
         checkpoint_every: steps between checkpoints (also written at the end and on Ctrl-C).
@@ -45,7 +48,7 @@ class TrainConfig:
     """
 
     def __init__(self, method=gin.REQUIRED, resolution=gin.REQUIRED, batch_size=gin.REQUIRED,
-                 num_steps=gin.REQUIRED, log_every=50, eval_every=500, checkpoint_every=500,
+                 num_steps=None, stage_steps=None, log_every=50, eval_every=500, checkpoint_every=500,
                  eval_examples=512, eval_batch_size=64, jit_compile="auto",
                  collapse_threshold=0.1, collapse_before_step=7000, max_restarts=5,
                  keep_checkpoints=3, seed=0):
@@ -53,6 +56,7 @@ class TrainConfig:
         self.resolution = resolution
         self.batch_size = batch_size
         self.num_steps = num_steps
+        self.stage_steps = dict(stage_steps or {})
         self.log_every = log_every
         self.eval_every = eval_every
         self.checkpoint_every = checkpoint_every
@@ -66,24 +70,54 @@ class TrainConfig:
         self.seed = seed
 
 
-def make_train_step(model, strategy, jit_compile):
-    """A `tf.function(iterator, step) -> metrics` running every phase of `model` once.
+def stage_schedule(model, config):
+    """`[(stage, first_step, end_step)]` of the stages that run, in order.
+
+    Raises:
+        ConfigError: a stage without a step budget, or a budget for a stage the method lacks.
+    """
+    stages = model.stages()
+    names = [stage.name for stage in stages]
+    unknown = sorted(set(config.stage_steps) - set(names))
+    if unknown:
+        raise ConfigError(f"tfseg.training.TrainConfig.stage_steps names {unknown}, but this "
+                          f"method's stages are {names}.")
+    schedule, start = [], 0
+    for stage in stages:
+        steps = config.stage_steps.get(stage.name, config.num_steps)
+        if steps is None:
+            raise ConfigError(
+                f"no step budget for stage '{stage.name}': bind tfseg.training.TrainConfig."
+                f"num_steps = N, or tfseg.training.TrainConfig.stage_steps = "
+                f"{{{', '.join(repr(n) + ': N' for n in names)}}}.")
+        if steps > 0:
+            schedule.append((stage, start, start + int(steps)))
+            start += int(steps)
+    if not schedule:
+        raise ConfigError("every stage has 0 steps: nothing to train.")
+    return schedule
+
+
+def make_train_step(model, strategy, jit_compile, phases=None, batches_per_step=None):
+    """A `tf.function(iterator, step) -> metrics` running every phase of `model` (or `phases`) once.
 
     Each phase's gradient function is compiled per replica (with XLA if `jit_compile`); the
     optimizer update runs outside XLA, in the replica context, where Keras all-reduces the
     gradients. Metrics are per-example values gathered from all replicas.
     """
+    phases = tuple(model.phases if phases is None else phases)
+    batches_per_step = model.batches_per_step if batches_per_step is None else batches_per_step
     gradient_fns = {
         phase: tf.function(lambda batches, step, phase=phase:
                            model.phase_gradients(phase, batches, step),
                            jit_compile=jit_compile)
-        for phase in model.phases}
+        for phase in phases}
 
     @tf.function
     def train_step(iterator, step):
-        batches = tuple(next(iterator) for _ in range(model.batches_per_step))
+        batches = tuple(next(iterator) for _ in range(batches_per_step))
         out = {}
-        for phase in model.phases:
+        for phase in phases:
             def replica_fn(batches, step, phase=phase):
                 phase_metrics, grads = gradient_fns[phase](batches, step)
                 model.apply_phase(phase, grads)
@@ -134,10 +168,31 @@ class Trainer:
             self.checkpoint = checkpointing.make_checkpoint(self.model, self.state)
         self.latest, self.best = checkpointing.managers(self.checkpoint, self.model_dir,
                                                         self.config.keep_checkpoints)
+        self.schedule = stage_schedule(self.model, self.config)
+        self.total_steps = self.schedule[-1][2]
+        self.stage = None
+        self._enter_stage(0)
+
+    def _stage_at(self, step):
+        for stage, start, end in self.schedule:
+            if start <= step < end:
+                return stage, start, end
+        return self.schedule[-1]
+
+    def _enter_stage(self, step, display=None):
+        """Switches to the stage that owns `step`: tells the method, traces that stage's step."""
+        stage, start, end = self._stage_at(step)
+        if stage is self.stage:
+            return
+        self.stage = stage
+        self.model.begin_stage(stage.name)
         self._compile_step()
+        if display is not None and len(self.schedule) > 1:
+            display.message(f"stage '{stage.name}': steps {start + 1}-{end} of {self.total_steps}")
 
     def _compile_step(self):
-        self.train_step = make_train_step(self.model, self.strategy, self.jit)
+        self.train_step = make_train_step(self.model, self.strategy, self.jit, self.stage.phases,
+                                          self.stage.batches_per_step)
 
     # -- the loop -------------------------------------------------------------------------------
     def train(self, restarts=None):
@@ -158,8 +213,8 @@ class Trainer:
             # Persist the restart count at once, so a crash now still resumes with the new seed.
             self.latest.save(checkpoint_number=0)
         step = int(self.state.step.numpy())
-        display = progress.Progress(cfg.num_steps, step, cfg.batch_size * self.model.batches_per_step,
-                                    self.stream)
+        display = progress.Progress(self.total_steps, step,
+                                    cfg.batch_size * max(1, self.model.batches_per_step), self.stream)
         if resumed:
             display.message(f"resumed from {resumed} at step {step}")
         with self.writers["train"].as_default(step=step):
@@ -168,17 +223,19 @@ class Trainer:
         iterator = _training_dataset(cfg, self.strategy)
         last_metrics = None
         try:
-            while step < cfg.num_steps:
+            while step < self.total_steps:
+                self._enter_stage(step, display)
                 values = self.train_step(iterator, self.state.step)
                 self.state.step.assign_add(1)
                 step += 1
-                if step % cfg.log_every == 0 or step == cfg.num_steps:
+                stage_end = self._stage_at(step - 1)[2] == step
+                if step % cfg.log_every == 0 or stage_end:
                     last_metrics = self._log(step, values, display)
-                if step % cfg.eval_every == 0 or step == cfg.num_steps:
+                if step % cfg.eval_every == 0 or stage_end:
                     if self._validate(step, last_metrics, display):
                         # Collapsed: a fresh run, reseeded.
                         return self.train(restarts=int(self.state.restarts.numpy()) + 1)
-                if step % cfg.checkpoint_every == 0:
+                if step % cfg.checkpoint_every == 0 or stage_end:
                     self.latest.save(checkpoint_number=step)
         except KeyboardInterrupt:
             self.latest.save(checkpoint_number=step)
@@ -212,9 +269,9 @@ class Trainer:
     def _validate(self, step, last_metrics, display):
         """Scores validation, keeps the best checkpoint, writes grids; True if the run collapsed."""
         cfg = self.config
-        if not self.labelled.get("validation"):
-            # No labelled validation split (e.g. LSUN, a photo folder without masks): image grids
-            # only; the last checkpoint is the one used.
+        if not self.labelled.get("validation") or not self.stage.evaluates:
+            # No labelled validation split (e.g. LSUN, a photo folder without masks), or a stage
+            # without a segmenter of real images yet: image grids only.
             batch = next(iter(_eval_dataset(cfg, "train")))
             self._image_summaries(step, batch["image"].numpy()[:8])
             return self._collapsed(step, {}, last_metrics, display)

@@ -1,0 +1,48 @@
+"""A feed-forward segmenter distilled from a layered generator (PerturbGAN stage (b), Labels4Free §3.1).
+
+A layered generator knows the exact mask of every image it draws, so its samples are an unlimited
+labelled training set. A mask network trained on those (image, mask) pairs segments real photos
+in one forward pass, with no inversion. Shared by every method that has a generator with a mask.
+"""
+import keras
+import tensorflow as tf
+from keras import ops
+
+from tfseg.modeling.mask_network import MaskNetwork
+
+
+class DistilledSegmenter(keras.layers.Layer):
+    """A mask network and the loss that fits it to generated masks.
+
+    Args:
+        width, residual_blocks: size of the mask network (ReDO's F, `modeling.mask_network`).
+        hard_targets: fit masks thresholded at 0.5 (True) or the soft masks themselves.
+
+    Call: `images [b, R, R, 3]` in [-1, 1] -> foreground probability `[b, R, R, 1]`.
+    """
+
+    def __init__(self, width=32, residual_blocks=2, hard_targets=True, **kwargs):
+        super().__init__(**kwargs)
+        self.hard_targets = hard_targets
+        self.network = MaskNetwork(num_regions=2, width=width, num_residual_blocks=residual_blocks,
+                                   name="mask_network")
+
+    def build(self, images_shape):
+        self.network.build(images_shape)
+
+    def call(self, images):
+        return ops.sigmoid(self.network.logits(images))
+
+    def loss(self, images, target_masks):
+        """Per-example binary cross-entropy `[b]` between the predicted and the generated masks.
+
+        Args:
+            images: `[b, R, R, 3]` generated images (no gradient flows back to the generator).
+            target_masks: `[b, R, R, 1]` their masks in [0, 1].
+        """
+        target = tf.stop_gradient(target_masks)
+        if self.hard_targets:
+            target = tf.cast(target > 0.5, tf.float32)
+        logits = self.network.logits(tf.stop_gradient(images))
+        per_pixel = tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logits)
+        return ops.mean(per_pixel, axis=(1, 2, 3))

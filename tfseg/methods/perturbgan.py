@@ -1,0 +1,337 @@
+"""PerturbGAN (Bielski & Favaro 2019): segmentation emerges from a perturbed layered generator.
+
+G(z) draws a background B, a foreground F and a mask m. Before the critic sees the composite,
+F and m are shifted together by a random integer offset drawn independently of z (and B's
+contrast is jittered): x_hat = T[m] * T[F] + (1 - T[m]) * J(B). A generator that does not put the
+object, and only the object, in (F, m) draws scenes that look wrong once shifted, so m becomes a
+segmentation of what G draws (METHODS.md §1).
+
+Training runs in three stages (one `tfseg.train` command, each stage resumable):
+1. "generator": the WGAN-GP critic and the layered generator, mask size and binarization losses.
+2. "encoder": with G and D frozen, an encoder E maps a real photo to G's styles so that the
+   unshifted composite of G(E(x)) reconstructs x (L_auto = |x_E - x|_1 + |D_feat(x_E) - D_feat(x)|^2);
+   the mask of x is G_mask(E(x)) (the paper's route, §1.5).
+3. "segmenter": a feed-forward mask network distilled from generated (composite, mask) pairs.
+Validation scores the encoder route during stage 2 and the distilled segmenter during stage 3;
+the best-on-validation checkpoint records which one it used, so the better route is the one that
+is evaluated on test and exported.
+"""
+import gin
+import keras
+import tensorflow as tf
+from keras import ops
+
+from tfseg import losses
+from tfseg.methods.base import Method, Stage
+from tfseg.methods.distillation import DistilledSegmenter
+from tfseg.modeling import perturbation
+from tfseg.modeling.stylegan import LayeredGenerator, ProGANDiscriminator
+
+ENCODER_ROUTE, DISTILLED_ROUTE = 0, 1
+# Random streams of `replica_seed`, one per draw of a step (< 16).
+_D_Z, _D_SHIFT, _D_JITTER, _D_NOISE, _D_MIX = 0, 1, 2, 3, 4
+_G_Z, _G_SHIFT, _G_JITTER, _G_NOISE = 5, 6, 7, 8
+_E_Z = 9
+_S_Z, _S_SHIFT, _S_JITTER, _S_NOISE = 11, 12, 13, 14
+
+
+def _adam(learning_rate):
+    # The reference's (0, 0.99) for G and D.
+    return keras.optimizers.Adam(learning_rate, beta_1=0.0, beta_2=0.99, epsilon=1e-8)
+
+
+class PerturbGAN(Method):
+    """PerturbGAN's networks, optimizers and three training stages. See `perturbgan` for the args."""
+
+    def __init__(self, resolution, z_dim=128, w_dim=128, mapping_layers=4, channel_base=1024,
+                 max_channels=64, discriminator_channel_base=None, discriminator_max_channels=None,
+                 single_generator=False, shared_mapping=False, shift_fraction=0.125,
+                 background_contrast_jitter=0.0, min_mask_coverage=0.05, mask_size_weight=2.0,
+                 binarization_weight=2.0, gradient_penalty_weight=10.0, drift_weight=1e-3,
+                 learning_rate=1e-3, encoder_learning_rate=1e-4, reconstruction_weight=1.0,
+                 feature_weight=1.0, synthetic_latent_weight=0.0, segmenter_width=32,
+                 segmenter_residual_blocks=2, segmenter_learning_rate=1e-3,
+                 distill_on_shifted=True, seed=0, **kwargs):
+        super().__init__(resolution=resolution, seed=seed, **kwargs)
+        self.z_dim = z_dim
+        self.shift_fraction = shift_fraction
+        self.background_contrast_jitter = background_contrast_jitter
+        self.min_mask_coverage = min_mask_coverage
+        self.mask_size_weight = mask_size_weight
+        self.binarization_weight = binarization_weight
+        self.gradient_penalty_weight = gradient_penalty_weight
+        self.drift_weight = drift_weight
+        self.reconstruction_weight = reconstruction_weight
+        self.feature_weight = feature_weight
+        self.synthetic_latent_weight = synthetic_latent_weight
+        self.distill_on_shifted = distill_on_shifted
+        keras.utils.set_random_seed(seed)
+        d_base = discriminator_channel_base or channel_base
+        d_max = discriminator_max_channels or max_channels
+        self.generator = LayeredGenerator(resolution, z_dim, w_dim, mapping_layers, channel_base,
+                                          max_channels, single_generator, shared_mapping,
+                                          name="generator")
+        self.discriminator = ProGANDiscriminator(resolution, d_base, d_max, name="discriminator")
+        self.encoder = ProGANDiscriminator(resolution, d_base, d_max,
+                                           outputs=self.generator.num_styles * w_dim,
+                                           minibatch_std=False, name="encoder")
+        self.segmenter = DistilledSegmenter(segmenter_width, segmenter_residual_blocks,
+                                            name="segmenter")
+        self.generator_optimizer = _adam(learning_rate)
+        self.discriminator_optimizer = _adam(learning_rate)
+        self.encoder_optimizer = _adam(encoder_learning_rate)
+        self.segmenter_optimizer = _adam(segmenter_learning_rate)
+        # Which route segments real photos; stored in checkpoints, set by `begin_stage`.
+        self.segmentation_route = tf.Variable(DISTILLED_ROUTE, dtype=tf.int32, trainable=False,
+                                              name="segmentation_route")
+        self.stage_name = "generator"
+
+    # -- structure ------------------------------------------------------------------------------
+    phases = ("discriminator", "generator", "encoder", "segmenter")
+
+    def stages(self):
+        return (Stage("generator", ("discriminator", "generator"), 1, evaluates=False),
+                Stage("encoder", ("encoder",), 1, evaluates=True),
+                Stage("segmenter", ("segmenter",), 0, evaluates=True))
+
+    def begin_stage(self, name):
+        self.stage_name = name
+        if name == "encoder":
+            self.segmentation_route.assign(ENCODER_ROUTE)
+        elif name == "segmenter":
+            self.segmentation_route.assign(DISTILLED_ROUTE)
+
+    def build_for_training(self, global_batch_size):
+        r = self.resolution
+        # The segmenter stage reads no real batch: it draws this many samples per replica.
+        self.segmenter_batch_size = max(
+            1, global_batch_size // tf.distribute.get_strategy().num_replicas_in_sync)
+        images = tf.zeros([2, r, r, 3])
+        self.generator(tf.zeros([2, self.z_dim]))
+        self.discriminator(images)
+        self.encoder(images)
+        self.segmenter(images)
+        self.generator_optimizer.build(self.generator.trainable_variables)
+        self.discriminator_optimizer.build(self.discriminator.trainable_variables)
+        self.encoder_optimizer.build(self.encoder.trainable_variables)
+        self.segmenter_optimizer.build(self.segmenter.trainable_variables)
+
+    def optimizers_by_name(self):
+        return {"generator": self.generator_optimizer, "discriminator": self.discriminator_optimizer,
+                "encoder": self.encoder_optimizer, "segmenter": self.segmenter_optimizer}
+
+    # -- generation -----------------------------------------------------------------------------
+    def render(self, batch, seeds, perturb=True):
+        """Draws layers from fresh z and composites them, shifted (training path) or not.
+
+        Args:
+            batch: number of samples.
+            seeds: dict of stateless seeds "z", "noise", "shift", "jitter" (`[2]` each).
+            perturb: apply the shift and the background contrast jitter.
+        Returns:
+            dict: the generator's layers, "composite" (unshifted), "shifted_mask" and
+            "shifted_composite" `[b, R, R, 3|1]`.
+        """
+        z = tf.random.stateless_normal([batch, self.z_dim], seeds["z"])
+        out = dict(self.generator(z, noise_seed=seeds["noise"]))
+        out["composite"] = perturbation.composite(out["foreground"], out["mask"], out["background"])
+        if not perturb:
+            out["shifted_mask"], out["shifted_composite"] = out["mask"], out["composite"]
+            return out
+        shifts = perturbation.random_shifts(batch, self.resolution, self.shift_fraction, seeds["shift"])
+        moved = perturbation.shift_layers(ops.concatenate([out["foreground"], out["mask"]], -1), shifts)
+        background = perturbation.contrast_jitter(out["background"], self.background_contrast_jitter,
+                                                  seeds["jitter"])
+        out["shifted_mask"] = moved[..., 3:]
+        out["shifted_composite"] = perturbation.composite(moved[..., :3], moved[..., 3:], background)
+        return out
+
+    def _seeds(self, step, z, noise, shift, jitter):
+        return {name: self.replica_seed(step, stream) for name, stream in
+                (("z", z), ("noise", noise), ("shift", shift), ("jitter", jitter))}
+
+    # -- segmentation of real images ------------------------------------------------------------
+    def styles_of(self, images):
+        """The encoder's styles `[b, num_styles, w_dim]` for images `[b, R, R, 3]`."""
+        codes = self.encoder(images)
+        return ops.reshape(codes, (-1, self.generator.num_styles, self.generator.w_dim))
+
+    def reconstruct(self, images):
+        """G(E(x)) rendered without noise or perturbation: its layers and "composite"."""
+        out = dict(self.generator(styles=self.styles_of(images)))
+        out["composite"] = perturbation.composite(out["foreground"], out["mask"], out["background"])
+        return out
+
+    def region_masks(self, images, training=False):
+        mask = tf.cond(tf.equal(self.segmentation_route, ENCODER_ROUTE),
+                       lambda: self.reconstruct(images)["mask"],
+                       lambda: self.segmenter(images))
+        return ops.concatenate([mask, 1.0 - mask], axis=-1)
+
+    # -- training phases ------------------------------------------------------------------------
+    def phase_gradients(self, phase, batches, step):
+        if phase == "discriminator":
+            return self._discriminator_gradients(batches[0]["image"], step)
+        if phase == "generator":
+            return self._generator_gradients(batches[0]["image"].shape[0], step)
+        if phase == "encoder":
+            return self._encoder_gradients(batches[0]["image"], step)
+        if phase == "segmenter":
+            return self._segmenter_gradients(step)
+        raise ValueError(f"PerturbGAN has no phase {phase!r}; phases are {self.phases}")
+
+    def _discriminator_gradients(self, real, step):
+        b = real.shape[0]
+        fake = tf.stop_gradient(self.render(b, self._seeds(step, _D_Z, _D_NOISE, _D_SHIFT, _D_JITTER))
+                                ["shifted_composite"])
+        u = tf.random.stateless_uniform([b], self.replica_seed(step, _D_MIX))
+        variables = self.discriminator.trainable_variables
+        with tf.GradientTape() as tape:
+            real_scores = self.discriminator(real)
+            fake_scores = self.discriminator(fake)
+            penalty = losses.gradient_penalty(self.discriminator, losses.interpolate(real, fake, u))
+            per_example = (losses.wasserstein_discriminator_loss(real_scores, fake_scores)
+                           + self.gradient_penalty_weight * penalty
+                           + self.drift_weight * losses.drift_loss(real_scores))
+            total = tf.nn.compute_average_loss(per_example)
+        grads = tape.gradient(total, variables)
+        metrics = {"loss/discriminator": per_example, "loss/gradient_penalty": penalty,
+                   "discriminator/real": real_scores, "discriminator/fake": fake_scores,
+                   "discriminator/wasserstein_distance": real_scores - fake_scores}
+        return metrics, grads
+
+    def _generator_gradients(self, batch, step):
+        variables = self.generator.trainable_variables
+        with tf.GradientTape() as tape:
+            out = self.render(batch, self._seeds(step, _G_Z, _G_NOISE, _G_SHIFT, _G_JITTER))
+            scores = self.discriminator(out["shifted_composite"])
+            adversarial = losses.wasserstein_generator_loss(scores)
+            # Both mask terms on the shifted mask, as in the reference code (METHODS.md §1.9).
+            size = losses.mask_size_loss(out["shifted_mask"], self.min_mask_coverage)
+            binary = losses.mask_binarization_loss(out["shifted_mask"])
+            per_example = (adversarial + self.mask_size_weight * size
+                           + self.binarization_weight * binary)
+            total = tf.nn.compute_average_loss(per_example)
+        grads = tape.gradient(total, variables)
+        metrics = {"loss/generator_adversarial": adversarial, "loss/mask_size": size,
+                   "loss/mask_binarization": binary, "loss/generator_total": per_example,
+                   "mask/coverage": losses.mask_coverage(out["mask"]),
+                   "mask/binariness": losses.mask_binariness(out["mask"])}
+        return metrics, grads
+
+    def _encoder_gradients(self, real, step):
+        variables = self.encoder.trainable_variables
+        with tf.GradientTape() as tape:
+            rebuilt = self.reconstruct(real)["composite"]
+            reconstruction = ops.mean(ops.abs(rebuilt - real), axis=(1, 2, 3))
+            feature = ops.mean(ops.square(self.discriminator.features(rebuilt)
+                                          - tf.stop_gradient(self.discriminator.features(real))),
+                               axis=(1, 2, 3))
+            per_example = self.reconstruction_weight * reconstruction + self.feature_weight * feature
+            latent = tf.zeros_like(per_example)
+            if self.synthetic_latent_weight:
+                # Generated images have known styles: regress them too (not in the poster's loss).
+                z = tf.random.stateless_normal([real.shape[0], self.z_dim],
+                                               self.replica_seed(step, _E_Z))
+                styles = tf.stop_gradient(self.generator.styles(z))
+                drawn = self.generator(styles=styles)
+                images = perturbation.composite(drawn["foreground"], drawn["mask"], drawn["background"])
+                latent = ops.mean(ops.square(self.styles_of(tf.stop_gradient(images)) - styles),
+                                  axis=(1, 2))
+                per_example = per_example + self.synthetic_latent_weight * latent
+            total = tf.nn.compute_average_loss(per_example)
+        grads = tape.gradient(total, variables)
+        metrics = {"loss/reconstruction_l1": reconstruction, "loss/discriminator_features": feature,
+                   "loss/synthetic_latent": latent, "loss/encoder_total": per_example}
+        return metrics, grads
+
+    def _segmenter_gradients(self, step):
+        batch = self.segmenter_batch_size
+        out = self.render(batch, self._seeds(step, _S_Z, _S_NOISE, _S_SHIFT, _S_JITTER),
+                          perturb=self.distill_on_shifted)
+        variables = self.segmenter.trainable_variables
+        with tf.GradientTape() as tape:
+            per_example = self.segmenter.loss(out["shifted_composite"], out["shifted_mask"])
+            total = tf.nn.compute_average_loss(per_example)
+        grads = tape.gradient(total, variables)
+        return {"loss/segmenter": per_example,
+                "mask/coverage": losses.mask_coverage(out["shifted_mask"])}, grads
+
+    def apply_phase(self, phase, grads):
+        optimizer, variables = {
+            "discriminator": (self.discriminator_optimizer, self.discriminator.trainable_variables),
+            "generator": (self.generator_optimizer, self.generator.trainable_variables),
+            "encoder": (self.encoder_optimizer, self.encoder.trainable_variables),
+            "segmenter": (self.segmenter_optimizer, self.segmenter.trainable_variables),
+        }[phase]
+        optimizer.apply(grads, variables)
+
+    # -- summaries ------------------------------------------------------------------------------
+    def summary_images(self, images, step):
+        b = images.shape[0]
+        fixed = {name: tf.constant([self.base_seed, 20_000 + k], tf.int64)
+                 for k, name in enumerate(("z", "noise", "shift", "jitter"))}
+        out = self.render(b, fixed)
+        named = {"background": out["background"], "foreground": out["foreground"],
+                 "mask": out["mask"], "composite": out["composite"],
+                 "shifted_composite": out["shifted_composite"]}
+        if self.stage_name != "generator":
+            named["real"] = images
+            if self.stage_name == "encoder":
+                named["reconstruction"] = self.reconstruct(images)["composite"]
+            named["real_mask"] = self.region_masks(images)[..., :1]
+        return named
+
+
+@gin.configurable(module="tfseg.methods")
+def perturbgan(resolution, z_dim=128, w_dim=128, mapping_layers=4, channel_base=1024,
+               max_channels=64, discriminator_channel_base=None, discriminator_max_channels=None,
+               single_generator=False, shared_mapping=False, shift_fraction=0.125,
+               background_contrast_jitter=0.0, min_mask_coverage=gin.REQUIRED,
+               mask_size_weight=2.0, binarization_weight=2.0, gradient_penalty_weight=10.0,
+               drift_weight=1e-3, learning_rate=1e-3, encoder_learning_rate=1e-4,
+               reconstruction_weight=1.0, feature_weight=1.0, synthetic_latent_weight=0.0,
+               segmenter_width=32, segmenter_residual_blocks=2, segmenter_learning_rate=1e-3,
+               distill_on_shifted=True, seed=0):
+    """Builds PerturbGAN (gin: `tfseg.methods.perturbgan.<arg>`); paper values where it gives them.
+
+    Args:
+        resolution: image side R (set by the trainer).
+        z_dim, w_dim: latent and style sizes (paper: 512).
+        mapping_layers: depth of each mapping network (paper: 8).
+        channel_base, max_channels: synthesis widths, min(max_channels, channel_base // r) at
+            resolution r (paper: 16384, 512; CPU default: 1024, 64).
+        discriminator_channel_base, discriminator_max_channels: the same for D and E (None: as G).
+        single_generator: one 7-channel synthesis network (ablation (h)).
+        shared_mapping: one mapping network for background and foreground (`common_style`).
+        shift_fraction: beta; shifts are drawn in [-beta R, beta R] per axis (0 disables: ablation (b)).
+        background_contrast_jitter: s of the contrast factor U[1 - s, 1 + s] (0 disables; paper
+            row (d) uses 0.3).
+        min_mask_coverage: eta of the mask size hinge (per data set: car 0.25, horse 0.20,
+            chair and bird 0.15).
+        mask_size_weight, binarization_weight: gamma_1 and gamma_2 (2.0 each).
+        gradient_penalty_weight, drift_weight: lambda_GP (10) and epsilon_drift (1e-3).
+        learning_rate: Adam lr of G and D (mapping networks at 0.01x through equalized lr_mul).
+        encoder_learning_rate: Adam lr of the encoder E (stage 2).
+        reconstruction_weight, feature_weight: weights of the two L_auto terms (1, 1).
+        synthetic_latent_weight: extra term regressing the styles of generated images (0: off).
+        segmenter_width, segmenter_residual_blocks, segmenter_learning_rate: the distilled
+            segmenter (stage 3).
+        distill_on_shifted: distil on shifted composites (more object positions) or unshifted ones.
+        seed: seeds weights and every random draw.
+    """
+    return PerturbGAN(
+        resolution, z_dim=z_dim, w_dim=w_dim, mapping_layers=mapping_layers,
+        channel_base=channel_base, max_channels=max_channels,
+        discriminator_channel_base=discriminator_channel_base,
+        discriminator_max_channels=discriminator_max_channels, single_generator=single_generator,
+        shared_mapping=shared_mapping, shift_fraction=shift_fraction,
+        background_contrast_jitter=background_contrast_jitter, min_mask_coverage=min_mask_coverage,
+        mask_size_weight=mask_size_weight, binarization_weight=binarization_weight,
+        gradient_penalty_weight=gradient_penalty_weight, drift_weight=drift_weight,
+        learning_rate=learning_rate, encoder_learning_rate=encoder_learning_rate,
+        reconstruction_weight=reconstruction_weight, feature_weight=feature_weight,
+        synthetic_latent_weight=synthetic_latent_weight, segmenter_width=segmenter_width,
+        segmenter_residual_blocks=segmenter_residual_blocks,
+        segmenter_learning_rate=segmenter_learning_rate, distill_on_shifted=distill_on_shifted,
+        seed=seed, name="perturbgan")

@@ -1,0 +1,262 @@
+"""StyleGAN v1 networks as PerturbGAN uses them (METHODS.md §1.2, rosinality port semantics).
+
+* `MappingNetwork`: z -> style w (PixelNorm, equalized dense layers at 0.01x learning rate).
+* `SynthesisNetwork`: learned 4x4 constant, then per resolution two 3x3 convs with per-layer noise
+  and AdaIN; linear (no tanh) output channels.
+* `LayeredGenerator`: background (3 ch) and foreground + mask logit (4 ch) synthesis networks fed
+  by the same z, each with its own mapping network by default (or one shared, or one 7-channel
+  synthesis network: ablation (h)).
+* `ProGANDiscriminator`: the critic, with minibatch stddev; also the trunk of the latent encoder.
+
+Widths follow channels(r) = min(max_channels, channel_base // r): the paper's network is
+channel_base 16384, max_channels 512; a CPU fits channel_base 1024, max_channels 64.
+Images are NHWC in about [-1, 1].
+"""
+import math
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from tfseg.modeling import equalized as E
+from tfseg.modeling.layers import upsample_nearest
+
+
+def channels_at(resolution, channel_base, max_channels):
+    return max(1, min(max_channels, channel_base // resolution))
+
+
+def _resolutions(resolution):
+    log2 = int(round(math.log2(resolution)))
+    if 2**log2 != resolution or resolution < 8:
+        raise ValueError(f"StyleGAN resolution must be a power of two >= 8, got {resolution}")
+    return [2**k for k in range(2, log2 + 1)]
+
+
+class MappingNetwork(keras.layers.Layer):
+    """PixelNorm(z) -> num_layers x [EqualDense(w_dim), LReLU 0.2]. `[b, z_dim] -> [b, w_dim]`.
+
+    lr_mul 0.01 gives the mapping network its 0.01x learning rate (see `equalized`).
+    """
+
+    def __init__(self, w_dim, num_layers=8, lr_mul=0.01, **kwargs):
+        super().__init__(**kwargs)
+        self.w_dim = w_dim
+        self.dense = [E.EqualDense(w_dim, lr_mul=lr_mul, name=f"dense{i}") for i in range(num_layers)]
+
+    def build(self, z_shape):
+        shape = z_shape
+        for layer in self.dense:
+            layer.build(shape)
+            shape = (None, self.w_dim)
+
+    def call(self, z):
+        h = E.pixel_norm(z)
+        for layer in self.dense:
+            h = E.leaky_relu(layer(h))
+        return h
+
+
+class AdaIN(keras.layers.Layer):
+    """Instance norm without affine, then gamma(w) * h + beta(w), gamma initialised at 1."""
+
+    def build(self, x_shape, w_shape):
+        self.channels = x_shape[-1]
+        self.style = E.EqualDense(2 * self.channels, gain=1.0, name="style")
+        self.style.build(w_shape)
+
+    def call(self, x, w):
+        mean, variance = tf.nn.moments(x, axes=[1, 2], keepdims=True)
+        h = (x - mean) * ops.rsqrt(variance + 1e-5)
+        style = self.style(w)
+        gamma = 1.0 + style[:, None, None, :self.channels]
+        beta = style[:, None, None, self.channels:]
+        return gamma * h + beta
+
+
+class StyledBlock(keras.layers.Layer):
+    """One resolution: [conv-A -> noise -> LReLU -> AdaIN] -> [conv3x3 -> noise -> LReLU -> AdaIN].
+
+    conv-A is the learned constant for the first block, else nearest x2 -> conv3x3 -> blur.
+    One noise map per block is shared by both convs; its per-channel weights start at 0.
+    """
+
+    def __init__(self, channels, first=False, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+        self.first = first
+        self.conv_a = None if first else E.EqualConv2D(channels, 3, name="conv_a")
+        self.conv_b = E.EqualConv2D(channels, 3, name="conv_b")
+        self.adain_a = AdaIN(name="adain_a")
+        self.adain_b = AdaIN(name="adain_b")
+
+    def build(self, x_shape, w_shape):
+        c = self.channels
+        if self.first:
+            self.constant = self.add_weight(shape=(1, 4, 4, c), name="constant",
+                                            initializer=keras.initializers.RandomNormal(stddev=1.0))
+            size = 4
+        else:
+            size = x_shape[1] * 2
+            self.conv_a.build((None, size, size, x_shape[-1]))
+        self.noise_a = self.add_weight(shape=(c,), name="noise_a", initializer="zeros")
+        self.noise_b = self.add_weight(shape=(c,), name="noise_b", initializer="zeros")
+        self.conv_b.build((None, size, size, c))
+        self.adain_a.build((None, size, size, c), w_shape)
+        self.adain_b.build((None, size, size, c), w_shape)
+
+    def call(self, w, x=None, noise=0.0):
+        if self.first:
+            h = ops.tile(self.constant, (ops.shape(w)[0], 1, 1, 1))
+        else:
+            h = E.blur(self.conv_a(upsample_nearest(x)))
+        h = self.adain_a(E.leaky_relu(h + self.noise_a * noise), w)
+        h = self.conv_b(h)
+        return self.adain_b(E.leaky_relu(h + self.noise_b * noise), w)
+
+
+class SynthesisNetwork(keras.layers.Layer):
+    """Style w -> `[b, R, R, out_channels]`, linear output (EqualConv 1x1 head).
+
+    Call args:
+        w: `[b, w_dim]`.
+        noise_seed: stateless seed `[2]` for the per-block noise maps, or None for no noise
+            (deterministic rendering, used by the encoder route and evaluation).
+    """
+
+    def __init__(self, resolution, out_channels, channel_base=1024, max_channels=64, **kwargs):
+        super().__init__(**kwargs)
+        self.resolutions = _resolutions(resolution)
+        self.blocks = [StyledBlock(channels_at(r, channel_base, max_channels), first=(i == 0),
+                                   name=f"block{r}") for i, r in enumerate(self.resolutions)]
+        self.head = E.EqualConv2D(out_channels, 1, name="head")
+
+    def build(self, w_shape):
+        x_shape = None
+        for r, block in zip(self.resolutions, self.blocks):
+            block.build(x_shape, w_shape)
+            x_shape = (None, r, r, block.channels)
+        self.head.build(x_shape)
+
+    def call(self, w, noise_seed=None):
+        h = None
+        for i, (r, block) in enumerate(zip(self.resolutions, self.blocks)):
+            if noise_seed is None:
+                noise = 0.0
+            else:
+                noise = tf.random.stateless_normal([ops.shape(w)[0], r, r, 1],
+                                                   noise_seed + tf.constant([1_000_003, 0], noise_seed.dtype) * (i + 1))
+            h = block(w, x=h, noise=noise)
+        return self.head(h)
+
+
+class LayeredGenerator(keras.layers.Layer):
+    """G(z) = (background B, foreground F, mask m) for PerturbGAN.
+
+    Args:
+        resolution: R.
+        z_dim, w_dim: latent and style sizes (512 in the paper).
+        mapping_layers: depth of each mapping network (8 in the paper).
+        channel_base, max_channels: width of the synthesis networks (see module docstring).
+        single_generator: one synthesis network with 7 outputs (ablation (h)).
+        shared_mapping: one mapping network for both synthesis networks (`common_style`).
+
+    Call: `z [b, z_dim]` -> dict with background `[b, R, R, 3]`, foreground `[b, R, R, 3]`,
+    mask_logits and mask `[b, R, R, 1]` (sigmoid). `styles [b, num_styles, w_dim]` replaces the
+    mapping networks' output (the encoder route feeds its own styles).
+    """
+
+    def __init__(self, resolution, z_dim=128, w_dim=128, mapping_layers=4, channel_base=1024,
+                 max_channels=64, single_generator=False, shared_mapping=False, **kwargs):
+        super().__init__(**kwargs)
+        self.z_dim = z_dim
+        self.w_dim = w_dim
+        self.single_generator = single_generator
+        if single_generator:
+            self.synthesis = [SynthesisNetwork(resolution, 7, channel_base, max_channels,
+                                               name="layers")]
+        else:
+            self.synthesis = [SynthesisNetwork(resolution, 3, channel_base, max_channels,
+                                               name="background"),
+                              SynthesisNetwork(resolution, 4, channel_base, max_channels,
+                                               name="foreground")]
+        num_mappings = 1 if (single_generator or shared_mapping) else 2
+        self.mappings = [MappingNetwork(w_dim, mapping_layers, name=f"mapping{i}")
+                         for i in range(num_mappings)]
+
+    @property
+    def num_styles(self):
+        return len(self.synthesis)
+
+    def build(self, z_shape):
+        for mapping in self.mappings:
+            mapping.build(z_shape)
+        for synthesis in self.synthesis:
+            synthesis.build((None, self.w_dim))
+
+    def styles(self, z):
+        """`[b, z_dim]` -> `[b, num_styles, w_dim]`: each synthesis network's style."""
+        ws = [self.mappings[min(i, len(self.mappings) - 1)](z) for i in range(self.num_styles)]
+        return ops.stack(ws, axis=1)
+
+    def call(self, z=None, noise_seed=None, styles=None):
+        if styles is None:
+            styles = self.styles(z)
+        seeds = [None] * self.num_styles
+        if noise_seed is not None:
+            seeds = [noise_seed + tf.constant([100_000_007, 0], noise_seed.dtype) * i
+                     for i in range(self.num_styles)]
+        outputs = [net(styles[:, i], noise_seed=seeds[i]) for i, net in enumerate(self.synthesis)]
+        if self.single_generator:
+            out = outputs[0]
+            background, foreground, logits = out[..., :3], out[..., 3:6], out[..., 6:]
+        else:
+            background, foreground, logits = outputs[0], outputs[1][..., :3], outputs[1][..., 3:]
+        return {"background": background, "foreground": foreground, "mask_logits": logits,
+                "mask": ops.sigmoid(logits)}
+
+
+class ProGANDiscriminator(keras.layers.Layer):
+    """PerturbGAN's critic (and, with `outputs` > 1 and no minibatch stddev, its latent encoder).
+
+    fromRGB 1x1, then per resolution conv3x3 -> LReLU -> blur -> conv3x3 -> avg-pool -> LReLU
+    down to 4x4, then [minibatch stddev] -> conv3x3 -> LReLU -> conv4x4 valid -> LReLU -> dense.
+
+    Call: `[b, R, R, 3]` -> `[b]` scores (outputs = 1) or `[b, outputs]`.
+    `features(images)` returns the 4x4 activation before the minibatch stddev (`[b, 4, 4, C]`),
+    the discriminator features of PerturbGAN's L_auto.
+    """
+
+    def __init__(self, resolution, channel_base=1024, max_channels=64, outputs=1,
+                 minibatch_std=True, **kwargs):
+        super().__init__(**kwargs)
+        self.outputs = outputs
+        self.minibatch_std = minibatch_std
+        res = _resolutions(resolution)[::-1]  # R, R/2, ..., 4
+        ch = lambda r: channels_at(r, channel_base, max_channels)  # noqa: E731
+        self.from_rgb = E.EqualConv2D(ch(resolution), 1, name="from_rgb")
+        self.down = []
+        for r in res[:-1]:
+            self.down.append((E.EqualConv2D(ch(r), 3, name=f"conv{r}_a"),
+                              E.EqualConv2D(ch(r // 2), 3, name=f"conv{r}_b")))
+        self.final_conv = E.EqualConv2D(ch(4), 3, name="final_conv")
+        self.final_dense = E.EqualDense(ch(4), name="final_dense")
+        self.output_dense = E.EqualDense(outputs, gain=1.0, name="output")
+
+    def features(self, images):
+        h = E.leaky_relu(self.from_rgb(images))
+        for conv_a, conv_b in self.down:
+            h = E.leaky_relu(conv_a(h))
+            h = conv_b(E.blur(h))
+            h = E.leaky_relu(ops.average_pool(h, 2, 2))
+        return h
+
+    def call(self, images):
+        h = self.features(images)
+        if self.minibatch_std:
+            h = E.minibatch_stddev(h)
+        h = E.leaky_relu(self.final_conv(h))
+        h = ops.reshape(h, (-1, h.shape[1] * h.shape[2] * h.shape[3]))
+        h = E.leaky_relu(self.final_dense(h))
+        out = self.output_dense(h)
+        return out[:, 0] if self.outputs == 1 else out
