@@ -23,6 +23,8 @@ setuptools.setup(
         "cpu": ["tensorflow-cpu>=2.21,<2.22"],
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
         "test": ["pytest>=8", "pytest-xdist"],
+        # tools/convert_stylegan2.py reads PyTorch .pt checkpoints (the CPU wheel is enough).
+        "convert": ["torch>=2.1"],
     },
     entry_points={
         "console_scripts": [
