@@ -45,8 +45,18 @@ def main(argv):
         gin_files = list(FLAGS.gin_file) + ([config.SMOKE_CONFIG] if FLAGS.smoke else [])
         config.parse(gin_files, FLAGS.gin_bindings)
         train_config = trainer.TrainConfig()
-        pipeline.validate_data_config()
-        config.prepare_model_dir(model_dir)
+        data_problem = None
+        try:
+            pipeline.validate_data_config()
+        except DataError as err:
+            if not FLAGS.dry_run:
+                raise
+            data_problem = err  # a dry run reports it and still shows the resolved config
+        if FLAGS.dry_run:
+            # Constructing the method (no weights yet) checks its bindings and stage budgets.
+            schedule = trainer.stage_schedule(trainer.build_method(train_config), train_config)
+        else:
+            config.prepare_model_dir(model_dir)
     except (config.ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -56,7 +66,13 @@ def main(argv):
     if FLAGS.dry_run:
         print(gin.config_str())
         print(f"# model_dir: {model_dir}")
-        print("# dry run: config resolved, data found, model_dir writable; not training.")
+        print("# stages: " + ", ".join(f"{stage.name} steps {start + 1}-{end}"
+                                        for stage, start, end in schedule))
+        if data_problem is not None:
+            print(f"# data NOT ready (a real run stops here): {data_problem}")
+            print("# dry run: config resolved; not training.")
+        else:
+            print("# dry run: config resolved, data found; not training.")
         return 0
     config.save_config(model_dir)
     print(f"training in {model_dir} (TensorBoard: tensorboard --logdir {os.path.dirname(model_dir) or model_dir})")
