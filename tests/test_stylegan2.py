@@ -134,6 +134,41 @@ def test_truncation_psi_zero_gives_the_same_image_for_every_z():
     assert np.abs(a - c).max() > 1e-4
 
 
+def test_per_layer_ws_follow_the_rosinality_latent_indexing():
+    gen = tiny_generator(16)
+    noise = gen.make_noise(1, seed=4)
+    w = gen.mapping(tf.random.normal([1, 8], seed=8))
+    ws = np.repeat(w.numpy()[:, None], gen.num_ws, axis=1)
+    image, features = gen(ws, input_is_latent=True, noise=noise, return_features=True)
+    np.testing.assert_allclose(image.numpy(), gen(w, input_is_latent=True, noise=noise).numpy(),
+                               atol=1e-6)
+
+    def changed(index):
+        other = ws.copy()
+        other[:, index] += 1.0
+        return gen(other, input_is_latent=True, noise=noise, return_features=True)
+
+    def assert_same(f, g):
+        np.testing.assert_allclose(f.numpy(), g.numpy(), atol=1e-6)
+
+    def assert_differ(f, g):
+        assert np.abs(f.numpy() - g.numpy()).max() > 1e-4
+
+    # the last index styles only the final toRGB: the image changes, no feature does
+    image_last, features_last = changed(gen.num_ws - 1)
+    assert_differ(image_last, image)
+    for pair, pair_last in zip(features, features_last):
+        for f, f_last in zip(pair, pair_last):
+            assert_same(f, f_last)
+    # index 1 is shared by the 4x4 toRGB and the 8x8 upsampling conv (as in rosinality)
+    _, features1 = changed(1)
+    assert_differ(features1[0][0], features[0][0])
+    # index 4 = 2j for j = 2: the second conv of the 16x16 block, not its first
+    _, features4 = changed(4)
+    assert_same(features4[1][0], features[1][0])
+    assert_differ(features4[1][1], features[1][1])
+
+
 def test_update_w_avg_is_a_running_mean():
     gen = tiny_generator(8)
     gen(tf.zeros([1, 8]))

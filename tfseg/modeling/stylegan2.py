@@ -126,7 +126,8 @@ class MappingNetwork(keras.layers.Layer):
     def build(self, input_shape):
         shape = tuple(input_shape)
         for layer in self.dense:
-            layer.build(shape)
+            if not layer.built:
+                layer.build(shape)
             shape = shape[:-1] + (self.w_dim,)
 
     def call(self, z):
@@ -192,9 +193,11 @@ class ModulatedConv2D(keras.layers.Layer):
             y = ops.conv(x, kernel, strides=1, padding="same")
         if self.demodulate:
             # sum_{i,kh,kw} (W s_i)^2 = sum_i s_i^2 * sum_{kh,kw} W_i^2: one [b,I] x [I,O] matmul.
-            w_sq = ops.sum(ops.square(kernel), axis=(0, 1))           # [C_in, C_out]
-            demod = ops.rsqrt(ops.matmul(ops.square(styles), w_sq) + 1e-8)   # [b, C_out]
-            y = y * demod[:, None, None, :]
+            # In float32 even under mixed precision: the sum of squares overflows float16.
+            w_sq = ops.sum(ops.square(ops.cast(kernel, "float32")), axis=(0, 1))   # [C_in, C_out]
+            s_sq = ops.square(ops.cast(styles, "float32"))
+            demod = ops.rsqrt(ops.matmul(s_sq, w_sq) + 1e-8)                       # [b, C_out]
+            y = y * ops.cast(demod, y.dtype)[:, None, None, :]
         return y
 
 
@@ -305,7 +308,8 @@ class Generator(keras.Model):
     Layout: mapping z -> w; learned constant `[1, 4, 4, C_4]`; a 4x4 StyledConv and ToRGB; then one
     SynthesisBlock per resolution 8, 16, ..., `resolution`. The network uses `num_ws = 2 log2(S) - 2`
     style vectors: index 0 for the 4x4 conv, 1 for the 4x4 toRGB, and for the block at 2^(j+2)
-    (j = 1, 2, ...) indices 2j - 1, 2j (its convs) and 2j + 1 (its toRGB). It has
+    (j = 1, 2, ...) indices 2j - 1, 2j (its convs) and 2j + 1 (its toRGB), so each toRGB shares
+    its style with the next block's upsampling conv, as in the reference. It has
     `num_noise = 2 log2(S) - 3` noise inputs: index 0 for the 4x4 conv, 2j - 1 and 2j for block j.
 
     Args:
@@ -380,15 +384,20 @@ class Generator(keras.Model):
         self.mapping_seed = keras.random.SeedGenerator(seed)
 
     def build(self, input_shape):
+        # Sub-layers may already be built when used on their own first (e.g. `generator.mapping`).
         b = input_shape[0]
-        self.mapping.build((b, self.z_dim))
+        if not self.mapping.built:
+            self.mapping.build((b, self.z_dim))
         w_shape = (b, self.w_dim)
         c4 = self.const.shape[-1]
-        self.conv_4x4.build((b, 4, 4, c4), w_shape)
-        self.to_rgb_4x4.build((b, 4, 4, c4), w_shape)
+        if not self.conv_4x4.built:
+            self.conv_4x4.build((b, 4, 4, c4), w_shape)
+        if not self.to_rgb_4x4.built:
+            self.to_rgb_4x4.build((b, 4, 4, c4), w_shape)
         shape = (b, 4, 4, c4)
         for block, r in zip(self.blocks, self.block_resolutions):
-            block.build(shape, (b, 3, self.w_dim))
+            if not block.built:
+                block.build(shape, (b, 3, self.w_dim))
             shape = (b, r, r, block.filters)
 
     def get_config(self):
