@@ -201,6 +201,8 @@ def _load_torch_checkpoint(path):
     except ImportError as e:
         raise SystemExit('convert_stylegan2: PyTorch is needed to read .pt checkpoints; '
                          'install it with  pip install -e ".[convert]"') from e
+    # weights_only=False: rosinality checkpoints pickle an argparse Namespace under "args".
+    # Only convert checkpoints you trust (unpickling runs code).
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
 
     def to_numpy(d):
