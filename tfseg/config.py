@@ -24,6 +24,7 @@ def register_all():
     import tfseg.data.procedural  # noqa: F401
     import tfseg.data.folder  # noqa: F401
     import tfseg.data.tfds_sources  # noqa: F401
+    import tfseg.methods.labels4free  # noqa: F401
     import tfseg.methods.perturbgan  # noqa: F401
     import tfseg.methods.redo  # noqa: F401
     import tfseg.training.strategy  # noqa: F401

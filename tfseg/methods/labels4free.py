@@ -1,0 +1,478 @@
+"""Labels4Free (Abdal et al. 2021): segmentation from a frozen StyleGAN2 and a tiny alpha network.
+
+A StyleGAN2 generator G is split into a foreground generator G_fg (G itself, truncated by psi) and
+a background generator G_bg (the same weights with the 4x4 activations zeroed, so no coarse layout
+and no object survives). An alpha network A reads G_fg's finest features and outputs a soft mask;
+the composite alpha * fg + (1 - alpha) * bg must fool a discriminator. Only A and D are trained.
+Because fg and bg are independent, the only way for A to make the composite look real is to keep
+the object of fg and let bg show elsewhere (METHODS.md §3).
+
+Training runs in three stages (one `tfseg.train` command, each stage resumable):
+1. "stylegan2": StyleGAN2 on the data set: non-saturating logistic loss, lazy R1, an exponential
+   moving average (EMA) of G. Skipped (0 steps) when starting from a converted checkpoint
+   (`pretrained_dir`, written by `tools/convert_stylegan2.py`).
+2. "alpha": with the EMA generator frozen, A and a discriminator (fresh, or stage 1's / the
+   converted one) on composites: binarization, minimum-foreground hinge, optional
+   maximum-foreground hinge, lazy R1 on D (METHODS.md §3.4).
+3. "segmenter": the shared `DistilledSegmenter` on generated (composite, alpha) pairs. It is what
+   segments real photos (`region_masks`), since A only segments images G draws.
+
+Randomness is stateless (`replica_seed`) and every noise map is passed to the generator
+explicitly, so a resumed run draws exactly what an uninterrupted one would, on any number of
+replicas. Not implemented: path-length regularisation (StyleGAN2's G regulariser; off, so G's
+Adam uses lr and betas unscaled), style mixing, and a separately trained background generator.
+"""
+import json
+import os
+
+import gin
+import keras
+import tensorflow as tf
+from absl import logging
+from keras import ops
+
+from tfseg import losses
+from tfseg.config import ConfigError
+from tfseg.methods.base import Method, Stage
+from tfseg.methods.distillation import DistilledSegmenter
+from tfseg.modeling import stylegan2 as sg2
+from tfseg.modeling.alpha_network import NUM_BLOCKS, AlphaNetwork
+
+# Random streams of `replica_seed` (< 16), one per phase; each is split into the draws of a render.
+_SG_D, _SG_G, _ALPHA_D, _ALPHA, _SEGMENTER = 0, 1, 2, 3, 4
+_W_AVG_SEED = 7
+DISTILL_SOURCES = ("composite", "foreground")
+ALPHA_DISCRIMINATORS = ("fresh", "stylegan2")
+
+
+def _adam(learning_rate, beta_2=0.99, ratio=1.0):
+    """StyleGAN2's Adam (0, 0.99), scaled for lazy regularisation: lr * c, beta_2 ** c.
+
+    c = interval / (interval + 1) keeps the optimizer's per-step dynamics when a regulariser
+    runs every `interval` steps (StyleGAN2 appendix B); Labels4Free keeps c = 4/5 for A and
+    16/17 for D (METHODS.md §3.5).
+    """
+    return keras.optimizers.Adam(learning_rate * ratio, beta_1=0.0, beta_2=beta_2**ratio,
+                                 epsilon=1e-8)
+
+
+class Labels4Free(Method):
+    """Labels4Free's networks, optimizers and three stages. See `labels4free` for the args."""
+
+    def __init__(self, resolution, z_dim=512, w_dim=512, mapping_layers=8, channel_base=32768,
+                 max_channels=512, discriminator_channel_base=None,
+                 discriminator_max_channels=None, mbstd_group=4, pretrained_dir=None,
+                 learning_rate=0.002, r1_gamma=10.0, r1_interval=16, ema_decay=0.9978,
+                 truncation=1.0, background_truncation=1.0, zero_4x4="output",
+                 shared_latent=True, alpha_discriminator="fresh", alpha_learning_rate=2e-4,
+                 adversarial_weight=1.0, mask_loss_weight=3.0, min_foreground_coverage=0.25,
+                 min_background_coverage=0.0, background_coverage_weight=0.0,
+                 alpha_blocks=NUM_BLOCKS, segmenter_width=32, segmenter_residual_blocks=2,
+                 segmenter_learning_rate=1e-3, distill_on="composite", seed=0, **kwargs):
+        super().__init__(resolution=resolution, seed=seed, **kwargs)
+        if alpha_discriminator not in ALPHA_DISCRIMINATORS:
+            raise ConfigError(f"tfseg.methods.labels4free.alpha_discriminator must be one of "
+                              f"{ALPHA_DISCRIMINATORS}, got {alpha_discriminator!r}")
+        if distill_on not in DISTILL_SOURCES:
+            raise ConfigError(f"tfseg.methods.labels4free.distill_on must be one of "
+                              f"{DISTILL_SOURCES}, got {distill_on!r}")
+        self.pretrained_dir = pretrained_dir
+        self.r1_gamma = r1_gamma
+        self.r1_interval = r1_interval
+        self.ema_decay = ema_decay
+        self.truncation = truncation
+        self.background_truncation = background_truncation
+        self.zero_4x4 = zero_4x4
+        self.shared_latent = shared_latent
+        self.adversarial_weight = adversarial_weight
+        self.mask_loss_weight = mask_loss_weight
+        self.min_foreground_coverage = min_foreground_coverage
+        self.min_background_coverage = min_background_coverage
+        self.background_coverage_weight = background_coverage_weight
+        self.distill_on = distill_on
+        keras.utils.set_random_seed(seed)
+
+        g_config = dict(resolution=resolution, z_dim=z_dim, w_dim=w_dim,
+                        mapping_layers=mapping_layers, channel_base=channel_base,
+                        max_channels=max_channels)
+        d_config = dict(resolution=resolution,
+                        channel_base=discriminator_channel_base or channel_base,
+                        max_channels=discriminator_max_channels or max_channels,
+                        mbstd_group=mbstd_group)
+        if pretrained_dir:
+            # The converted checkpoint fixes the network sizes; the gin widths are ignored.
+            config = read_pretrained_config(pretrained_dir, resolution)
+            g_config = config["generator"]
+            d_config = config["discriminator"] or d_config
+            if alpha_discriminator == "stylegan2" and not config["discriminator"]:
+                raise ConfigError(f"alpha_discriminator='stylegan2' needs a discriminator in "
+                                  f"{pretrained_dir}; convert the checkpoint with its 'd'")
+        self.z_dim = g_config["z_dim"]
+        self.generator = sg2.Generator(**g_config, name="generator")
+        # The EMA copy is the generator stages 2 and 3 use (and the one published checkpoints hold).
+        self.generator_ema = sg2.Generator(**g_config, name="generator_ema")
+        self.discriminator = sg2.Discriminator(**d_config, name="discriminator")
+        # A fresh D is a network of its own (checkpointed apart from stage 1's D); otherwise
+        # `alpha_discriminator` is stage 1's D (see the property).
+        self.fresh_discriminator = (sg2.Discriminator(**d_config, name="alpha_discriminator")
+                                    if alpha_discriminator == "fresh" else None)
+        self.alpha_network = AlphaNetwork(min(alpha_blocks, len(self.generator.blocks)),
+                                          name="alpha_network")
+        self.segmenter = DistilledSegmenter(segmenter_width, segmenter_residual_blocks,
+                                            name="segmenter")
+        r1_ratio = r1_interval / (r1_interval + 1.0) if r1_interval else 1.0
+        # Stage 1: no path-length regularisation, hence no lazy ratio on G.
+        self.generator_optimizer = _adam(learning_rate)
+        self.discriminator_optimizer = _adam(learning_rate, ratio=r1_ratio)
+        # Stage 2: the reference's ratios (4/5 on A is a leftover of g_reg_every = 4, kept).
+        self.alpha_optimizer = _adam(alpha_learning_rate, ratio=4.0 / 5.0)
+        self.alpha_discriminator_optimizer = _adam(alpha_learning_rate, ratio=r1_ratio)
+        self.segmenter_optimizer = _adam(segmenter_learning_rate)
+        self.stage_name = "stylegan2"
+
+    @property
+    def alpha_discriminator(self):
+        """The D of stage 2: a fresh one, or stage 1's (the converted one with `pretrained_dir`)."""
+        return self.fresh_discriminator if self.fresh_discriminator is not None else self.discriminator
+
+    # -- structure ------------------------------------------------------------------------------
+    phases = ("discriminator", "generator", "alpha_discriminator", "alpha", "segmenter")
+
+    def stages(self):
+        # Validation scores the distilled segmenter only: before stage 3 it is untrained.
+        return (Stage("stylegan2", ("discriminator", "generator"), 1, evaluates=False),
+                Stage("alpha", ("alpha_discriminator", "alpha"), 1, evaluates=False),
+                Stage("segmenter", ("segmenter",), 0, evaluates=True))
+
+    def begin_stage(self, name):
+        self.stage_name = name
+        if name != "stylegan2" and not self.pretrained_dir and self.truncation != 1.0:
+            # w-bar of a generator trained here: the mean of 4096 mapped z (deterministic, so a
+            # resumed run recomputes the same value). Converted checkpoints carry their own.
+            self.generator_ema.compute_w_avg(4096, seed=self.base_seed * 1000 + _W_AVG_SEED)
+
+    def build_for_training(self, global_batch_size):
+        r = self.resolution
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        # The segmenter stage reads no real batch: it draws this many samples per replica.
+        self.segmenter_batch_size = max(1, global_batch_size // replicas)
+        sg2.build_generator(self.generator, 2)
+        sg2.build_generator(self.generator_ema, 2)
+        images = tf.zeros([2, r, r, 3])
+        self.discriminator(images)
+        self.alpha_discriminator(images)
+        _, features = self.generator_ema(tf.zeros([2, self.z_dim]), return_features=True,
+                                         noise=self._zero_noise())
+        self.alpha_network(features)
+        self.segmenter(images)
+        if self.pretrained_dir:
+            self._load_pretrained()
+        else:
+            # The EMA starts at G's initial weights.
+            for ema, source in self._ema_pairs():
+                ema.assign(source)
+        self.generator_optimizer.build(self.generator.trainable_variables)
+        self.discriminator_optimizer.build(self.discriminator.trainable_variables)
+        self.alpha_optimizer.build(self.alpha_network.trainable_variables)
+        self.alpha_discriminator_optimizer.build(self.alpha_discriminator.trainable_variables)
+        self.segmenter_optimizer.build(self.segmenter.trainable_variables)
+
+    def _load_pretrained(self):
+        """Copies a converted checkpoint into G, its EMA and D (a resumed run then restores its own)."""
+        directory = self.pretrained_dir
+        for generator in (self.generator, self.generator_ema):
+            generator.load_weights(os.path.join(directory, sg2.GENERATOR_WEIGHTS))
+        path = os.path.join(directory, sg2.DISCRIMINATOR_WEIGHTS)
+        if os.path.exists(path):
+            self.discriminator.load_weights(path)
+        logging.info("Labels4Free: generator%s loaded from %s",
+                     " and discriminator" if os.path.exists(path) else "", directory)
+
+    def _ema_pairs(self):
+        """(EMA variable, G variable) for every trained variable of G, matched by position."""
+        pairs = [(e, g) for e, g in zip(self.generator_ema.weights, self.generator.weights)
+                 if g.trainable]
+        assert all(e.shape == g.shape for e, g in pairs)
+        return pairs
+
+    def optimizers_by_name(self):
+        return {"generator": self.generator_optimizer,
+                "discriminator": self.discriminator_optimizer,
+                "alpha": self.alpha_optimizer,
+                "alpha_discriminator": self.alpha_discriminator_optimizer,
+                "segmenter": self.segmenter_optimizer}
+
+    # -- generation -----------------------------------------------------------------------------
+    def _zero_noise(self):
+        return [tf.zeros([1, r, r, 1]) for r in self.generator.noise_resolutions]
+
+    def make_noise(self, batch, seed):
+        """Explicit per-layer N(0, 1) noise maps `[batch, r, r, 1]` from a stateless seed `[2]`."""
+        resolutions = self.generator.noise_resolutions
+        seeds = tf.random.experimental.stateless_split(seed, len(resolutions))
+        return [tf.random.stateless_normal([batch, r, r, 1], seeds[i])
+                for i, r in enumerate(resolutions)]
+
+    def sample(self, generator, batch, seed):
+        """Images `[batch, R, R, 3]` of `generator` for z and noise drawn from a seed `[2]`."""
+        z_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        z = tf.random.stateless_normal([batch, self.z_dim], z_seed)
+        return generator(z, noise=self.make_noise(batch, noise_seed))
+
+    def render_layers(self, batch, seed):
+        """Draws G_fg, G_bg, alpha and the composite from the frozen EMA generator.
+
+        Args:
+            batch: number of samples.
+            seed: stateless seed `[2]`; split into z (fg, bg) and the two sets of noise maps.
+        Returns:
+            dict of "foreground", "background", "composite" `[b, R, R, 3]` and "alpha"
+            `[b, R, R, 1]`; alpha carries gradients to A only.
+        """
+        seeds = tf.random.experimental.stateless_split(seed, 4)
+        z = tf.random.stateless_normal([batch, self.z_dim], seeds[0])
+        # Training shares z between fg and bg (the reference); the test script draws them apart.
+        z_bg = z if self.shared_latent else tf.random.stateless_normal([batch, self.z_dim], seeds[1])
+        generator = self.generator_ema
+        fg, features = generator(z, truncation_psi=self.truncation,
+                                 noise=self.make_noise(batch, seeds[2]), return_features=True)
+        bg = generator(z_bg, truncation_psi=self.background_truncation,
+                       noise=self.make_noise(batch, seeds[3]), zero_4x4=self.zero_4x4)
+        fg, bg = tf.stop_gradient(fg), tf.stop_gradient(bg)
+        features = tf.nest.map_structure(tf.stop_gradient, features)
+        alpha = self.alpha_network(features)
+        return {"foreground": fg, "background": bg, "alpha": alpha,
+                "composite": alpha * fg + (1.0 - alpha) * bg}
+
+    # -- segmentation of real images ------------------------------------------------------------
+    def region_masks(self, images, training=False):
+        mask = self.segmenter(images)
+        return ops.concatenate([mask, 1.0 - mask], axis=-1)
+
+    # -- training phases ------------------------------------------------------------------------
+    def phase_gradients(self, phase, batches, step):
+        if phase == "discriminator":
+            real = batches[0]["image"]
+            fake = self.sample(self.generator, real.shape[0], self.replica_seed(step, _SG_D))
+            return self._discriminator_gradients(self.discriminator, real, fake, step)
+        if phase == "generator":
+            return self._generator_gradients(batches[0]["image"].shape[0], step)
+        if phase == "alpha_discriminator":
+            real = batches[0]["image"]
+            fake = self.render_layers(real.shape[0], self.replica_seed(step, _ALPHA_D))["composite"]
+            return self._discriminator_gradients(self.alpha_discriminator, real, fake, step)
+        if phase == "alpha":
+            return self._alpha_gradients(batches[0]["image"].shape[0], step)
+        if phase == "segmenter":
+            return self._segmenter_gradients(step)
+        raise ValueError(f"Labels4Free has no phase {phase!r}; phases are {self.phases}")
+
+    def _discriminator_gradients(self, discriminator, real, fake, step):
+        """Logistic D loss, plus (gamma / 2) * interval * R1 on every `r1_interval`-th step.
+
+        Merging the lazy R1 into that step's D update (instead of a separate optimizer step, as
+        the references do) keeps one optimizer call per phase; the interval scaling and Adam's
+        c-ratio are the references'.
+        """
+        fake = tf.stop_gradient(fake)
+        b = real.shape[0]
+        variables = discriminator.trainable_variables
+        if self.r1_gamma and self.r1_interval:
+            regularize = tf.equal(tf.math.floormod(tf.cast(step, tf.int64), self.r1_interval), 0)
+        else:
+            regularize = tf.constant(False)
+        with tf.GradientTape() as tape:
+            real_scores = discriminator(real)
+            fake_scores = discriminator(fake)
+            adversarial = losses.logistic_discriminator_loss(real_scores, fake_scores)
+            r1 = tf.cond(regularize, lambda: losses.r1_penalty(discriminator, real),
+                         lambda: tf.zeros([b]))
+            per_example = adversarial + 0.5 * self.r1_gamma * max(self.r1_interval, 1) * r1
+            total = tf.nn.compute_average_loss(per_example)
+        grads = tape.gradient(total, variables)
+        metrics = {"loss/discriminator": adversarial, "loss/r1": r1,
+                   "discriminator/real": real_scores, "discriminator/fake": fake_scores}
+        return metrics, grads
+
+    def _generator_gradients(self, batch, step):
+        variables = self.generator.trainable_variables
+        with tf.GradientTape() as tape:
+            fake = self.sample(self.generator, batch, self.replica_seed(step, _SG_G))
+            per_example = losses.logistic_generator_loss(self.discriminator(fake))
+            total = tf.nn.compute_average_loss(per_example)
+        grads = tape.gradient(total, variables)
+        return {"loss/generator": per_example}, grads
+
+    def alpha_losses(self, alpha, scores):
+        """Per-example terms of A's objective (METHODS.md §3.4).
+
+        Args:
+            alpha: `[b, R, R, 1]` in (0, 1).
+            scores: `[b]` D's logits on the composites.
+        Returns:
+            dict of `[b]` tensors: "adversarial", "binarization", "min_foreground",
+            "max_foreground" and "total" = w_adv L_adv + lambda (L_bin + L_fg) + w_bg L_bg.
+        """
+        terms = {"adversarial": losses.logistic_generator_loss(scores),
+                 "binarization": losses.mask_binarization_loss(alpha),
+                 "min_foreground": losses.mask_size_loss(alpha, self.min_foreground_coverage),
+                 # L_bg = max(0, phi_bg - (1 - mean alpha)) = max(0, mean alpha - (1 - phi_bg)).
+                 "max_foreground": losses.mask_excess_loss(alpha, 1.0 - self.min_background_coverage)}
+        terms["total"] = (self.adversarial_weight * terms["adversarial"]
+                          + self.mask_loss_weight * (terms["binarization"] + terms["min_foreground"])
+                          + self.background_coverage_weight * terms["max_foreground"])
+        return terms
+
+    def _alpha_gradients(self, batch, step):
+        variables = self.alpha_network.trainable_variables
+        with tf.GradientTape() as tape:
+            out = self.render_layers(batch, self.replica_seed(step, _ALPHA))
+            terms = self.alpha_losses(out["alpha"], self.alpha_discriminator(out["composite"]))
+            total = tf.nn.compute_average_loss(terms["total"])
+        grads = tape.gradient(total, variables)
+        metrics = {f"loss/alpha_{name}": value for name, value in terms.items()}
+        metrics["mask/coverage"] = losses.mask_coverage(out["alpha"])
+        metrics["mask/binariness"] = losses.mask_binariness(out["alpha"])
+        return metrics, grads
+
+    def _segmenter_gradients(self, step):
+        out = self.render_layers(self.segmenter_batch_size, self.replica_seed(step, _SEGMENTER))
+        images = out[self.distill_on]
+        variables = self.segmenter.trainable_variables
+        with tf.GradientTape() as tape:
+            per_example = self.segmenter.loss(images, out["alpha"])
+            total = tf.nn.compute_average_loss(per_example)
+        grads = tape.gradient(total, variables)
+        return {"loss/segmenter": per_example,
+                "mask/coverage": losses.mask_coverage(out["alpha"]),
+                "mask/binariness": losses.mask_binariness(out["alpha"])}, grads
+
+    def apply_phase(self, phase, grads):
+        optimizer, variables = {
+            "discriminator": (self.discriminator_optimizer, self.discriminator.trainable_variables),
+            "generator": (self.generator_optimizer, self.generator.trainable_variables),
+            "alpha_discriminator": (self.alpha_discriminator_optimizer,
+                                    self.alpha_discriminator.trainable_variables),
+            "alpha": (self.alpha_optimizer, self.alpha_network.trainable_variables),
+            "segmenter": (self.segmenter_optimizer, self.segmenter.trainable_variables),
+        }[phase]
+        optimizer.apply(grads, variables)
+        if phase == "generator":
+            self.update_ema()
+
+    def update_ema(self):
+        """ema <- decay * ema + (1 - decay) * G, for every trained variable of G.
+
+        Runs in replica context after G's optimizer step. G's variables are mirrored and equal on
+        every replica after the all-reduced update, so the update is done once per device through
+        `merge_call` / `extended.update`, as Keras' optimizers do, instead of a replica-context
+        assign (which a MirroredVariable without an aggregation refuses).
+        """
+        decay = self.ema_decay
+        pairs = [(e.value, g.value) for e, g in self._ema_pairs()]
+
+        def update(ema, value):
+            return ema.assign(decay * ema + (1.0 - decay) * tf.cast(value, ema.dtype))
+
+        def merge_fn(strategy, pairs):
+            for ema, value in pairs:
+                strategy.extended.update(ema, update, args=(value,), group=False)
+
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            merge_fn, tf.distribute.get_strategy(), pairs)
+
+    # -- summaries ------------------------------------------------------------------------------
+    def summary_images(self, images, step):
+        b = images.shape[0]
+        fixed = tf.constant([self.base_seed, 20_000], tf.int64)
+        out = self.render_layers(b, fixed)
+        named = {}
+        if self.stage_name == "stylegan2":
+            named["generator"] = self.sample(self.generator, b, fixed)
+        named.update({"foreground": out["foreground"], "background": out["background"],
+                      "alpha": out["alpha"], "composite": out["composite"]})
+        if self.stage_name == "segmenter":
+            named["real"] = images
+            named["real_mask"] = self.region_masks(images)[..., :1]
+        return named
+
+
+def read_pretrained_config(directory, resolution):
+    """The `config.json` of a converted checkpoint, checked against the run's resolution.
+
+    Raises:
+        ConfigError: no converted checkpoint in `directory`, or a different resolution.
+    """
+    path = os.path.join(directory, sg2.CONFIG_FILE)
+    if not os.path.exists(path):
+        raise ConfigError(
+            f"tfseg.methods.labels4free.pretrained_dir = '{directory}' holds no {sg2.CONFIG_FILE}. "
+            "Convert a rosinality StyleGAN2 checkpoint first: python tools/convert_stylegan2.py "
+            f"--checkpoint=<model>.pt --out={directory}")
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    if config["generator"]["resolution"] != resolution:
+        raise ConfigError(f"the converted generator in {directory} draws "
+                          f"{config['generator']['resolution']} px images, but "
+                          f"tfseg.training.TrainConfig.resolution = {resolution}")
+    return config
+
+
+@gin.configurable(module="tfseg.methods")
+def labels4free(resolution, z_dim=512, w_dim=512, mapping_layers=8, channel_base=32768,
+                max_channels=512, discriminator_channel_base=None, discriminator_max_channels=None,
+                mbstd_group=4, pretrained_dir=None, learning_rate=0.002, r1_gamma=10.0,
+                r1_interval=16, ema_decay=0.9978, truncation=1.0, background_truncation=1.0,
+                zero_4x4="output", shared_latent=True, alpha_discriminator="fresh",
+                alpha_learning_rate=2e-4, adversarial_weight=1.0, mask_loss_weight=3.0,
+                min_foreground_coverage=0.25, min_background_coverage=0.0,
+                background_coverage_weight=0.0, alpha_blocks=NUM_BLOCKS, segmenter_width=32,
+                segmenter_residual_blocks=2, segmenter_learning_rate=1e-3, distill_on="composite",
+                seed=0):
+    """Builds Labels4Free (gin: `tfseg.methods.labels4free.<arg>`); reference values as defaults.
+
+    Args:
+        resolution: image side S (set by the trainer).
+        z_dim, w_dim, mapping_layers, channel_base, max_channels: StyleGAN2's sizes (config-f:
+            512, 512, 8, 32768, 512); ignored with `pretrained_dir`.
+        discriminator_channel_base, discriminator_max_channels: D's widths (None: as G).
+        mbstd_group: D's minibatch-stddev group.
+        pretrained_dir: a folder written by `tools/convert_stylegan2.py`; its generator (and
+            discriminator) replace stage 1, whose budget should then be 0.
+        learning_rate: stage 1 Adam lr of G and D (StyleGAN2: 0.002).
+        r1_gamma, r1_interval: lazy R1 weight and interval, both stages (10, 16; 0 disables).
+        ema_decay: per-step decay of G's EMA (rosinality: 0.5 ** (32 / 10000) = 0.9978).
+        truncation: psi of G_fg around w-bar (per data set: 1.0, 0.5 cat, 0.3 car).
+        background_truncation: psi of G_bg (1.0 in training).
+        zero_4x4: how G_bg is made: "output" (S = 256, 1024 models) or "input" (S = 512 car).
+        shared_latent: fg and bg from the same z (the reference's training) or independent z.
+        alpha_discriminator: "fresh" (random init, the paper's "weak" D) or "stylegan2" (stage 1's
+            or the converted D: the car recipe's `--use_disc`).
+        alpha_learning_rate: nominal lr of stage 2 (A uses 4/5 of it, D 16/17).
+        adversarial_weight: w_adv (`sat_weight`).
+        mask_loss_weight: lambda on binarization + minimum-foreground hinge (`loss_multiplier`).
+        min_foreground_coverage: phi_fg (0.25).
+        min_background_coverage, background_coverage_weight: phi_bg and w_bg of the optional
+            maximum-foreground hinge (`bg_coverage_wt`; 0 in the paper reproductions).
+        alpha_blocks: how many of the finest synthesis blocks A reads (6).
+        segmenter_width, segmenter_residual_blocks, segmenter_learning_rate: the distilled
+            segmenter (stage 3).
+        distill_on: distil on "composite" images or on the "foreground" G_fg draws.
+        seed: seeds weights and every random draw.
+    """
+    return Labels4Free(
+        resolution, z_dim=z_dim, w_dim=w_dim, mapping_layers=mapping_layers,
+        channel_base=channel_base, max_channels=max_channels,
+        discriminator_channel_base=discriminator_channel_base,
+        discriminator_max_channels=discriminator_max_channels, mbstd_group=mbstd_group,
+        pretrained_dir=pretrained_dir, learning_rate=learning_rate, r1_gamma=r1_gamma,
+        r1_interval=r1_interval, ema_decay=ema_decay, truncation=truncation,
+        background_truncation=background_truncation, zero_4x4=zero_4x4,
+        shared_latent=shared_latent, alpha_discriminator=alpha_discriminator,
+        alpha_learning_rate=alpha_learning_rate, adversarial_weight=adversarial_weight,
+        mask_loss_weight=mask_loss_weight, min_foreground_coverage=min_foreground_coverage,
+        min_background_coverage=min_background_coverage,
+        background_coverage_weight=background_coverage_weight, alpha_blocks=alpha_blocks,
+        segmenter_width=segmenter_width, segmenter_residual_blocks=segmenter_residual_blocks,
+        segmenter_learning_rate=segmenter_learning_rate, distill_on=distill_on, seed=seed,
+        name="labels4free")
