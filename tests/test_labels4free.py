@@ -1,0 +1,251 @@
+"""Labels4Free: the alpha network, each stage's phase, the EMA, and starting from a converted checkpoint."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfseg.config import ConfigError
+from tfseg.methods import labels4free as l4f
+from tfseg.modeling import alpha_network as an
+from tfseg.modeling import stylegan2 as sg2
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import convert_stylegan2 as conv  # noqa: E402
+import test_convert_stylegan2 as rosinality  # noqa: E402  (tiny state dicts in the rosinality layout)
+
+TINY = dict(z_dim=8, w_dim=8, mapping_layers=1, channel_base=64, max_channels=8,
+            segmenter_width=8, segmenter_residual_blocks=1)
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+def _features(resolutions, channels=2, batch=1, seed=0):
+    rng = np.random.default_rng(seed)
+    return [tuple(tf.constant(rng.standard_normal((batch, r, r, channels)), tf.float32)
+                  for _ in range(2)) for r in resolutions]
+
+
+def _tiny_method(resolution=16, batch=4, **kwargs):
+    model = l4f.labels4free(resolution, **{**TINY, **kwargs})
+    model.build_for_training(batch)
+    return model
+
+
+def _snapshot(network):
+    return [v.numpy().copy() for v in network.weights]
+
+
+def _changed(before, network):
+    return any(not np.array_equal(b, v.numpy()) for b, v in zip(before, network.weights))
+
+
+# -- alpha network --------------------------------------------------------------------------------
+def test_alpha_network_has_the_reference_parameter_count_at_256px():
+    # config-f at S = 256: the 6 finest blocks are 8..256 px with 512, 512, 512, 512, 256, 128 ch.
+    widths = [512, 512, 512, 512, 256, 128]
+    shapes = [((1, r, r, c), (1, r, r, c)) for r, c in zip([8, 16, 32, 64, 128, 256], widths)]
+    net = an.AlphaNetwork()
+    net.build(shapes)
+    # 6 * sum(C) + 12 * 3 projections, 4 x (12 -> 6) mixers, one 6 -> 1 head (METHODS.md §3.3).
+    assert net.count_params() == 6 * sum(widths) + 36 + 4 * (12 * 6 + 6) + 7 == 14947
+
+
+def test_alpha_network_reads_only_the_last_six_blocks():
+    features = _features([2, 4, 8, 16, 32, 64, 128], batch=2)
+    net = an.AlphaNetwork()
+    alpha = net(features)
+    assert alpha.shape == (2, 128, 128, 1)
+    assert float(tf.reduce_min(alpha)) > 0.0 and float(tf.reduce_max(alpha)) < 1.0
+    coarsest_changed = [tuple(f * 5.0 for f in features[0])] + features[1:]
+    np.testing.assert_array_equal(net(coarsest_changed).numpy(), alpha.numpy())
+    sixth_changed = features[:1] + [tuple(f * 5.0 for f in features[1])] + features[2:]
+    assert np.abs(net(sixth_changed).numpy() - alpha.numpy()).max() > 1e-4
+
+
+def test_alpha_network_of_a_small_generator_reads_every_block():
+    model = _tiny_method(resolution=16)
+    assert model.alpha_network.num_blocks == len(model.generator.blocks) == 2
+    out = model.render_layers(3, tf.constant([1, 2], tf.int64))
+    assert out["alpha"].shape == (3, 16, 16, 1)
+    assert out["composite"].shape == out["foreground"].shape == out["background"].shape == (3, 16, 16, 3)
+
+
+def test_bicubic_upsampling_matches_pytorch_align_corners_by_hand():
+    # [0, 1] -> 4 samples at x = 0, 1/3, 2/3, 1. At x = 1/3 (t = 1/3, taps clamped to [0, 0, 1, 1])
+    # PyTorch's a = -0.75 weights give W(2/3) + W(5/3) = 10/27 - 1/18 = 17/54 (not the linear
+    # 1/3: a = -0.75 does not reproduce ramps, a = -0.5 would).
+    x = tf.constant([0.0, 1.0])[None, :, None, None] * tf.ones([1, 1, 2, 1])
+    up = an.upsample_bicubic(x).numpy()[0, :, 0, 0]
+    np.testing.assert_allclose(up, [0.0, 17 / 54, 37 / 54, 1.0], atol=1e-6)
+    np.testing.assert_allclose(an.bicubic_matrix(5, 10).sum(axis=1), 1.0, atol=1e-6)
+    constant = an.upsample_bicubic(tf.fill([1, 3, 5, 2], 0.7)).numpy()
+    assert constant.shape == (1, 6, 10, 2)
+    np.testing.assert_allclose(constant, 0.7, atol=1e-6)
+
+
+# -- stages ---------------------------------------------------------------------------------------
+NETWORKS = ("generator", "generator_ema", "discriminator", "fresh_discriminator", "alpha_network",
+            "segmenter")
+
+
+@pytest.mark.parametrize("phase, trained", [
+    ("discriminator", {"discriminator"}),
+    ("generator", {"generator", "generator_ema"}),
+    ("alpha_discriminator", {"fresh_discriminator"}),
+    ("alpha", {"alpha_network"}),
+    ("segmenter", {"segmenter"}),
+])
+def test_each_phase_changes_only_its_networks(phase, trained):
+    model = _tiny_method()
+    before = {name: _snapshot(getattr(model, name)) for name in NETWORKS}
+    batches = ({"image": tf.random.uniform([4, 16, 16, 3], -1, 1, seed=1)},)
+    metrics, grads = model.phase_gradients(phase, batches, tf.constant(3, tf.int64))
+    model.apply_phase(phase, grads)
+    changed = {name for name in NETWORKS if _changed(before[name], getattr(model, name))}
+    assert changed == trained
+    assert all(np.all(np.isfinite(v.numpy())) for v in metrics.values())
+    if phase == "alpha":
+        assert {"mask/coverage", "mask/binariness", "loss/alpha_total"} <= set(metrics)
+
+
+def test_stage_two_can_use_the_stage_one_discriminator():
+    model = _tiny_method(alpha_discriminator="stylegan2")
+    assert model.fresh_discriminator is None and model.alpha_discriminator is model.discriminator
+    before = _snapshot(model.discriminator)
+    batches = ({"image": tf.zeros([4, 16, 16, 3])},)
+    _, grads = model.phase_gradients("alpha_discriminator", batches, tf.constant(1, tf.int64))
+    model.apply_phase("alpha_discriminator", grads)
+    assert _changed(before, model.discriminator)
+
+
+def test_lazy_r1_runs_only_every_interval_steps():
+    model = _tiny_method(r1_interval=4)
+    batches = ({"image": tf.random.uniform([4, 16, 16, 3], -1, 1, seed=2)},)
+    on, _ = model.phase_gradients("discriminator", batches, tf.constant(8, tf.int64))
+    off, _ = model.phase_gradients("discriminator", batches, tf.constant(9, tf.int64))
+    assert float(tf.reduce_sum(on["loss/r1"])) > 0.0
+    assert float(tf.reduce_sum(off["loss/r1"])) == 0.0
+
+
+def test_alpha_losses_match_hand_values():
+    model = _tiny_method(mask_loss_weight=2.0, min_foreground_coverage=0.25,
+                         min_background_coverage=0.4, background_coverage_weight=3.0)
+    alpha = tf.constant([0.1, 0.9], tf.float32)[:, None, None, None] * tf.ones([2, 4, 4, 1])
+    terms = model.alpha_losses(alpha, tf.constant([0.0, 0.0]))
+    np.testing.assert_allclose(terms["binarization"], [0.1, 0.1], atol=1e-6)
+    np.testing.assert_allclose(terms["min_foreground"], [0.15, 0.0], atol=1e-6)
+    # max-fg hinge: max(0, 0.4 - (1 - mean alpha)).
+    np.testing.assert_allclose(terms["max_foreground"], [0.0, 0.3], atol=1e-6)
+    expected = np.log(2.0) + 2.0 * (np.array([0.1, 0.1]) + [0.15, 0.0]) + 3.0 * np.array([0.0, 0.3])
+    np.testing.assert_allclose(terms["total"], expected, atol=1e-5)
+
+
+def test_ema_moves_each_variable_a_fraction_one_minus_decay_towards_the_generator():
+    model = _tiny_method(ema_decay=0.9)
+    pairs = model._ema_pairs()
+    assert len(pairs) == len(model.generator.trainable_variables)
+    for k, (ema, source) in enumerate(pairs):
+        ema.assign(tf.fill(ema.shape, 1.0))
+        source.assign(tf.fill(source.shape, float(k)))
+    model.update_ema()
+    for k, (ema, _) in enumerate(pairs):
+        np.testing.assert_allclose(ema.numpy(), 0.9 * 1.0 + 0.1 * k, rtol=1e-6)
+    # Untrained state (w_avg, fixed noise maps) is not averaged.
+    trained = {id(e) for e, _ in pairs}
+    assert all(id(v) not in trained for v in model.generator_ema.non_trainable_weights)
+
+
+def test_render_is_deterministic_given_the_seed():
+    model = _tiny_method()
+    seed = tf.constant([4, 5], tf.int64)
+    first, second = model.render_layers(2, seed), model.render_layers(2, seed)
+    for key in first:
+        np.testing.assert_array_equal(first[key].numpy(), second[key].numpy())
+    other = model.render_layers(2, tf.constant([4, 6], tf.int64))
+    assert np.abs(other["foreground"].numpy() - first["foreground"].numpy()).max() > 0
+
+
+TWO_REPLICAS = textwrap.dedent("""
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from tfseg.methods import labels4free
+    from tfseg.training import trainer
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = labels4free.labels4free(16, z_dim=8, w_dim=8, mapping_layers=1, channel_base=64,
+                                        max_channels=8, segmenter_width=8,
+                                        segmenter_residual_blocks=1, ema_decay=0.5)
+        model.build_for_training(8)
+    images = tf.random.uniform([8, 16, 16, 3], -1, 1, seed=3)
+    iterator = iter(strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensors({"image": images}).repeat()))
+    step = trainer.make_train_step(model, strategy, jit_compile=False,
+                                   phases=("discriminator", "generator"), batches_per_step=1)
+    before = [g.numpy().copy() for _, g in model._ema_pairs()]
+    out = step(iterator, tf.constant(0, tf.int64))
+    # The EMA started equal to G, so with decay 0.5 it is now halfway between old and new G.
+    print("examples", out["loss/generator"].shape[0])
+    print("ema_halfway", all(np.allclose(e.numpy(), 0.5 * g0 + 0.5 * g.numpy(), atol=1e-6)
+                             for (e, g), g0 in zip(model._ema_pairs(), before)))
+    print("g_moved", any(np.abs(g.numpy() - g0).max() > 0
+                         for (_, g), g0 in zip(model._ema_pairs(), before)))
+""")
+
+
+def test_stylegan2_stage_with_ema_runs_on_two_replicas():
+    result = subprocess.run([sys.executable, "-c", TWO_REPLICAS], cwd=REPO, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "examples 8" in result.stdout
+    assert "ema_halfway True" in result.stdout and "g_moved True" in result.stdout
+
+
+# -- converted checkpoints ------------------------------------------------------------------------
+def test_pretrained_dir_round_trip_loads_the_converted_generator_and_discriminator(tmp_path):
+    checkpoint = {"g_ema": rosinality.generator_state_dict(),
+                  "d": rosinality.discriminator_state_dict(),
+                  "latent_avg": np.linspace(-1, 1, rosinality.W_DIM).astype(np.float32)}
+    conv.convert_checkpoint(checkpoint, str(tmp_path))
+    reference, reference_d = sg2.load_converted(str(tmp_path))
+    # The gin widths are ignored: the converted config fixes the networks.
+    model = _tiny_method(resolution=rosinality.RES, pretrained_dir=str(tmp_path), truncation=0.5,
+                         alpha_discriminator="stylegan2")
+    z = tf.random.normal([2, rosinality.Z_DIM], seed=4)
+    noise = reference.make_noise(2, seed=5)
+    for kwargs in ({}, {"truncation_psi": 0.5}, {"zero_4x4": "output"}):
+        np.testing.assert_allclose(model.generator_ema(z, noise=noise, **kwargs).numpy(),
+                                   reference(z, noise=noise, **kwargs).numpy(), atol=1e-5)
+    np.testing.assert_allclose(model.generator_ema.w_avg.numpy(), checkpoint["latent_avg"])
+    images = tf.random.uniform([4, rosinality.RES, rosinality.RES, 3], -1, 1, seed=6)
+    np.testing.assert_allclose(model.alpha_discriminator(images).numpy(),
+                               reference_d(images).numpy(), atol=1e-4)
+    # Stage 2 trains A on the frozen converted generator.
+    before = _snapshot(model.generator_ema)
+    _, grads = model.phase_gradients("alpha", ({"image": images},), tf.constant(0, tf.int64))
+    model.apply_phase("alpha", grads)
+    assert not _changed(before, model.generator_ema)
+
+
+def test_pretrained_dir_errors_say_how_to_fix_them(tmp_path):
+    with pytest.raises(ConfigError, match="convert_stylegan2"):
+        l4f.labels4free(16, pretrained_dir=str(tmp_path))
+    conv.convert_checkpoint({"g_ema": rosinality.generator_state_dict()}, str(tmp_path))
+    with pytest.raises(ConfigError, match="resolution = 32"):
+        l4f.labels4free(32, pretrained_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="discriminator"):
+        l4f.labels4free(rosinality.RES, pretrained_dir=str(tmp_path), alpha_discriminator="stylegan2")
