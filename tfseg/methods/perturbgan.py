@@ -46,8 +46,8 @@ class PerturbGAN(Method):
     def __init__(self, resolution, z_dim=128, w_dim=128, mapping_layers=4, channel_base=1024,
                  max_channels=64, discriminator_channel_base=None, discriminator_max_channels=None,
                  single_generator=False, shared_mapping=False, shift_fraction=0.125,
-                 background_contrast_jitter=0.0, min_mask_coverage=0.05, mask_size_weight=2.0,
-                 binarization_weight=2.0, gradient_penalty_weight=10.0, drift_weight=1e-3,
+                 background_contrast_jitter=0.0, min_mask_coverage=0.05, max_mask_coverage=None,
+                 mask_size_weight=2.0, binarization_weight=2.0, gradient_penalty_weight=10.0, drift_weight=1e-3,
                  learning_rate=1e-3, encoder_learning_rate=1e-4, reconstruction_weight=1.0,
                  feature_weight=1.0, synthetic_latent_weight=0.0, segmenter_width=32,
                  segmenter_residual_blocks=2, segmenter_learning_rate=1e-3,
@@ -57,6 +57,7 @@ class PerturbGAN(Method):
         self.shift_fraction = shift_fraction
         self.background_contrast_jitter = background_contrast_jitter
         self.min_mask_coverage = min_mask_coverage
+        self.max_mask_coverage = max_mask_coverage
         self.mask_size_weight = mask_size_weight
         self.binarization_weight = binarization_weight
         self.gradient_penalty_weight = gradient_penalty_weight
@@ -208,6 +209,10 @@ class PerturbGAN(Method):
             adversarial = losses.wasserstein_generator_loss(scores)
             # Both mask terms on the shifted mask, as in the reference code (METHODS.md §1.9).
             size = losses.mask_size_loss(out["shifted_mask"], self.min_mask_coverage)
+            if self.max_mask_coverage is not None:
+                # Not in the paper: keeps the mask from taking the whole scene (the inverted
+                # solution, background in the mask), like Labels4Free's max-foreground hinge.
+                size = size + losses.mask_excess_loss(out["shifted_mask"], self.max_mask_coverage)
             binary = losses.mask_binarization_loss(out["shifted_mask"])
             per_example = (adversarial + self.mask_size_weight * size
                            + self.binarization_weight * binary)
@@ -288,7 +293,8 @@ def perturbgan(resolution, z_dim=128, w_dim=128, mapping_layers=4, channel_base=
                max_channels=64, discriminator_channel_base=None, discriminator_max_channels=None,
                single_generator=False, shared_mapping=False, shift_fraction=0.125,
                background_contrast_jitter=0.0, min_mask_coverage=gin.REQUIRED,
-               mask_size_weight=2.0, binarization_weight=2.0, gradient_penalty_weight=10.0,
+               max_mask_coverage=None, mask_size_weight=2.0, binarization_weight=2.0,
+               gradient_penalty_weight=10.0,
                drift_weight=1e-3, learning_rate=1e-3, encoder_learning_rate=1e-4,
                reconstruction_weight=1.0, feature_weight=1.0, synthetic_latent_weight=0.0,
                segmenter_width=32, segmenter_residual_blocks=2, segmenter_learning_rate=1e-3,
@@ -309,6 +315,8 @@ def perturbgan(resolution, z_dim=128, w_dim=128, mapping_layers=4, channel_base=
             row (d) uses 0.3).
         min_mask_coverage: eta of the mask size hinge (per data set: car 0.25, horse 0.20,
             chair and bird 0.15).
+        max_mask_coverage: optional upper hinge max(0, mean(m) - max), weighted like the lower one
+            (not in the paper; None disables it).
         mask_size_weight, binarization_weight: gamma_1 and gamma_2 (2.0 each).
         gradient_penalty_weight, drift_weight: lambda_GP (10) and epsilon_drift (1e-3).
         learning_rate: Adam lr of G and D (mapping networks at 0.01x through equalized lr_mul).
@@ -327,6 +335,7 @@ def perturbgan(resolution, z_dim=128, w_dim=128, mapping_layers=4, channel_base=
         discriminator_max_channels=discriminator_max_channels, single_generator=single_generator,
         shared_mapping=shared_mapping, shift_fraction=shift_fraction,
         background_contrast_jitter=background_contrast_jitter, min_mask_coverage=min_mask_coverage,
+        max_mask_coverage=max_mask_coverage,
         mask_size_weight=mask_size_weight, binarization_weight=binarization_weight,
         gradient_penalty_weight=gradient_penalty_weight, drift_weight=drift_weight,
         learning_rate=learning_rate, encoder_learning_rate=encoder_learning_rate,
