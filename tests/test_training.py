@@ -38,8 +38,11 @@ def test_every_shipped_config_trains_two_steps_on_fake_data(gin_file, tmp_path, 
     model_dir = str(tmp_path / "run")
     assert run_train(f"--gin_file={gin_file}", "--smoke", f"--model_dir={model_dir}") == 0
     out = capsys.readouterr().out
-    assert "step 2/2" in out
-    assert checkpointing.latest_checkpoint(model_dir, "latest").endswith("ckpt-2")
+    # Two steps per stage (ReDO has one stage, PerturbGAN three).
+    total = 2 * len(trainer.stage_schedule(trainer.build_method(trainer.TrainConfig()),
+                                           trainer.TrainConfig()))
+    assert f"step {total}/{total}" in out
+    assert checkpointing.latest_checkpoint(model_dir, "latest").endswith(f"ckpt-{total}")
     with open(os.path.join(model_dir, "eval_test.json")) as f:
         results = json.load(f)
     assert 0.0 <= results["fg_iou"] <= 1.0 and results["num_images"] == 8

@@ -28,7 +28,8 @@ class DistilledSegmenter(keras.layers.Layer):
                                    name="mask_network")
 
     def build(self, images_shape):
-        self.network.build(images_shape)
+        # MaskNetwork builds its layers on a first call (it has no build of its own).
+        self.network(ops.zeros((1,) + tuple(images_shape[1:])))
 
     def call(self, images):
         return ops.sigmoid(self.network.logits(images))

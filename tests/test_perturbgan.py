@@ -1,0 +1,155 @@
+"""PerturbGAN's networks, phases and stages at tiny sizes."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfseg import config
+from tfseg.methods import perturbgan as pg
+from tfseg.modeling import equalized as E
+from tfseg.modeling import stylegan
+from tfseg.training import trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(z_dim=8, w_dim=8, mapping_layers=1, channel_base=64, max_channels=8,
+            segmenter_width=8, segmenter_residual_blocks=1, min_mask_coverage=0.2)
+
+
+def _method(**overrides):
+    model = pg.PerturbGAN(16, **{**TINY, **overrides})
+    model.build_for_training(4)
+    return model
+
+
+@pytest.mark.parametrize("single,shared,num_mappings,num_synthesis",
+                         [(False, False, 2, 2), (False, True, 1, 2), (True, False, 1, 1)])
+def test_layered_generator_draws_background_foreground_and_mask(single, shared, num_mappings,
+                                                                 num_synthesis):
+    gen = stylegan.LayeredGenerator(16, 8, 8, 1, 64, 8, single_generator=single,
+                                    shared_mapping=shared)
+    out = gen(tf.random.normal([3, 8]), noise_seed=tf.constant([1, 2], tf.int64))
+    assert out["background"].shape == (3, 16, 16, 3) and out["foreground"].shape == (3, 16, 16, 3)
+    assert out["mask"].shape == (3, 16, 16, 1)
+    mask = out["mask"].numpy()
+    assert mask.min() > 0.0 and mask.max() < 1.0
+    np.testing.assert_allclose(mask, tf.sigmoid(out["mask_logits"]).numpy(), rtol=1e-6)
+    assert len(gen.mappings) == num_mappings and len(gen.synthesis) == num_synthesis
+    if not single:
+        # The same z drives both synthesis networks, through their own styles.
+        styles = gen.styles(tf.random.normal([3, 8])).numpy()
+        assert styles.shape == (3, 2, 8)
+        assert np.allclose(styles[:, 0], styles[:, 1]) == shared
+
+
+def test_noise_seed_changes_details_and_none_is_deterministic():
+    gen = stylegan.LayeredGenerator(16, 8, 8, 1, 64, 8)
+    z = tf.random.normal([2, 8])
+    gen(z)
+    for block in gen.synthesis[0].blocks:      # noise weights start at 0: make them count
+        block.noise_a.assign(tf.ones_like(block.noise_a))
+    a = gen(z)["background"].numpy()
+    np.testing.assert_array_equal(a, gen(z)["background"].numpy())
+    noisy = gen(z, noise_seed=tf.constant([3, 4], tf.int64))["background"].numpy()
+    assert not np.allclose(a, noisy)
+
+
+def test_equalized_dense_scales_weights_at_run_time_and_slows_the_mapping_network():
+    layer = E.EqualDense(64, lr_mul=0.01)
+    layer.build((None, 100))
+    stored = layer.kernel.numpy()
+    assert 90 < stored.std() < 110                     # N(0, 1) / lr_mul
+    # Effective weights: stored * sqrt(2) * lr_mul / sqrt(fan_in) ~ N(0, 2 / fan_in).
+    x = np.eye(100, dtype=np.float32)
+    effective = layer(x).numpy()
+    assert 0.12 < effective.std() < 0.16
+
+
+def test_discriminator_features_are_the_4x4_map_before_minibatch_stddev():
+    d = stylegan.ProGANDiscriminator(16, 64, 8)
+    images = tf.random.uniform([4, 16, 16, 3], -1, 1)
+    assert d(images).shape == (4,)
+    assert d.features(images).shape == (4, 4, 4, 8)
+    encoder = stylegan.ProGANDiscriminator(16, 64, 8, outputs=10, minibatch_std=False)
+    assert encoder(images[:1]).shape == (1, 10)        # no batch statistics: works at batch 1
+
+
+def _changed(model, phase, batches):
+    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    _, grads = model.phase_gradients(phase, batches, tf.constant(3, tf.int64))
+    model.apply_phase(phase, grads)
+    return {v.path.split("/")[0] for v in model.trainable_variables
+            if not np.array_equal(before[v.path], v.numpy())}
+
+
+@pytest.mark.parametrize("phase,network", [("discriminator", "discriminator"),
+                                           ("generator", "generator"),
+                                           ("encoder", "encoder"), ("segmenter", "segmenter")])
+def test_each_phase_trains_only_its_network(phase, network):
+    model = _method()
+    batches = ({"image": tf.random.uniform([4, 16, 16, 3], -1, 1)},)
+    assert _changed(model, phase, batches) == {network}
+
+
+def test_training_composite_is_shifted_and_unperturbed_composite_is_not():
+    model = _method(shift_fraction=0.25)
+    seeds = {name: tf.constant([k, 7], tf.int64) for k, name in
+             enumerate(("z", "noise", "shift", "jitter"))}
+    plain = model.render(4, seeds, perturb=False)
+    shifted = model.render(4, seeds, perturb=True)
+    np.testing.assert_array_equal(plain["composite"], shifted["composite"])
+    np.testing.assert_array_equal(plain["shifted_mask"], plain["mask"])
+    assert not np.allclose(shifted["shifted_mask"], shifted["mask"])
+    no_shift = _method(shift_fraction=0.0).render(4, seeds, perturb=True)
+    np.testing.assert_allclose(no_shift["shifted_mask"], no_shift["mask"], atol=1e-6)
+
+
+def test_mask_losses_push_the_mask_up_when_it_is_too_small():
+    model = _method(min_mask_coverage=0.99)
+    metrics, _ = model.phase_gradients("generator", ({"image": tf.zeros([4, 16, 16, 3])},),
+                                       tf.constant(0, tf.int64))
+    coverage = metrics["mask/coverage"].numpy()
+    assert (metrics["loss/mask_size"].numpy() > 0.99 - coverage - 0.15).all()
+
+
+def test_stages_set_the_segmentation_route():
+    model = _method()
+    images = tf.random.uniform([2, 16, 16, 3], -1, 1)
+    model.begin_stage("encoder")
+    assert int(model.segmentation_route.numpy()) == pg.ENCODER_ROUTE
+    np.testing.assert_allclose(model.region_masks(images)[..., :1],
+                               model.reconstruct(images)["mask"], rtol=1e-5)
+    model.begin_stage("segmenter")
+    assert int(model.segmentation_route.numpy()) == pg.DISTILLED_ROUTE
+    np.testing.assert_allclose(model.segment(images), model.segmenter(images), rtol=1e-5)
+
+
+def test_stage_schedule_counts_steps_and_rejects_unknown_or_missing_budgets():
+    config.parse([os.path.join(REPO, "gin_configs", "demo_perturbgan.gin"), config.SMOKE_CONFIG],
+                 ["tfseg.training.TrainConfig.stage_steps = {'generator': 5, 'encoder': 0}"])
+    cfg = trainer.TrainConfig()
+    model = trainer.build_method(cfg)
+    schedule = trainer.stage_schedule(model, cfg)
+    assert [(s.name, a, b) for s, a, b in schedule] == [("generator", 0, 5), ("segmenter", 5, 7)]
+    cfg.stage_steps = {"generatr": 5}
+    with pytest.raises(config.ConfigError, match="generatr"):
+        trainer.stage_schedule(model, cfg)
+    cfg.stage_steps, cfg.num_steps = {"generator": 5}, None
+    with pytest.raises(config.ConfigError, match="no step budget for stage 'encoder'"):
+        trainer.stage_schedule(model, cfg)
+
+
+def test_a_run_stopped_in_the_generator_stage_resumes_into_the_later_stages(tmp_path, capsys):
+    from tests.test_training import run_train  # noqa: PLC0415  (absl flags are defined there)
+    model_dir = str(tmp_path / "run")
+    common = [f"--gin_file={REPO}/gin_configs/demo_perturbgan.gin", "--smoke",
+              f"--model_dir={model_dir}"]
+    assert run_train(*common, "--gin_bindings=tfseg.training.TrainConfig.stage_steps = "
+                              "{'generator': 2, 'encoder': 0, 'segmenter': 0}") == 0
+    capsys.readouterr()
+    assert run_train(*common, "--gin_bindings=tfseg.training.TrainConfig.stage_steps = "
+                              "{'generator': 2, 'encoder': 1, 'segmenter': 1}") == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "at step 2" in out
+    assert "stage 'encoder': steps 3-3 of 4" in out and "stage 'segmenter': steps 4-4 of 4" in out
+    assert "step 1/4" not in out and "step 4/4" in out
