@@ -44,7 +44,12 @@ def _block(out):
 
 
 def measure(train_config, jit_compile, strategy):
-    """Returns (training images/s, inference images/s, images per training step, model) for one XLA setting."""
+    """Training images/s per stage, inference images/s and the model, for one XLA setting.
+
+    Returns:
+        `({stage: (train images/s, images per step)}, inference images/s, model)`. A stage that
+        trains on generated images counts the batch it draws per step.
+    """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from tfseg.training import trainer  # pylint: disable=import-outside-toplevel
 
@@ -55,14 +60,19 @@ def measure(train_config, jit_compile, strategy):
     batch = {"image": tf.random.uniform([b, r, r, 3], -1.0, 1.0, seed=1)}
     iterator = iter(strategy.experimental_distribute_dataset(
         tf.data.Dataset.from_tensors(batch).repeat()))
-    step_fn = trainer.make_train_step(model, strategy, jit_compile)
     step = tf.Variable(0, dtype=tf.int64)
-    train_rate = _median_rate(lambda: step_fn(iterator, step), b * model.batches_per_step)
+    stages = {}
+    for stage, _, _ in trainer.stage_schedule(model, train_config):
+        model.begin_stage(stage.name)
+        step_fn = trainer.make_train_step(model, strategy, jit_compile, stage.phases,
+                                          stage.batches_per_step)
+        per_step = b * max(1, stage.batches_per_step)
+        stages[stage.name] = (_median_rate(lambda: step_fn(iterator, step), per_step), per_step)
 
     images = tf.random.uniform([FLAGS.inference_batch, r, r, 3], -1.0, 1.0, seed=2)
     segment = tf.function(model.segment, jit_compile=jit_compile)
     infer_rate = _median_rate(lambda: segment(images), FLAGS.inference_batch)
-    return train_rate, infer_rate, b * model.batches_per_step, model
+    return stages, infer_rate, model
 
 
 def measure_savedmodel(model, train_config):
@@ -93,14 +103,17 @@ def main(argv):
     print(f"\nconfig: {', '.join(FLAGS.gin_file)} | resolution {train_config.resolution} | "
           f"batch {train_config.batch_size} | replicas {strategy.num_replicas_in_sync} | "
           f"median of {FLAGS.repeats} x {FLAGS.steps} steps")
-    print(f"{'XLA':<6}{'train img/s':>14}{'train steps/s':>16}{'inference img/s':>18}")
-    for jit, (train_rate, infer_rate, per_step, _) in rows.items():
-        print(f"{'on' if jit else 'off':<6}{train_rate:>14.1f}{train_rate / per_step:>16.2f}{infer_rate:>18.1f}")
+    print(f"{'XLA':<6}{'stage':<12}{'train img/s':>14}{'train steps/s':>16}{'inference img/s':>18}")
+    for jit, (stages, infer_rate, _) in rows.items():
+        for name, (train_rate, per_step) in stages.items():
+            print(f"{'on' if jit else 'off':<6}{name:<12}{train_rate:>14.1f}"
+                  f"{train_rate / per_step:>16.2f}{infer_rate:>18.1f}")
     if True in rows and False in rows:
-        print(f"XLA on / off: training x{rows[True][0] / rows[False][0]:.2f}, "
-              f"inference x{rows[True][1] / rows[False][1]:.2f}")
+        for name in rows[False][0]:
+            print(f"XLA on / off, {name}: training x{rows[True][0][name][0] / rows[False][0][name][0]:.2f}")
+        print(f"XLA on / off: inference x{rows[True][1] / rows[False][1]:.2f}")
     if FLAGS.savedmodel:
-        model = next(iter(rows.values()))[3]
+        model = next(iter(rows.values()))[2]
         rates = measure_savedmodel(model, train_config)
         print(f"\nSavedModel (serving signatures, images/s):")
         print(f"{'signature':<22}{'batch 1':>10}{'batch 32':>10}")
