@@ -34,6 +34,9 @@ class DistilledSegmenter(keras.layers.Layer):
     def call(self, images):
         return ops.sigmoid(self.network.logits(images))
 
+    # Plain tensor code, kept out of autograph: in some pytest orders and runs autograph resolved
+    # this bound method of a sub-layer to the layer's `call`.
+    @tf.autograph.experimental.do_not_convert
     def loss(self, images, target_masks):
         """Per-example binary cross-entropy `[b]` between the predicted and the generated masks.
 

@@ -339,11 +339,8 @@ class Labels4Free(Method):
         out = self.render_layers(self.segmenter_batch_size, self.replica_seed(step, _SEGMENTER))
         images = out[self.distill_on]
         variables = self.segmenter.trainable_variables
-        # Not converted by autograph (plain tensor code): in some pytest orders autograph
-        # resolved the bound `loss` of the sub-layer to the layer's `call`.
-        loss_fn = tf.autograph.experimental.do_not_convert(self.segmenter.loss)
         with tf.GradientTape() as tape:
-            per_example = loss_fn(images, out["alpha"])
+            per_example = self.segmenter.loss(images, out["alpha"])
             total = tf.nn.compute_average_loss(per_example)
         grads = tape.gradient(total, variables)
         return {"loss/segmenter": per_example,
