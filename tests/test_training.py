@@ -195,3 +195,24 @@ def test_bad_jit_compile_value_is_rejected():
     assert resolve_jit_compile("auto") is False  # no GPU on the test machines
     with pytest.raises(ValueError, match="auto, true or false"):
         resolve_jit_compile("maybe")
+
+
+def test_lsun_horse_without_prepared_data_stops_at_once_with_instructions(tmp_path, capsys):
+    code = run_train(f"--gin_file={REPO}/gin_configs/lsun_horse.gin", f"--model_dir={tmp_path}/run",
+                     f"--gin_bindings=tfseg.data.tfds_source.data_dir = '{tmp_path}/tfds'")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "lsun/horse" in err and "tfds build lsun/horse" in err
+    assert "demo_perturbgan.gin" in err
+    assert not os.path.exists(f"{tmp_path}/run")
+
+
+def test_dry_run_of_lsun_horse_resolves_the_paper_config_and_reports_the_missing_data(tmp_path, capsys):
+    code = run_train(f"--gin_file={REPO}/gin_configs/lsun_horse.gin", f"--model_dir={tmp_path}/run",
+                     f"--gin_bindings=tfseg.data.tfds_source.data_dir = '{tmp_path}/tfds'", "--dry_run")
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "perturbgan.min_mask_coverage = 0.2" in out and "TrainConfig.resolution = 128" in out
+    assert "# stages: generator steps 1-108000" in out
+    assert "data NOT ready" in out and "tfds build lsun/horse" in out
+    assert not os.path.exists(f"{tmp_path}/run")
