@@ -14,6 +14,11 @@ from keras import ops
 SQRT2 = math.sqrt(2.0)
 
 
+def channels_at(resolution, channel_base, max_channels):
+    """StyleGAN feature width at a resolution: `min(channel_base // resolution, max_channels)`."""
+    return max(1, min(channel_base // resolution, max_channels))
+
+
 def leaky_relu(x, alpha=0.2):
     return ops.leaky_relu(x, negative_slope=alpha)
 

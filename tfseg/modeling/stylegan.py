@@ -19,11 +19,8 @@ import tensorflow as tf
 from keras import ops
 
 from tfseg.modeling import equalized as E
+from tfseg.modeling.equalized import channels_at
 from tfseg.modeling.layers import upsample_nearest
-
-
-def channels_at(resolution, channel_base, max_channels):
-    return max(1, min(max_channels, channel_base // resolution))
 
 
 def _resolutions(resolution):

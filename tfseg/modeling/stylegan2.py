@@ -32,15 +32,11 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from tfseg.modeling.equalized import EqualConv2D, EqualDense, pixel_norm, minibatch_stddev
+from tfseg.modeling.equalized import (EqualConv2D, EqualDense, channels_at, minibatch_stddev,
+                                      pixel_norm)
 
 SQRT2 = math.sqrt(2.0)
 _FIR = (1.0, 3.0, 3.0, 1.0)
-
-
-def channels_at(resolution, channel_base, max_channels):
-    """Feature width at a resolution: `min(channel_base // resolution, max_channels)`."""
-    return max(1, min(channel_base // resolution, max_channels))
 
 
 def _log2(resolution):
