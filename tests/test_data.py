@@ -1,5 +1,6 @@
 """Tests of tfseg.data: sources, pre-processing, pipelines and configuration errors."""
 
+import io
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import tensorflow as tf
 
 from tfseg import data
 from tfseg.data import augment
+from tfseg.data import decode
 from tfseg.data import folder
 from tfseg.data import procedural
 
@@ -217,7 +219,8 @@ def test_validate_data_config_reads_the_gin_bound_source():
             tfseg.data.make_dataset.resolution = 16
     """)
     info = data.validate_data_config()
-    assert info == {s: data.SplitInfo(True, True) for s in ("train", "validation", "test")}
+    # fake_source attaches no description: its name and cardinality stand in.
+    assert info == {s: data.SplitInfo(True, True, 8, "fake_source") for s in ("train", "validation", "test")}
     assert data.dataset_has_masks("test")
 
 
@@ -351,17 +354,91 @@ def test_folder_source_reads_lfw_part_masks_as_one_minus_blue(tmp_path):
     _check_masks(ds, truth)
 
 
-def test_folder_images_without_masks_go_to_train_unlabelled(tmp_path):
+def test_folder_trains_on_every_photo_and_scores_the_labelled_ones(tmp_path):
     images, masks, _ = _mask_folder(tmp_path, lambda p, fg: _save(p, fg.astype(np.uint8) * 255))
     _save(os.path.join(images, "unlabelled", "extra.png"), _photo(99))
-    train = data.image_folder_source("train", R, image_dir=images, mask_dir=masks, validation_fraction=0.5,
-                                     test_fraction=0.49)
-    assert "mask" not in train.element_spec
-    assert len(list(train.as_numpy_iterator())) >= 1
-    labelled = sum(len(list(data.image_folder_source(s, R, image_dir=images, mask_dir=masks, validation_fraction=0.5,
-                                                     test_fraction=0.49).as_numpy_iterator()))
+    splits = folder.assign_splits(images, masks)
+    assert len(splits["train"]) == 7  # all photos, labelled or not
+    held_out = splits["validation"] + splits["test"]
+    assert sorted(p for p, _ in held_out) == sorted(p for p, m in splits["train"] if m is not None)
+    assert not set(splits["validation"]) & set(splits["test"])
+    assert all(m is not None for _, m in held_out)
+    train = data.image_folder_source("train", R, image_dir=images, mask_dir=masks)
+    assert "mask" not in train.element_spec  # the unlabelled photo has none
+    assert len(list(train.as_numpy_iterator())) == 7
+    labelled = sum(len(list(data.image_folder_source(s, R, image_dir=images, mask_dir=masks).as_numpy_iterator()))
                    for s in ("validation", "test"))
-    assert labelled <= 6
+    assert labelled == 6
+
+
+def test_folder_can_hold_out_the_evaluation_photos_as_the_paper_does(tmp_path):
+    images, masks, _ = _mask_folder(tmp_path, lambda p, fg: _save(p, fg.astype(np.uint8) * 255))
+    _save(os.path.join(images, "unlabelled", "extra.png"), _photo(99))
+    splits = folder.assign_splits(images, masks, train_on_all_images=False)
+    assert [os.path.basename(p) for p, _ in splits["train"]] == ["extra.png"]
+    assert len(splits["validation"]) + len(splits["test"]) == 6
+
+
+def test_folder_without_masks_is_all_train_and_has_no_evaluation_split(tmp_path):
+    for i in range(5):
+        _save(str(tmp_path / f"p{i}.jpg"), _photo(i))
+    train = data.image_folder_source("train", R, image_dir=str(tmp_path))
+    assert len(list(train.as_numpy_iterator())) == 5
+    for split in ("validation", "test"):
+        with pytest.raises(data.SplitUnavailableError, match="no mask_dir"):
+            data.image_folder_source(split, R, image_dir=str(tmp_path))
+    gin.parse_config(f"""
+            tfseg.data.make_dataset.source = @tfseg.data.image_folder_source
+            tfseg.data.image_folder_source.image_dir = '{tmp_path}'
+    """)
+    info = data.validate_data_config()
+    assert info["train"].images == 5 and not info["train"].has_masks
+    assert not info["validation"].available and not info["test"].available
+    summary = data.format_data_summary(info)
+    assert str(tmp_path) in summary and "5 images, no masks" in summary
+    assert "skipped as unreadable so far: 0" in summary
+
+
+def test_folder_with_no_readable_photo_fails_validation_naming_the_files(tmp_path):
+    (tmp_path / "a.jpg").write_text("not a photo")
+    (tmp_path / "b.png").write_bytes(b"")
+    gin.parse_config(f"""
+            tfseg.data.make_dataset.source = @tfseg.data.image_folder_source
+            tfseg.data.image_folder_source.image_dir = '{tmp_path}'
+    """)
+    with pytest.raises(data.DataError) as e:
+        data.validate_data_config()
+    message = str(e.value)
+    assert str(tmp_path) in message and "no readable image" in message
+    assert "a.jpg" in message and "b.png" in message and "empty file" in message
+
+
+def test_folder_listing_follows_a_link_loop_once(tmp_path):
+    root = tmp_path / "photos"
+    _save(str(root / "a.png"), _photo(0))
+    _save(str(root / "sub" / "b.png"), _photo(1))
+    os.symlink(root, root / "sub" / "loop")  # photos/sub/loop -> photos
+    os.symlink(root / "sub", root / "again")  # a second way into sub/
+    assert decode.list_images(str(root)) == ["a.png", "sub/b.png"]
+
+
+def test_decode_reads_16_bit_grey_webp_and_gif(tmp_path):
+    ramp = (np.arange(16 * 16, dtype=np.uint32).reshape(16, 16) * 256).astype(np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)
+    rgb = decode.decode_rgb(path.read_bytes())
+    assert rgb.dtype == np.uint8 and rgb.shape == (16, 16, 3)
+    np.testing.assert_array_equal(rgb[..., 0], (ramp >> 8).astype(np.uint8))  # not clipped to white
+    photo = _photo(5, 16, 16)
+    for fmt in ("WEBP", "GIF"):
+        buffer = io.BytesIO()
+        Image.fromarray(photo).save(buffer, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+        out = decode.decode_rgb(buffer.getvalue())
+        assert out.shape == (16, 16, 3)
+        if fmt == "WEBP":
+            np.testing.assert_array_equal(out, photo)
+    with pytest.raises(decode.UnreadableImage, match="empty"):
+        decode.decode_rgb(b"")
 
 
 def test_folder_source_errors_name_the_path_and_the_gin_binding(tmp_path):
@@ -413,34 +490,6 @@ def test_tfds_caltech_birds_yields_images_with_binary_masks(tmp_path):
         assert batch["image"].shape == (2, 16, 16, 3) and batch["mask"].shape == (2, 16, 16, 1)
 
 
-def test_tfds_lsun_yields_images_and_has_no_eval_splits(tmp_path):
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    gin.parse_config(f"""
-            tfseg.data.make_dataset.source = @tfseg.data.tfds_source
-            tfseg.data.tfds_source.name = 'lsun/horse'
-            tfseg.data.tfds_source.data_dir = '{tmp_path}'
-    """)
-    with tfds.testing.mock_data(num_examples=3):
-        ds = data.tfds_source("train", R)
-        assert set(ds.element_spec) == {"image"}
-        examples = list(ds.as_numpy_iterator())
-        assert len(examples) == 3 and examples[0]["image"].shape[-1] == 3
-        with pytest.raises(data.SplitUnavailableError):
-            data.tfds_source("validation", R)
-        info = data.validate_data_config()
-    assert info["train"] == data.SplitInfo(True, False)
-    assert info["validation"].available is False
-
-
-def test_tfds_lsun_not_prepared_says_how_to_prepare_it(tmp_path):
-    with pytest.raises(data.DataError) as e:
-        data.tfds_source("train", R, name="lsun/horse", data_dir=str(tmp_path))
-    message = str(e.value)
-    assert "tfds build lsun/horse" in message and "--manual_dir" in message
-    assert str(tmp_path) in message
-    assert "gin_configs/demo_perturbgan.gin" in message
-
-
 def test_tfds_unknown_name_raises_data_error(tmp_path):
     with pytest.raises(data.DataError, match="tfseg.data.tfds_source.name"):
-        data.tfds_source("train", R, name="lsun/not_a_category", data_dir=str(tmp_path))
+        data.tfds_source("train", R, name="not_a_data_set_name", data_dir=str(tmp_path))

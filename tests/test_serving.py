@@ -76,7 +76,7 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(run_dir, tmp_path_factory):
     base = str(tmp_path_factory.mktemp("serving") / "tfseg")
-    path, _ = export_module.export_run(run_dir, base)
+    path, _, _ = export_module.export_run(run_dir, base)
     return path
 
 

@@ -24,6 +24,9 @@ flags.DEFINE_string("export_dir", None, "Base folder of the exported versions, e
 flags.DEFINE_integer("version", None, "Integer version folder to write; default: the next free one.")
 flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
                   "best: the validation-selected checkpoint; latest: the last one.", allow_override=True)
+flags.DEFINE_bool("invert", False, "Serve the other region as the foreground, for a run whose masks came "
+                  "out inverted (the object in the background region). Two-region models only.",
+                  allow_override=True)
 FLAGS = flags.FLAGS
 
 
@@ -41,12 +44,13 @@ def main(argv):
               f"got {FLAGS.version}", file=sys.stderr)
         return 2
     try:
-        path, checkpoint = export_module.export_run(FLAGS.model_dir, FLAGS.export_dir, FLAGS.version,
-                                                    FLAGS.checkpoint)
-    except (config.ConfigError, FileExistsError) as err:
+        path, checkpoint, metadata = export_module.export_run(FLAGS.model_dir, FLAGS.export_dir, FLAGS.version,
+                                                              FLAGS.checkpoint, invert=FLAGS.invert)
+    except (config.ConfigError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"exported {checkpoint} to {path}")
+    print(f"exported {checkpoint} ({metadata['checkpoint_selection']}) to {path}; foreground region "
+          f"{metadata['foreground_region']} ({metadata['foreground_rule']})")
     print(f"  signatures: {export_module.SIGNATURE_BYTES} ({export_module.INPUT_BYTES}: JPEG/PNG bytes), "
           f"{export_module.SIGNATURE_TENSOR} ({export_module.INPUT_TENSOR}: uint8 [batch, h, w, 3])")
     print(f"  inspect: saved_model_cli show --all --dir {path}")

@@ -22,6 +22,8 @@ flags.DEFINE_string("images", None, "Folder of images (JPEG, PNG, BMP, ...), sea
 flags.DEFINE_string("out", None, "Output folder, created if needed.")
 flags.DEFINE_integer("batch_size", 16, "Images per model call.")
 flags.DEFINE_integer("sheet_rows", 64, "Images shown in contact_sheet.png.")
+flags.DEFINE_bool("invert", False, "Take the other region as the foreground, for a model whose masks came out "
+                  "inverted (the object in the background). Two-region models only.", allow_override=True)
 FLAGS = flags.FLAGS
 
 
@@ -55,9 +57,11 @@ def main(argv):
     except (config.ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if FLAGS.invert:
+        segment = inference.inverted(segment, metadata["resolution"], metadata.get("square_resize", False))
     source = metadata.get("version_dir") or metadata.get("checkpoint")
     print(f"segmenting {FLAGS.images} with {metadata.get('method', 'the model')} ({source}) "
-          f"at {metadata.get('resolution', '?')} px -> {FLAGS.out}")
+          f"at {metadata.get('resolution', '?')} px{', foreground inverted' if FLAGS.invert else ''} -> {FLAGS.out}")
     summary = inference.predict_folder(segment, FLAGS.images, FLAGS.out, FLAGS.batch_size, FLAGS.sheet_rows)
     print(f"wrote masks, cut-outs and overlays of {len(summary['written'])} images to {FLAGS.out}"
           + (f"; contact sheet {summary['contact_sheet']}" if summary["contact_sheet"] else ""))

@@ -45,9 +45,9 @@ def main(argv):
         gin_files = list(FLAGS.gin_file) + ([config.SMOKE_CONFIG] if FLAGS.smoke else [])
         config.parse(gin_files, FLAGS.gin_bindings)
         train_config = trainer.TrainConfig()
-        data_problem = None
+        data_problem, data_info = None, None
         try:
-            pipeline.validate_data_config()
+            data_info = pipeline.validate_data_config()
         except DataError as err:
             if not FLAGS.dry_run:
                 raise
@@ -65,6 +65,8 @@ def main(argv):
         return 2
     if FLAGS.dry_run:
         print(gin.config_str())
+        if data_info is not None:
+            print("\n".join("# " + line for line in pipeline.format_data_summary(data_info).splitlines()))
         print(f"# model_dir: {model_dir}")
         print("# stages: " + ", ".join(f"{stage.name} steps {start + 1}-{end}"
                                         for stage, start, end in schedule))
@@ -76,7 +78,8 @@ def main(argv):
         return 0
     config.save_config(model_dir)
     print(f"training in {model_dir} (TensorBoard: tensorboard --logdir {os.path.dirname(model_dir) or model_dir})")
-    run_trainer = trainer.Trainer(model_dir, train_config)
+    print(pipeline.format_data_summary(data_info))
+    run_trainer = trainer.Trainer(model_dir, train_config, data_info=data_info)
     run_trainer.train()
     config.save_config(model_dir, "operative_config.gin")
     return 0

@@ -1,18 +1,13 @@
 """A source reading any folder of photos, with an optional folder of ground-truth masks.
 
-Splits are assigned by a hash of each image's path relative to ``image_dir`` (and ``split_seed``), so
-adding or removing files never moves the other files between splits.
+Without masks, every readable photo trains and there is no validation or test split: nothing could
+score one. With a mask folder, the labelled photos are spread over validation and test by a hash of
+each one's path relative to ``image_dir`` (and ``split_seed``), so adding or removing files never moves
+the other files between splits; by default every photo, labelled or not, also trains (no method
+reads a mask while training, and a user wants all their photos used).
 
-Unreadable files are a fact of life in scraped photo folders. A truncated JPEG, a zero-byte file or a
-text file with an image extension is *skipped* with an ``absl.logging`` warning (once per file) and
-recorded; it never stops training. Inspect the record afterwards with::
-
-    from tfseg.data import folder
-    folder.skipped_count()   # number of distinct files skipped so far in this process
-    folder.skipped_files()   # {path: reason}, in the order they were met
-    folder.reset_skipped_files()
-
-The record is process-wide and cumulative over all folder sources, and a file is recorded when the
+Photos are decoded by `tfseg.data.decode` (JPEG, PNG of any depth, WebP, GIF, ...). Unreadable files
+are skipped, counted and recorded there (``decode.skipped_files()``); a file is recorded when the
 pipeline reaches it (files are decoded lazily, while iterating).
 
 Mask formats (``mask_format``), each giving foreground = 1:
@@ -31,48 +26,23 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import threading
 
-from absl import logging
 import gin
 import numpy as np
 from PIL import Image
 import tensorflow as tf
 
+from tfseg.data import decode
+from tfseg.data import pipeline
 from tfseg.data.pipeline import DataError, SPLITS, SplitUnavailableError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm")
+IMAGE_EXTENSIONS = decode.IMAGE_EXTENSIONS
 MASK_FORMATS = ("binary", "flowers", "lfw")
 
-_skip_lock = threading.Lock()
-_skipped: dict[str, str] = {}
-
-
-def skipped_files() -> dict[str, str]:
-    """Files skipped as unreadable so far in this process: `{path: reason}`, in the order met."""
-    with _skip_lock:
-        return dict(_skipped)
-
-
-def skipped_count() -> int:
-    """Number of distinct files skipped as unreadable so far in this process."""
-    with _skip_lock:
-        return len(_skipped)
-
-
-def reset_skipped_files() -> None:
-    """Forgets the skipped-file record (e.g. between evaluations)."""
-    with _skip_lock:
-        _skipped.clear()
-
-
-def _record_skip(path: str, reason: str) -> None:
-    with _skip_lock:
-        first_time = path not in _skipped
-        _skipped.setdefault(path, reason)
-    # Training repeats the file list forever; warn once per file, not once per epoch.
-    if first_time:
-        logging.warning("Skipping unreadable file %s (%s).", path, reason)
+# Kept here for callers of the folder source; the record itself lives in tfseg.data.decode.
+skipped_files = decode.skipped_files
+skipped_count = decode.skipped_count
+reset_skipped_files = decode.reset_skipped_files
 
 
 # --------------------------------------------------------------------------------------------------
@@ -80,14 +50,9 @@ def _record_skip(path: str, reason: str) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _open(path: str) -> Image.Image:
+def _read(path: str) -> bytes:
     with tf.io.gfile.GFile(path, "rb") as f:
-        data = f.read()
-    if not data:
-        raise OSError("empty file")
-    image = Image.open(io.BytesIO(data))
-    image.load()  # Decodes now, so truncation raises here and not later.
-    return image
+        return f.read()
 
 
 def _mask_array(image: Image.Image, mask_format: str) -> np.ndarray:
@@ -107,43 +72,30 @@ def _mask_array(image: Image.Image, mask_format: str) -> np.ndarray:
 def _load(path: bytes, mask_path: bytes, mask_format: str, with_mask: bool):
     """Returns (image uint8 [h, w, 3], mask uint8 [h, w, 1], ok) for one file pair; ok=False skips it."""
     path, mask_path = path.decode(), mask_path.decode()
-    empty = (np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1, 1), np.uint8), False)
+    no_mask = np.zeros((1, 1, 1), np.uint8)
     try:
-        image = _open(path)
-        rgb = np.asarray(image.convert("RGB"))
-    except Exception as e:  # pylint: disable=broad-except
-        # PIL signals bad files with OSError, SyntaxError, ValueError, DecompressionBombError, ...: all mean "skip".
-        _record_skip(path, f"{type(e).__name__}: {e}")
-        return empty
-    if not with_mask:
-        return rgb, empty[1], True
+        rgb, ok = decode.decode_or_skip(_read(path), path)
+    except OSError as e:  # vanished or unreadable file
+        decode.record_skip(path, f"{type(e).__name__}: {e}")
+        rgb, ok = np.zeros((1, 1, 3), np.uint8), False
+    if not ok or not with_mask:
+        return rgb, no_mask, ok
     try:
-        mask_image = _open(mask_path)
-        if mask_image.size != image.size:
+        mask_image = Image.open(io.BytesIO(_read(mask_path)))
+        mask_image.load()
+        if mask_image.size != (rgb.shape[1], rgb.shape[0]):
             # Nearest keeps the mask binary; sizes only differ in hand-made folders.
-            mask_image = mask_image.resize(image.size, Image.NEAREST)
+            mask_image = mask_image.resize((rgb.shape[1], rgb.shape[0]), Image.NEAREST)
         mask = _mask_array(mask_image, mask_format)
     except Exception as e:  # pylint: disable=broad-except
-        _record_skip(mask_path, f"{type(e).__name__}: {e}")
-        return empty
+        decode.record_skip(mask_path, f"{type(e).__name__}: {e}")
+        return np.zeros((1, 1, 3), np.uint8), no_mask, False
     return rgb, mask[..., None].astype(np.uint8), True
 
 
 # --------------------------------------------------------------------------------------------------
 # Listing and splitting (runs at call time).
 # --------------------------------------------------------------------------------------------------
-
-
-def _list_images(root: str) -> list[str]:
-    """Relative posix paths of all image files under `root`, recursively, sorted."""
-    found = []
-    for dirpath, _, files in tf.io.gfile.walk(root):
-        rel_dir = os.path.relpath(dirpath, root)
-        for name in files:
-            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                rel = name if rel_dir == "." else os.path.join(rel_dir, name)
-                found.append(rel.replace(os.sep, "/"))
-    return sorted(found)
 
 
 def split_of(relative_path: str, validation_fraction: float, test_fraction: float, split_seed: int = 0) -> str:
@@ -178,64 +130,44 @@ def _mask_lookup(mask_dir: str, mask_files: list[str], replace: tuple[str, str] 
     return lookup
 
 
-@gin.configurable(module="tfseg.data")
-def image_folder_source(split: str, resolution: int, image_dir: str = gin.REQUIRED, mask_dir: str | None = None,
-                        validation_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
-                        mask_format: str = "binary",
-                        mask_stem_replace: tuple[str, str] | None = None) -> tf.data.Dataset:
-    """Photos from a folder (searched recursively), with masks matched by file name.
+def _check_fractions(validation_fraction: float, test_fraction: float) -> None:
+    if not (0 <= validation_fraction and 0 <= test_fraction and validation_fraction + test_fraction <= 1):
+        raise DataError(f"validation_fraction={validation_fraction} and test_fraction={test_fraction} must be "
+                        ">= 0 and sum to at most 1. Fix the gin bindings "
+                        "tfseg.data.image_folder_source.validation_fraction / .test_fraction.")
 
-    Each image goes to "validation" with probability `validation_fraction`, to "test" with
-    `test_fraction`, else to "train", decided by a hash of its relative path. With `mask_dir`, an
-    image without a mask file always goes to "train" (it cannot be scored), so e.g. LFW's labelled
-    subset can be spread over validation/test with `validation_fraction=0.45, test_fraction=0.55`.
 
-    Args:
-        split: "train", "validation" or "test". Train files are read in a fresh random order each epoch
-            (seeded by the global TF seed); evaluation files in sorted path order.
-        resolution: unused (images are resized by `make_dataset`); part of the source signature.
-        image_dir: root folder of .jpg/.jpeg/.png/.bmp/.ppm files (extension case ignored).
-        mask_dir: folder of masks named like the images (same relative path or same file stem, any image
-            extension), or None.
-        validation_fraction: share of images in "validation".
-        test_fraction: share of images in "test".
-        split_seed: changes the hash, hence the split assignment.
-        mask_format: "binary", "flowers" or "lfw"; see the module docstring.
-        mask_stem_replace: `(old, new)` applied once to an image's file stem to get its mask's stem;
-            defaults to `("image_", "segmim_")` for "flowers", no change otherwise.
+def assign_splits(image_dir: str, mask_dir: str | None = None, validation_fraction: float = 0.5,
+                  test_fraction: float = 0.5, split_seed: int = 0, mask_format: str = "binary",
+                  mask_stem_replace: tuple[str, str] | None = None,
+                  train_on_all_images: bool = True) -> dict[str, list[tuple[str, str | None]]]:
+    """The photos of each split: `{split: [(image path, mask path or None), ...]}`, sorted by path.
 
-    Returns:
-        Unbatched `{"image": uint8 [h, w, 3]}` plus `"mask": uint8 [h, w, 1] in {0, 1}` on evaluation
-        splits when `mask_dir` is set, and on "train" when every train image has a mask. Unreadable files
-        are skipped and recorded (see `skipped_files`).
+    Without `mask_dir`, every photo is in "train" and the evaluation splits are empty. With it, each
+    labelled photo goes to "validation" with probability `validation_fraction`, to "test" with
+    `test_fraction` (a hash of its relative path decides), and "train" holds every photo when
+    `train_on_all_images`, else the photos in neither evaluation split. Used by
+    `image_folder_source` and by `tools/prepare_data.py`, so both split a folder the same way.
 
     Raises:
-        DataError: at call time, for a missing or empty `image_dir`, a missing `mask_dir` or one with no
-            matching masks, or invalid fractions or format. `SplitUnavailableError` when `split` has no
-            image.
+        DataError: a missing or empty `image_dir`, a missing `mask_dir` or one with no matching masks,
+            invalid fractions or format.
     """
-    if split not in SPLITS:
-        raise DataError(f"Unknown split {split!r}; expected one of {SPLITS}.")
-    del resolution  # Resizing happens in make_dataset, after decoding.
     if image_dir is None or not tf.io.gfile.exists(image_dir):
         raise DataError(f"image_dir {image_dir!r} does not exist. Set the gin binding "
-                        "tfseg.data.image_folder_source.image_dir = '/path/to/photos' to a folder of JPEG/PNG images.")
+                        "tfseg.data.image_folder_source.image_dir = '/path/to/photos' to a folder of photos.")
     if not tf.io.gfile.isdir(image_dir):
         raise DataError(f"image_dir {image_dir!r} is a file, not a folder. Set the gin binding "
                         "tfseg.data.image_folder_source.image_dir to the folder that holds the images.")
     if mask_format not in MASK_FORMATS:
         raise DataError(f"mask_format {mask_format!r} is not one of {MASK_FORMATS}. "
                         "Fix the gin binding tfseg.data.image_folder_source.mask_format.")
-    if not (0 <= validation_fraction and 0 <= test_fraction and validation_fraction + test_fraction < 1):
-        raise DataError(f"validation_fraction={validation_fraction} and test_fraction={test_fraction} must be "
-                        ">= 0 and sum to less than 1 (train needs images). Fix the gin bindings "
-                        "tfseg.data.image_folder_source.validation_fraction / .test_fraction.")
-    files = _list_images(image_dir)
+    _check_fractions(validation_fraction, test_fraction)
+    files = decode.list_images(image_dir)
     if not files:
         raise DataError(f"image_dir {image_dir!r} contains no images ({', '.join(IMAGE_EXTENSIONS)}, searched "
                         "recursively). Set the gin binding tfseg.data.image_folder_source.image_dir to a folder of "
-                        "JPEG/PNG images.")
-
+                        "photos.")
     masks_of = {}
     if mask_dir is not None:
         if not tf.io.gfile.isdir(mask_dir):
@@ -244,7 +176,7 @@ def image_folder_source(split: str, resolution: int, image_dir: str = gin.REQUIR
                             "named like the images, or to None to train without masks.")
         if mask_stem_replace is None and mask_format == "flowers":
             mask_stem_replace = ("image_", "segmim_")
-        lookup = _mask_lookup(mask_dir, _list_images(mask_dir), mask_stem_replace)
+        lookup = _mask_lookup(mask_dir, decode.list_images(mask_dir), mask_stem_replace)
         masks_of = {rel: lookup(rel) for rel in files}
         masks_of = {rel: path for rel, path in masks_of.items() if path is not None}
         if not masks_of:
@@ -252,32 +184,89 @@ def image_folder_source(split: str, resolution: int, image_dir: str = gin.REQUIR
                             f"{mask_dir!r} (matched by relative path or file stem, mask_stem_replace="
                             f"{mask_stem_replace}). Check the gin bindings tfseg.data.image_folder_source.mask_dir "
                             "and .mask_stem_replace.")
+    splits = {split: [] for split in SPLITS}
+    for rel in files:
+        path = os.path.join(image_dir, rel)
+        held_out = (split_of(rel, validation_fraction, test_fraction, split_seed)
+                    if rel in masks_of else "train")
+        if held_out != "train":
+            splits[held_out].append((path, masks_of[rel]))
+        if held_out == "train" or train_on_all_images:
+            splits["train"].append((path, masks_of.get(rel)))
+    return splits
 
-    def assigned(rel):
-        if mask_dir is not None and rel not in masks_of:
-            return "train"
-        return split_of(rel, validation_fraction, test_fraction, split_seed)
 
-    chosen = [rel for rel in files if assigned(rel) == split]
+def describe_folder(image_dir: str, mask_dir: str | None) -> str:
+    """How the data summary names a folder source."""
+    return f"photo folder {image_dir!r}" + (f" with masks from {mask_dir!r}" if mask_dir else " (no masks)")
+
+
+class _Loader:
+    """The per-file decode function of one folder source (a class, not a lambda: AutoGraph skips it)."""
+
+    def __init__(self, mask_format: str, with_mask: bool):
+        self.mask_format, self.with_mask = mask_format, with_mask
+
+    def __call__(self, path, mask_path):
+        return _load(path, mask_path, self.mask_format, self.with_mask)
+
+
+@gin.configurable(module="tfseg.data")
+def image_folder_source(split: str, resolution: int, image_dir: str = gin.REQUIRED, mask_dir: str | None = None,
+                        validation_fraction: float = 0.5, test_fraction: float = 0.5, split_seed: int = 0,
+                        mask_format: str = "binary", mask_stem_replace: tuple[str, str] | None = None,
+                        train_on_all_images: bool = True) -> tf.data.Dataset:
+    """Photos from a folder (searched recursively), with masks matched by file name.
+
+    See `assign_splits` for which photo lands in which split. Without `mask_dir` there is only a
+    "train" split: a folder of photos without masks could never score a validation or test split.
+
+    Args:
+        split: "train", "validation" or "test". Train files are read in a fresh random order each epoch
+            (seeded by the global TF seed); evaluation files in sorted path order.
+        resolution: unused (images are resized by `make_dataset`); part of the source signature.
+        image_dir: root folder of photos (.jpg .png .webp .gif .bmp ...; extension case ignored).
+        mask_dir: folder of masks named like the images (same relative path or same file stem, any image
+            extension), or None.
+        validation_fraction: share of the *labelled* photos in "validation".
+        test_fraction: share of the labelled photos in "test".
+        split_seed: changes the hash, hence the split assignment.
+        mask_format: "binary", "flowers" or "lfw"; see the module docstring.
+        mask_stem_replace: `(old, new)` applied once to an image's file stem to get its mask's stem;
+            defaults to `("image_", "segmim_")` for "flowers", no change otherwise.
+        train_on_all_images: "train" holds every photo, the labelled validation and test photos too
+            (their masks are never read in training). False holds them out, as ReDO's paper does.
+
+    Returns:
+        Unbatched `{"image": uint8 [h, w, 3]}` plus `"mask": uint8 [h, w, 1] in {0, 1}` on evaluation
+        splits, and on "train" when every train image has a mask. Unreadable files are skipped and
+        recorded (see `tfseg.data.decode.skipped_files`).
+
+    Raises:
+        DataError: at call time, see `assign_splits`. `SplitUnavailableError` when `split` has no image.
+    """
+    if split not in SPLITS:
+        raise DataError(f"Unknown split {split!r}; expected one of {SPLITS}.")
+    del resolution  # Resizing happens in make_dataset, after decoding.
+    chosen = assign_splits(image_dir, mask_dir, validation_fraction, test_fraction, split_seed, mask_format,
+                           mask_stem_replace, train_on_all_images)[split]
     if not chosen:
-        raise SplitUnavailableError(
-            f"Split {split!r} of image_dir {image_dir!r} is empty ({len(files)} images, validation_fraction="
-            f"{validation_fraction}, test_fraction={test_fraction}"
-            f"{', ' + str(len(masks_of)) + ' with masks' if mask_dir is not None else ''}). Adjust "
-            f"tfseg.data.image_folder_source.validation_fraction / .test_fraction or add images.")
-    with_mask = mask_dir is not None and all(rel in masks_of for rel in chosen)
-
-    paths = [os.path.join(image_dir, rel) for rel in chosen]
-    mask_paths = [masks_of.get(rel, "") for rel in chosen]
+        why = ("there is no mask_dir, so no photo could be scored; train only" if mask_dir is None else
+               f"validation_fraction={validation_fraction}, test_fraction={test_fraction}: adjust "
+               "tfseg.data.image_folder_source.validation_fraction / .test_fraction or add masks")
+        raise SplitUnavailableError(f"Split {split!r} of image_dir {image_dir!r} is empty ({why}).")
+    with_mask = all(mask is not None for _, mask in chosen)
+    paths = [path for path, _ in chosen]
+    mask_paths = [mask or "" for _, mask in chosen]
     ds = tf.data.Dataset.from_tensor_slices((paths, mask_paths))
     if split == "train":
         # Shuffling file names is cheap; shuffling decoded photos would need a huge buffer.
         ds = ds.shuffle(len(paths), reshuffle_each_iteration=True)
+    loader = _Loader(mask_format, with_mask)
 
     def load(path, mask_path):
-        image, mask, ok = tf.numpy_function(
-            lambda p, m: _load(p, m, mask_format, with_mask), [path, mask_path], [tf.uint8, tf.uint8, tf.bool],
-            stateful=True)  # It records skipped files.
+        image, mask, ok = tf.numpy_function(loader, [path, mask_path], [tf.uint8, tf.uint8, tf.bool],
+                                            stateful=True)  # It records skipped files.
         image.set_shape([None, None, 3])
         mask.set_shape([None, None, 1])
         ok.set_shape([])
@@ -285,4 +274,7 @@ def image_folder_source(split: str, resolution: int, image_dir: str = gin.REQUIR
         return example, ok
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=split != "train")
-    return ds.filter(lambda example, ok: ok).map(lambda example, ok: example)
+    ds = pipeline.keep_decoded(ds)
+    return pipeline.describe(ds, describe_folder(image_dir, mask_dir), len(chosen),
+                             with_mask)
+

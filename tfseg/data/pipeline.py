@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import gc
 from typing import Callable, NamedTuple, Sequence
+import weakref
 
 import gin
 import numpy as np
@@ -41,6 +42,56 @@ class DataError(ValueError):
 
 class SplitUnavailableError(DataError):
     """The source has no such split (e.g. LSUN has no validation split). Fatal for "train" only."""
+
+
+# --------------------------------------------------------------------------------------------------
+# What a source says about itself (for the data summary printed before training).
+# --------------------------------------------------------------------------------------------------
+
+
+class SourceDescription(NamedTuple):
+    """What a source dataset is: `origin` names it for people, `images` counts its files or records
+    before unreadable ones are skipped (None: unknown or unbounded), `has_masks` as in element_spec."""
+    origin: str
+    images: int | None
+    has_masks: bool
+
+
+_DESCRIPTIONS: "weakref.WeakKeyDictionary[tf.data.Dataset, SourceDescription]" = weakref.WeakKeyDictionary()
+
+
+def describe(ds: tf.data.Dataset, origin: str, images: int | None = None,
+             has_masks: bool | None = None) -> tf.data.Dataset:
+    """Attaches a description to a source's dataset (returned unchanged), for the data summary."""
+    if has_masks is None:
+        has_masks = isinstance(ds.element_spec, dict) and "mask" in ds.element_spec
+    _DESCRIPTIONS[ds] = SourceDescription(origin, images, bool(has_masks))
+    return ds
+
+
+def description_of(ds: tf.data.Dataset, source: Source) -> SourceDescription:
+    """The description a source attached to `ds`, or one made from its name and cardinality."""
+    if ds in _DESCRIPTIONS:
+        return _DESCRIPTIONS[ds]
+    cardinality = int(ds.cardinality())
+    images = cardinality if cardinality >= 0 else None
+    name = getattr(source, "__name__", None) or type(source).__name__
+    return SourceDescription(name, images, "mask" in ds.element_spec)
+
+
+def _ok_of(example, ok):
+    del example
+    return ok
+
+
+def _example_of(example, ok):
+    del ok
+    return example
+
+
+def keep_decoded(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """`(example, ok)` pairs -> the examples whose decode succeeded (the others were recorded)."""
+    return ds.filter(_ok_of).map(_example_of)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,32 +289,69 @@ class SplitInfo(NamedTuple):
     """What `validate_data_config` found for one split."""
     available: bool
     has_masks: bool
+    images: int | None = None
+    origin: str = ""
 
 
-def validate_data_config(splits: Sequence[str] = SPLITS) -> dict[str, SplitInfo]:
+def _first_readable(ds: tf.data.Dataset, origin: str) -> None:
+    """Reads one example of a source's dataset; DataError naming the skipped files if none is readable."""
+    from tfseg.data import decode  # pylint: disable=g-import-not-at-top  # decode imports nothing of ours
+    for _ in ds.take(1):
+        return
+    skipped = decode.skipped_files()
+    listing = (f" The first unreadable files, with the reasons:\n{decode.first_skipped()}"
+               if skipped else "")
+    raise DataError(f"{origin} holds no readable image ({len(skipped)} skipped as unreadable).{listing}\n"
+                    "Fix or remove those files, or point the data binding at another folder.")
+
+
+def validate_data_config(splits: Sequence[str] = SPLITS, check_readable: bool = True) -> dict[str, SplitInfo]:
     """Calls the gin-bound source once per split so a bad config fails before training starts.
 
-    Building a source checks paths, folders and prepared data but reads at most file listings, so this
-    takes well under a second for the shipped sources.
+    Building a source checks paths, folders and prepared data and reads file listings; with
+    `check_readable` one training example is also decoded, so a folder whose every file is broken
+    stops here (a second or two), not after the networks are built.
 
     Args:
         splits: splits to check.
+        check_readable: decode one example of "train".
 
     Returns:
-        `{split: SplitInfo(available, has_masks)}`. An evaluation split the source does not have (e.g.
-        LSUN's validation split) is reported as unavailable instead of raising.
+        `{split: SplitInfo(available, has_masks, images, origin)}`. An evaluation split the source does
+        not have (e.g. LSUN's validation split) is reported as unavailable instead of raising.
 
     Raises:
-        DataError: when no source is bound, for any problem with "train", and for any problem other than
-            an absent evaluation split.
+        DataError: when no source is bound, for any problem with "train" (including no readable
+            image), and for any problem other than an absent evaluation split.
     """
     source, resolution = bound_source()
     info = {}
     for split in splits:
         try:
-            info[split] = SplitInfo(True, has_masks(source, split, resolution))
+            ds = _call_source(source, split, resolution)
         except SplitUnavailableError:
             if split == "train":
                 raise
             info[split] = SplitInfo(False, False)
+            continue
+        description = description_of(ds, source)
+        if split == "train" and check_readable:
+            _first_readable(ds, description.origin)
+        info[split] = SplitInfo(True, "mask" in ds.element_spec, description.images, description.origin)
     return info
+
+
+def format_data_summary(info: dict[str, SplitInfo]) -> str:
+    """The data summary printed at the start of a run and by --dry_run, one line per split."""
+    from tfseg.data import decode  # pylint: disable=g-import-not-at-top
+    origin = next((i.origin for i in info.values() if i.origin), "?")
+    lines = [f"data: {origin}"]
+    for split, split_info in info.items():
+        if not split_info.available:
+            lines.append(f"  {split:<10}  none (the data have no {split} split with masks to score)")
+            continue
+        count = "an unbounded stream of" if split_info.images is None else f"{split_info.images:,}"
+        masks = "with masks" if split_info.has_masks else "no masks"
+        lines.append(f"  {split:<10}  {count} images, {masks}")
+    lines.append(f"  skipped as unreadable so far: {decode.skipped_count()}")
+    return "\n".join(lines)

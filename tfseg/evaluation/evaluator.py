@@ -1,7 +1,9 @@
-"""Runs a trained method over a labelled split and scores its masks (METHODS.md §2.6, §4).
+"""Runs a trained method over a labelled split and scores its masks; chooses the foreground region.
 
 The foreground region (which of the n regions is the object) is chosen on the *validation*
-split only; test labels never select anything.
+split only; test labels never select anything. Without a labelled validation split, a method
+whose regions are symmetric (ReDO) takes the region that touches the image border least
+(`border_region`): photographers frame objects, backgrounds run off the edges.
 """
 import numpy as np
 import tensorflow as tf
@@ -53,6 +55,26 @@ def score_regions(model, dataset, threshold=0.5, max_examples=None):
         # Mean soft coverage of the region: watched for collapse (one region taking everything).
         result["prediction_coverage"] = float(coverage[k] / seen)
     return results, sample
+
+
+#: Width of the image frame the border rule reads, as a share of the side (at least one pixel).
+BORDER_FRACTION = 1 / 16
+
+
+def border_coverage(regions):
+    """Mean soft coverage of each region on the image frame: `[n]` from `regions [b, R, R, n]`."""
+    regions = np.asarray(regions, np.float64)
+    side = regions.shape[1]
+    width = max(1, int(round(side * BORDER_FRACTION)))
+    frame = np.ones(regions.shape[1:3], bool)
+    frame[width:side - width, width:side - width] = False
+    return regions[:, frame, :].mean(axis=(0, 1))
+
+
+def border_region(model, images):
+    """`(index, coverage [n])`: the region of `model` on `images` that covers the image frame least."""
+    coverage = border_coverage(_region_fn(model)(images).numpy())
+    return int(np.argmin(coverage)), coverage
 
 
 def choose_foreground_region(region_results):

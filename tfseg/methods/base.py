@@ -36,13 +36,17 @@ class Method(keras.Model):
     phases = ()
     #: How many input batches one training step consumes (ReDO: 2, its D sees a fresh real batch).
     batches_per_step = 1
+    #: Region 0 is the object because the method is built so (a mask layer composited over a
+    #: background layer). False where regions are symmetric (ReDO): without labels the trainer
+    #: then picks the region by the border rule (`tfseg.evaluation.evaluator.border_region`).
+    foreground_by_construction = False
 
     def __init__(self, resolution, seed=0, **kwargs):
         super().__init__(**kwargs)
         self.resolution = resolution
         self.base_seed = seed
-        # Which output region is the foreground. Chosen on the *validation* split by the
-        # trainer, stored in checkpoints and exports.
+        # Which output region is the foreground. Chosen on a labelled *validation* split by the
+        # trainer (else by construction or the border rule), stored in checkpoints and exports.
         self.foreground_region = tf.Variable(0, dtype=tf.int32, trainable=False,
                                              name="foreground_region")
 

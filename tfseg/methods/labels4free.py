@@ -137,6 +137,8 @@ class Labels4Free(Method):
 
     # -- structure ------------------------------------------------------------------------------
     phases = ("discriminator", "generator", "alpha_discriminator", "alpha", "segmenter")
+    # The segmenter predicts the foreground layer's mask: region 0 is the object.
+    foreground_by_construction = True
 
     def stages(self):
         # Validation scores the distilled segmenter only: before stage 3 it is untrained.

@@ -89,6 +89,8 @@ class PerturbGAN(Method):
 
     # -- structure ------------------------------------------------------------------------------
     phases = ("discriminator", "generator", "encoder", "segmenter")
+    # The segmenter predicts the foreground layer's mask: region 0 is the object.
+    foreground_by_construction = True
 
     def stages(self):
         return (Stage("generator", ("discriminator", "generator"), 1, evaluates=False),

@@ -328,26 +328,55 @@ def export(serving, export_dir, version=None, config_path=None, metadata=None):
     return final
 
 
-def export_run(model_dir, export_dir, version=None, which="best"):
+def checkpoint_selection(checkpoint, which):
+    """How the exported checkpoint was chosen, in words (for the summary line and tfseg_export.json)."""
+    if os.path.basename(os.path.dirname(checkpoint)) == "best":
+        return "best on the labelled validation split"
+    if which == "best":
+        return "latest: the run has no labelled validation split to choose a best checkpoint"
+    return "latest, as asked (--checkpoint=latest)"
+
+
+def invert_foreground(model):
+    """Makes the other of two regions the foreground (the `--invert` flag)."""
+    regions = getattr(model, "num_regions", 2)
+    if regions != 2:
+        raise ValueError(f"--invert needs a two-region model; this one has {regions} regions. Bind "
+                         "tfseg.training.TrainConfig.foreground_region to the region you want instead.")
+    model.foreground_region.assign(1 - int(model.foreground_region.numpy()))
+
+
+def export_run(model_dir, export_dir, version=None, which="best", invert=False):
     """Exports the trained run in `model_dir` (its `which` checkpoint) to `export_dir/<version>`.
 
+    Args:
+        invert: serve the other region as the foreground (for a run whose object came out as the
+            background region).
+
     Returns:
-        `(path of the version folder, checkpoint path)`.
+        `(path of the version folder, checkpoint path, metadata dict)`.
 
     Raises:
         tfseg.config.ConfigError: `model_dir` has no config.gin or no checkpoint.
         FileExistsError: the version exists already.
     """
-    from tfseg.training import loading  # pylint: disable=import-outside-toplevel
+    from tfseg.training import loading, trainer  # pylint: disable=import-outside-toplevel
     import tfseg  # pylint: disable=import-outside-toplevel
 
     model, train_config, checkpoint = loading.load_trained(model_dir, which)
+    foreground = trainer.read_foreground(model_dir) or {"rule": "initial value (never chosen)"}
+    if invert:
+        invert_foreground(model)
+        foreground = {"rule": "--invert", "why": f"inverted at export; the run's choice: {foreground}"}
     config_path = os.path.join(model_dir, CONFIG_FILE)
     serving = serving_functions_from_run(model, train_config)
     metadata = {
         "method": type(model).__name__,
         "method_factory": _method_reference(config_path),
         "foreground_region": int(model.foreground_region.numpy()),
+        "foreground_rule": foreground.get("rule"),
+        "foreground_why": foreground.get("why", ""),
+        "checkpoint_selection": checkpoint_selection(checkpoint, which),
         "checkpoint": os.path.abspath(checkpoint),
         "model_dir": os.path.abspath(model_dir),
         "tfseg_version": tfseg.__version__,
@@ -355,7 +384,7 @@ def export_run(model_dir, export_dir, version=None, which="best"):
         "keras_version": keras.__version__,
     }
     path = export(serving, export_dir, version, config_path, metadata)
-    return path, checkpoint
+    return path, checkpoint, metadata
 
 
 def read_metadata(version_dir):

@@ -99,7 +99,29 @@ def load_from_run(model_dir, which="best"):
         return {k: v.numpy() for k, v in fn(tf.constant(data, tf.string)).items()}
 
     return segment, {"method": type(model).__name__, "resolution": serving.resolution,
-                     "checkpoint": checkpoint}
+                     "square_resize": serving.square_resize, "checkpoint": checkpoint}
+
+
+def inverted(segment, resolution, square_resize=False):
+    """`segment` with the other of two regions as the foreground (`tfseg.predict --invert`).
+
+    The R x R mask is inverted and mapped back onto each image exactly as the export does
+    (`export_module.mask_to_original_size`), so pixels the model never saw stay 0.
+    """
+    def segment_inverted(data):
+        out = segment(data)
+        mask = 1.0 - out["mask"]
+        pngs = []
+        for one_mask, png in zip(mask, out["mask_png_bytes"]):
+            width, height = Image.open(io.BytesIO(png)).size
+            full = export_module.mask_to_original_size(tf.constant(one_mask), tf.constant(height),
+                                                       tf.constant(width), resolution, square_resize)
+            pngs.append(export_module.encode_mask_png(full).numpy())
+        fraction = (mask >= export_module.THRESHOLD).mean(axis=(1, 2, 3)).astype(np.float32)
+        return {"mask": mask, "mask_png_bytes": np.array(pngs, dtype=object), "foreground_fraction": fraction}
+
+    segment_inverted.keep_alive = getattr(segment, "keep_alive", None)
+    return segment_inverted
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ context, where Keras all-reduces the gradients (XLA cannot compile that merge).
 """
 import json
 import os
+import sys
 import time
 
 import gin
@@ -15,11 +16,13 @@ import tensorflow as tf
 from absl import logging
 
 from tfseg.config import ConfigError
-from tfseg.data import pipeline
+from tfseg.data import decode, pipeline
 from tfseg.evaluation import evaluator, grids, metrics
 from tfseg.training import checkpointing, progress, strategy as strategy_lib
 
 CONFIG_FILE = "config.gin"
+#: Written into model_dir whenever the foreground region is chosen: which region, by what rule, why.
+FOREGROUND_FILE = "foreground.json"
 
 
 @gin.configurable(module="tfseg.training")
@@ -45,13 +48,17 @@ class TrainConfig:
         max_restarts: give up restarting after this many.
         keep_checkpoints: how many recent checkpoints to keep.
         seed: seeds weights, codes and data order.
+        foreground_region: which output region is the object; None chooses it: on a labelled
+            validation split by fg IoU, else region 0 for methods whose mask layer is the object
+            by construction (PerturbGAN, Labels4Free), else (ReDO) the region that touches the
+            image border least on a batch of training photos.
     """
 
     def __init__(self, method=gin.REQUIRED, resolution=gin.REQUIRED, batch_size=gin.REQUIRED,
                  num_steps=None, stage_steps=None, log_every=50, eval_every=500, checkpoint_every=500,
                  eval_examples=512, eval_batch_size=64, jit_compile="auto",
                  collapse_threshold=0.1, collapse_before_step=7000, max_restarts=5,
-                 keep_checkpoints=3, seed=0):
+                 keep_checkpoints=3, seed=0, foreground_region=None):
         self.method = method
         self.resolution = resolution
         self.batch_size = batch_size
@@ -68,6 +75,7 @@ class TrainConfig:
         self.max_restarts = max_restarts
         self.keep_checkpoints = keep_checkpoints
         self.seed = seed
+        self.foreground_region = foreground_region
 
 
 def stage_schedule(model, config):
@@ -149,8 +157,9 @@ def _eval_dataset(config, split):
 class Trainer:
     """Runs one training job in `model_dir`; re-running the same job resumes it."""
 
-    def __init__(self, model_dir, config=None, strategy=None, stream=None):
+    def __init__(self, model_dir, config=None, strategy=None, stream=None, data_info=None):
         self.model_dir = model_dir
+        self.data_info = data_info
         self.config = config or TrainConfig()
         self.strategy = strategy or strategy_lib.make_strategy()
         self.jit = strategy_lib.resolve_jit_compile(self.config.jit_compile)
@@ -166,6 +175,8 @@ class Trainer:
             self.model = build_method(self.config, restarts)
             self.model.build_for_training(self.config.batch_size)
             self.checkpoint = checkpointing.make_checkpoint(self.model, self.state)
+            if self.config.foreground_region is not None:
+                self.model.foreground_region.assign(self.config.foreground_region)
         self.latest, self.best = checkpointing.managers(self.checkpoint, self.model_dir,
                                                         self.config.keep_checkpoints)
         self.schedule = stage_schedule(self.model, self.config)
@@ -203,12 +214,16 @@ class Trainer:
                 a fresh run seeded for that restart (after a collapse).
         """
         cfg = self.config
-        self.labelled = {split: info.available and info.has_masks
-                         for split, info in pipeline.validate_data_config().items()}
+        if self.data_info is None:
+            self.data_info = pipeline.validate_data_config()
+            (self.stream or sys.stdout).write(pipeline.format_data_summary(self.data_info) + "\n")
+        self.labelled = {split: info.available and info.has_masks for split, info in self.data_info.items()}
         self._build(self._saved_restarts() if restarts is None else restarts)
         resumed = self.latest.restore_or_initialize()
         if resumed:
             checkpointing.restore(self.checkpoint, resumed)
+            if cfg.foreground_region is not None:  # the binding wins over a stored choice
+                self.model.foreground_region.assign(cfg.foreground_region)
         elif restarts:
             # Persist the restart count at once, so a crash now still resumes with the new seed.
             self.latest.save(checkpoint_number=0)
@@ -244,6 +259,8 @@ class Trainer:
             raise
         if self.latest.latest_checkpoint is None or not self.latest.latest_checkpoint.endswith(f"-{step}"):
             self.latest.save(checkpoint_number=step)
+        display.message(f"skipped as unreadable: {decode.skipped_count()} file(s)"
+                        + (f", e.g.\n{decode.first_skipped(3)}" if decode.skipped_count() else ""))
         return self.final_evaluation(display)
 
     def _saved_restarts(self):
@@ -273,10 +290,18 @@ class Trainer:
             # No labelled validation split (e.g. LSUN, a photo folder without masks), or a stage
             # without a segmenter of real images yet: image grids only.
             batch = next(iter(_eval_dataset(cfg, "train")))
+            if self.stage.evaluates:
+                self._choose_foreground_without_labels(step, batch["image"], display)
             self._image_summaries(step, batch["image"].numpy()[:8])
             return self._collapsed(step, {}, last_metrics, display)
+        choose = cfg.foreground_region is None
         results, sample = evaluator.evaluate(self.model, _eval_dataset(cfg, "validation"),
-                                             max_examples=cfg.eval_examples, choose_region=True)
+                                             max_examples=cfg.eval_examples, choose_region=choose)
+        if choose:
+            self._record_foreground(step, "validation", "best fg IoU on the labelled validation split",
+                                    display, quiet=True)
+        else:
+            self._record_foreground(step, "binding", "tfseg.training.TrainConfig.foreground_region", display)
         score = results["fg_iou"]
         with self.writers["validation"].as_default(step=step):
             for key in ("fg_iou", "miou", "accuracy", "best_perm_fg_iou", "best_perm_accuracy",
@@ -291,6 +316,33 @@ class Trainer:
             self.state.best_score.assign(score)
             self.best.save(checkpoint_number=step)
         return self._collapsed(step, results, last_metrics, display)
+
+    def _choose_foreground_without_labels(self, step, images, display):
+        """Picks the object region with no labels: the binding, the method's construction, or the border rule."""
+        if self.config.foreground_region is not None:
+            self._record_foreground(step, "binding", "tfseg.training.TrainConfig.foreground_region", display)
+        elif self.model.foreground_by_construction:
+            self.model.foreground_region.assign(0)
+            self._record_foreground(step, "construction", "the segmenter predicts the foreground layer's mask",
+                                    display)
+        else:
+            region, coverage = evaluator.border_region(self.model, images)
+            self.model.foreground_region.assign(region)
+            shares = ", ".join(f"region {k} {c:.2f}" for k, c in enumerate(coverage))
+            self._record_foreground(step, "border", f"it covers the image border least ({shares}; "
+                                    f"{len(images)} training photos, no labelled validation split)", display)
+
+    def _record_foreground(self, step, rule, why, display, quiet=False):
+        """Writes foreground.json; says so on the console when the choice changes (unless `quiet`)."""
+        region = int(self.model.foreground_region.numpy())
+        path = os.path.join(self.model_dir, FOREGROUND_FILE)
+        previous = read_foreground(self.model_dir)
+        record = {"region": region, "rule": rule, "why": why, "step": step}
+        with open(path, "w") as f:
+            json.dump(record, f, indent=2)
+        previous = previous or {}
+        if not quiet and (previous.get("region"), previous.get("rule")) != (region, rule):
+            display.message(f"foreground: region {region}, chosen by the {rule} rule: {why}")
 
     def _image_summaries(self, step, images):
         named = self.model.summary_images(tf.constant(images), step)
@@ -344,8 +396,33 @@ class Trainer:
         return results
 
 
+def read_foreground(model_dir):
+    """The run's foreground.json (region, rule, why, step) as a dict, or None before any choice."""
+    path = os.path.join(model_dir, FOREGROUND_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def run_split_evaluation(model, config, model_dir, split):
-    """Scores `model` on `split` and writes `eval_<split>.json` and `eval_<split>.png`."""
+    """Scores `model` on `split` and writes `eval_<split>.json` and `eval_<split>.png`.
+
+    Raises:
+        DataError: the run's data have no masks for `split` (the message says how to get masks of
+            the photos instead).
+    """
+    try:
+        labelled = pipeline.dataset_has_masks(split)
+    except pipeline.SplitUnavailableError:
+        labelled = False
+    if not labelled:
+        raise pipeline.DataError(
+            f"this run's data have no masks for the {split!r} split, so there is nothing to score. To see "
+            f"the masks of your photos: python -m tfseg.export --model_dir={model_dir} --export_dir=serving/"
+            f"{os.path.basename(os.path.normpath(model_dir))}, then python -m tfseg.predict --export_dir=serving/"
+            f"{os.path.basename(os.path.normpath(model_dir))}/1 --images=DIR --out=DIR. To score, bind a mask "
+            "folder (tfseg.data.image_folder_source.mask_dir) when training.")
     results, sample = evaluator.evaluate(model, _eval_dataset(config, split))
     results = {k: (v.item() if hasattr(v, "item") else v) for k, v in results.items()}
     with open(os.path.join(model_dir, f"eval_{split}.json"), "w") as f:
