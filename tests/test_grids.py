@@ -82,3 +82,20 @@ def test_tensorboard_grid_is_one_float_image_in_unit_range():
     assert out.shape == (1,) + grids.make_grid(columns).shape and out.dtype == np.float32
     np.testing.assert_allclose(out[0], grids.make_grid(columns) / 255.0)
     assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_labelled_grid_upscales_cells_and_writes_titles_and_row_labels():
+    rng = np.random.default_rng(0)
+    columns = [rng.integers(0, 256, size=(2, 16, 16, 3), dtype=np.uint8) for _ in range(3)]
+    plain = grids.labelled_grid(columns, ["a", "b", "c"], cell=64)
+    labelled = grids.labelled_grid(columns, ["image", "truth", "prediction"], ["fg IoU 0.12", "fg IoU 0.99"], cell=64)
+    header = max(14, 64 // 12)
+    assert labelled.shape == (2 * (64 + 2) + 2 + header, 3 * (64 + 2) + 2, 3)
+    # Cells are nearest-neighbour upscaled by 4: a 4x4 block of one source pixel (away from the label).
+    cell = labelled[header + 2 + 66:header + 2 + 66 + 64, 2 + 66:2 + 66 + 64]
+    np.testing.assert_array_equal(cell[-4:, -4:], np.broadcast_to(columns[1][1, -1, -1], (4, 4, 3)))
+    # Titles and labels change pixels: the header band and the first cell's corner.
+    assert (labelled[:header] != plain[:header]).any()
+    assert (labelled[header + 4:header + 14, 4:40] == 0).any()
+    with pytest.raises(ValueError, match="titles"):
+        grids.labelled_grid(columns, ["only one"])

@@ -251,3 +251,23 @@ def test_format_table_shows_threshold_count_and_three_rows():
     assert lines[2].startswith("fixed polarity") and "0.3333" in lines[2]
     assert lines[3].startswith("dataset permutation") and "complement chosen" in lines[3]
     assert lines[4].startswith("per-image best permutation") and "0.7778" in lines[4]
+
+
+
+def test_baselines_score_the_full_image_and_the_centred_disc_against_the_truth():
+    from tfseg.evaluation import evaluator  # pylint: disable=import-outside-toplevel
+    masks = evaluator.baseline_masks(32, 32)
+    disc = masks["centred disc, 50 % of the image"]
+    assert abs(disc.mean() - 0.5) < 0.02 and disc[16, 16, 0] == 1 and disc[0, 0, 0] == 0
+    truth = np.zeros((2, 32, 32, 1), np.float32)
+    truth[0, :8] = 1  # a quarter of the image, at the top
+    truth[1] = disc  # exactly the disc
+    scores = evaluator.score_baselines([truth[:1], truth[1:]])
+    assert scores["full-image mask"]["fg_iou"] == pytest.approx((0.25 + disc.mean()) / 2)
+    assert scores["full-image mask"]["accuracy"] == pytest.approx((0.25 + disc.mean()) / 2)
+    top_and_disc = (truth[0] * disc).sum() / np.maximum(truth[0], disc).sum()
+    assert scores["centred disc, 50 % of the image"]["fg_iou"] == pytest.approx((top_and_disc + 1.0) / 2)
+    result = metrics.MaskMetrics()
+    result.update(np.ones((1, 4, 4, 1)), np.ones((1, 4, 4, 1)))
+    table = metrics.format_table({**result.result(), "baselines": scores})
+    assert "baseline: full-image mask" in table and "baseline: centred disc, 50 % of the image" in table

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfseg.evaluation import grids
-from tfseg.evaluation.metrics import MaskMetrics
+from tfseg.evaluation.metrics import MaskMetrics, per_image_iou
 
 
 def _region_fn(model):
@@ -17,6 +17,28 @@ def _region_fn(model):
     if getattr(model, "_tfseg_region_fn", None) is None:
         model._tfseg_region_fn = tf.function(lambda images: model.region_masks(images, training=False))
     return model._tfseg_region_fn
+
+
+def baseline_masks(height, width):
+    """Label-free reference masks every score is read against: `{name: float32 [h, w, 1]}`."""
+    yy, xx = np.mgrid[:height, :width]
+    radius = np.sqrt(0.5 * height * width / np.pi)  # a disc covering half the image
+    disc = ((yy + 0.5 - height / 2) ** 2 + (xx + 0.5 - width / 2) ** 2 <= radius ** 2)
+    return {"full-image mask": np.ones((height, width, 1), np.float32),
+            "centred disc, 50 % of the image": disc[..., None].astype(np.float32)}
+
+
+def score_baselines(truth_batches, threshold=0.5):
+    """`{baseline name: {"fg_iou", "miou", "accuracy"}}` of `baseline_masks` on the truth masks."""
+    accumulators = None
+    for truth in truth_batches:
+        if accumulators is None:
+            masks = baseline_masks(truth.shape[1], truth.shape[2])
+            accumulators = {name: (MaskMetrics(threshold), mask) for name, mask in masks.items()}
+        for acc, mask in accumulators.values():
+            acc.update(np.broadcast_to(mask, truth.shape), truth)
+    return {name: {k: float(acc.result()[k]) for k in ("fg_iou", "miou", "accuracy")}
+            for name, (acc, _) in (accumulators or {}).items()}
 
 
 def score_regions(model, dataset, threshold=0.5, max_examples=None):
@@ -30,7 +52,7 @@ def score_regions(model, dataset, threshold=0.5, max_examples=None):
         first batch ("image", "mask", "regions") for image grids.
     """
     region_fn = _region_fn(model)
-    accumulators, sample, seen, coverage = None, None, 0, 0.0
+    accumulators, sample, seen, coverage, truths = None, None, 0, 0.0, []
     for batch in dataset:
         if "mask" not in batch:
             raise ValueError("this split has no ground-truth masks; evaluation needs a labelled split")
@@ -47,13 +69,16 @@ def score_regions(model, dataset, threshold=0.5, max_examples=None):
         for k, acc in enumerate(accumulators):
             acc.update(regions[..., k:k + 1], truth)
         coverage = coverage + regions.mean(axis=(1, 2)).sum(axis=0)
+        truths.append(truth)
         seen += len(truth)
     if accumulators is None:
         raise ValueError("the evaluation split is empty")
     results = [acc.result() for acc in accumulators]
+    baselines = score_baselines(truths, threshold)
     for k, result in enumerate(results):
         # Mean soft coverage of the region: watched for collapse (one region taking everything).
         result["prediction_coverage"] = float(coverage[k] / seen)
+        result["baselines"] = baselines
     return results, sample
 
 
@@ -103,10 +128,18 @@ def evaluate(model, dataset, threshold=0.5, max_examples=None, choose_region=Fal
     return results, sample
 
 
-def prediction_grid(sample, rows=8):
-    """uint8 grid with columns image | truth | prediction | overlay."""
+def prediction_grid(sample, rows=8, cell=None):
+    """uint8 grid with columns image | truth | prediction | overlay.
+
+    With `cell` (pixels), cells are upscaled to at least that side, the columns are titled and each
+    row carries its image's fg IoU, so a person sees at a glance where the model fails.
+    """
     images = grids.images_to_uint8(sample["image"][:rows])
     truth = grids.masks_to_uint8(sample["mask"][:rows])
     pred = sample["prediction"][:rows]
-    return grids.make_grid([images, truth, grids.masks_to_uint8(pred),
-                            grids.overlay(images, pred[..., 0])])
+    columns = [images, truth, grids.masks_to_uint8(pred), grids.overlay(images, pred[..., 0])]
+    if cell is None:
+        return grids.make_grid(columns)
+    ious = per_image_iou(np.asarray(pred) >= 0.5, np.asarray(sample["mask"][:rows]) > 0.5)
+    return grids.labelled_grid(columns, ["image", "truth", "prediction", "overlay"],
+                               [f"fg IoU {iou:.2f}" for iou in ious], cell=cell)

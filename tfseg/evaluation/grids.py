@@ -11,10 +11,11 @@ Numpy and pillow only; TensorFlow is not imported.
 import os
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
     "images_to_uint8",
+    "labelled_grid",
     "make_grid",
     "masks_to_uint8",
     "overlay",
@@ -124,6 +125,49 @@ def make_grid(columns, padding=2, pad_value=255):
             y = p + r * (height + p)
             grid[y:y + height, x:x + width] = column[r]
     return grid
+
+
+def _font(size):
+    try:
+        return ImageFont.load_default(size=size)  # scalable where pillow has FreeType
+    except TypeError:  # pragma: no cover  # older pillow
+        return ImageFont.load_default()
+
+
+def labelled_grid(columns, titles, row_labels=None, cell=256, padding=2):
+    """:func:`make_grid` for people: cells upscaled to `cell` px, column titles, a label on each row.
+
+    Args:
+        columns: list of K uint8 ``[B, H, W, 3]`` arrays, as for :func:`make_grid`.
+        titles: K column titles, written above the columns.
+        row_labels: B strings written in the top-left corner of each row's first cell (e.g. a score).
+        cell: side of a cell in pixels; cells are upscaled by an integer factor (nearest) to at least this.
+        padding: as for :func:`make_grid`.
+
+    Returns:
+        uint8 ``[H', W', 3]``.
+    """
+    columns = [np.asarray(c) for c in columns]
+    if len(titles) != len(columns):
+        raise ValueError(f"{len(titles)} titles for {len(columns)} columns.")
+    height = columns[0].shape[1]
+    factor = max(1, -(-int(cell) // height))
+    big = [np.repeat(np.repeat(c, factor, axis=1), factor, axis=2) for c in columns]
+    grid = make_grid(big, padding=padding)
+    side = height * factor
+    header = max(14, side // 12)
+    picture = Image.new("RGB", (grid.shape[1], grid.shape[0] + header), (255, 255, 255))
+    picture.paste(Image.fromarray(grid), (0, header))
+    draw = ImageDraw.Draw(picture)
+    font = _font(int(header * 0.8))
+    for k, title in enumerate(titles):
+        draw.text((padding + k * (side + padding) + 4, 1), title, fill=(0, 0, 0), font=font)
+    for r, label in enumerate(row_labels or []):
+        x, y = padding + 2, header + padding + r * (side + padding) + 2
+        box = draw.textbbox((x, y), label, font=font)
+        draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=(0, 0, 0))
+        draw.text((x, y), label, fill=(255, 255, 255), font=font)
+    return np.asarray(picture)
 
 
 def save_png(array, path):

@@ -325,15 +325,16 @@ def format_table(results):
 
     Returns:
         A multi-line string: a header with threshold and image count, rows fixed polarity / dataset
-        permutation / per-image best permutation with columns fg IoU, mIoU, accuracy, then the ReDO-protocol
-        and confusion-matrix scores.
+        permutation / per-image best permutation with columns fg IoU, mIoU, accuracy, the label-free
+        baselines of the same images when `results["baselines"]` has them (the floor every score is read
+        against), then the ReDO-protocol and confusion-matrix scores.
     """
     rows = [
         ("fixed polarity", "fg_iou", "miou", "accuracy"),
         ("dataset permutation", "dataset_perm_fg_iou", "dataset_perm_miou", "dataset_perm_accuracy"),
         ("per-image best permutation", "best_perm_fg_iou", "best_perm_miou", "best_perm_accuracy"),
     ]
-    label_width = max(len(r[0]) for r in rows)
+    label_width = max([len(r[0]) for r in rows] + [len("baseline: " + n) for n in results.get("baselines", {})])
     lines = [
         f"mask metrics: threshold {results['threshold']:g}, {results['num_images']} images",
         f"{'':<{label_width}}  {'fg IoU':>8}  {'mIoU':>8}  {'accuracy':>8}",
@@ -344,6 +345,9 @@ def format_table(results):
         if fg_key.startswith("dataset_perm") and "dataset_perm_flipped" in results:
             line += "  (complement chosen)" if results["dataset_perm_flipped"] else "  (as given)"
         lines.append(line)
+    for name, scores in results.get("baselines", {}).items():
+        lines.append(f"{'baseline: ' + name:<{label_width}}  {scores['fg_iou']:>8.4f}  {scores['miou']:>8.4f}  "
+                     f"{scores['accuracy']:>8.4f}")
     if "redo_iou" in results:
         lines.append(f"ReDO protocol (per-image best, mean of batch means, drop-last over "
                      f"{results.get('redo_num_images', '?')} images): IoU {results['redo_iou']:.4f}, "

@@ -427,5 +427,5 @@ def run_split_evaluation(model, config, model_dir, split):
     results = {k: (v.item() if hasattr(v, "item") else v) for k, v in results.items()}
     with open(os.path.join(model_dir, f"eval_{split}.json"), "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)
-    grids.save_png(evaluator.prediction_grid(sample), os.path.join(model_dir, f"eval_{split}.png"))
+    grids.save_png(evaluator.prediction_grid(sample, cell=256), os.path.join(model_dir, f"eval_{split}.png"))
     return results
