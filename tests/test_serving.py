@@ -289,7 +289,10 @@ def test_predict_writes_mask_cutout_overlay_and_sheet_and_skips_unreadable_files
         cutout = Image.open(out / f"img{i}_cutout.png")
         assert cutout.mode == "RGBA" and cutout.size == (w, h)
         assert Image.open(out / f"img{i}_overlay.png").size == (w, h)
-    assert Image.open(out / "contact_sheet.png").size[1] > 3 * 96
+    sheet = np.asarray(Image.open(out / "contact_sheet.png").convert("RGB"))
+    header = 14  # the titles' band above len(SIZES) rows of 96 px cells
+    assert sheet.shape == (header + len(SIZES) * (96 + 2) + 2, 4 * (96 + 2) + 2, 3)
+    assert (sheet[:header] < 128).any()  # the column titles are written
     with open(out / "predictions.json") as f:
         summary = json.load(f)
     assert sorted(summary["skipped"]) == ["broken.png", "notes.jpg"]

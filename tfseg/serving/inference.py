@@ -8,7 +8,8 @@ what TF Serving returns. Per image ``<name>.<ext>`` the output folder gets
 * ``<name>_cutout.png``: the image as RGBA with the mask as alpha;
 * ``<name>_overlay.png``: the image with the foreground tinted red;
 
-plus ``contact_sheet.png`` (rows: image | mask | overlay | cut-out on grey, first `sheet_rows` images)
+plus ``contact_sheet.png`` (titled columns image | mask | overlay | cut-out on grey, each row named by
+its file; the first `sheet_rows` images)
 and ``predictions.json`` (foreground fraction per image, skipped files with the reason). Sub-folders
 of the input folder are mirrored. Files other than JPEG and PNG (BMP, PPM, ...) are converted to PNG
 with pillow first; files nobody can read are reported and skipped.
@@ -331,7 +332,9 @@ def predict_folder(segment, images_dir, out_dir, batch_size=16, sheet_rows=64, t
     sheet_path = None
     if sheet:
         columns = [np.stack([row[c] for row in sheet]) for c in range(4)]
-        sheet_path = grids.save_png(grids.make_grid(columns), os.path.join(out_dir, "contact_sheet.png"))
+        names = [rel if len(rel) <= 18 else "…" + rel[-17:] for rel in written[:len(sheet)]]
+        picture = grids.labelled_grid(columns, ["image", "mask", "overlay", "cut-out"], names, cell=thumb)
+        sheet_path = grids.save_png(picture, os.path.join(out_dir, "contact_sheet.png"))
     summary = {"written": written, "skipped": skipped, "foreground_fraction": fractions,
                "contact_sheet": sheet_path}
     with open(os.path.join(out_dir, "predictions.json"), "w") as f:
