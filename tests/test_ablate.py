@@ -32,15 +32,16 @@ def test_table_lists_every_row_and_the_full_mask_baseline():
 
 
 def test_a_smoke_ablation_row_trains_without_the_shift(tmp_path, capsys):
-    assert ablate.main(["--rows=b", f"--out={tmp_path}", "--generator_steps=2",
-                        "--segmenter_steps=1", "--smoke"]) == 0
+    assert ablate.main(["--rows=b", f"--out={tmp_path}", "--smoke"]) == 0  # two steps per stage by itself
     with open(tmp_path / "b" / "config.gin") as f:
         text = f.read()
     assert "perturbgan.shift_fraction = 0.0" in text
     with open(tmp_path / "ablation.json") as f:
         saved = json.load(f)
     assert set(saved["rows"]) == {"b"} and 0.0 <= saved["rows"]["b"]["fg_iou"] <= 1.0
-    assert "| (b) | no shift" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| (b) | no shift" in out
+    assert "[b] step 4/4" in out  # live progress, and --smoke means 2 + 2 steps, not 1,800
 
 
 def test_unknown_rows_are_refused(tmp_path):

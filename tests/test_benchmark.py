@@ -4,7 +4,16 @@ import re
 import subprocess
 import sys
 
+import gin
+
+import tfseg.data  # noqa: F401  (registers tfseg.data.make_dataset with gin)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import benchmark  # noqa: E402  pylint: disable=wrong-import-position
+import lsun_fixture  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def test_benchmark_prints_training_inference_and_savedmodel_rates():
@@ -33,3 +42,27 @@ def test_benchmark_times_every_stage_of_a_staged_method():
     assert result.returncode == 0, result.stderr[-3000:]
     for stage in ("generator", "encoder", "segmenter"):
         assert re.search(rf"^off\s+{stage}\s+[\d.]+\s+[\d.]+\s+[\d.]+$", result.stdout, re.M), result.stdout
+
+
+def test_input_pipeline_rates_of_a_photo_folder_and_an_lsun_lmdb(tmp_path):
+    from PIL import Image
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):
+        Image.fromarray(lsun_fixture.photo(i)).save(photos / f"{i}.jpg")
+    lsun_fixture.write_lsun_lmdb(str(tmp_path / "horse"))
+    gin.bind_parameter("tfseg.data.make_dataset.shuffle_buffer", 8)  # warm-up need not decode 1000 photos
+    sources = benchmark.input_sources(image_dir=str(photos), lsun_lmdb=str(tmp_path / "horse"))
+    rates = benchmark.input_pipeline_rates(sources, batch_size=2, resolution=16, batches=2, repeats=2, warmup=1)
+    assert list(rates) == [f"photo folder {photos}", f"LSUN LMDB {tmp_path / 'horse'}"]
+    assert all(isinstance(rate, float) and rate > 0 for rate in rates.values()), rates
+    table = benchmark.format_input_table(rates, 2, 16, 2, 2, 1)
+    for name in rates:
+        assert re.search(rf"^{re.escape(name)}\s+[\d.]+$", table, re.M), table
+
+
+def test_consumption_table_sets_step_time_and_real_images_beside_the_input_rate():
+    rows = {False: ({"generator": (0.5, 32, 32), "segmenter": (4.0, 32, 0)}, 10.0, None)}
+    table = benchmark.format_consumption_table(rows, slowest_input=800.0)
+    assert re.search(r"^off\s+generator\s+64\.00\s+0\.50\s+1600\.0x$", table, re.M), table
+    assert re.search(r"^off\s+segmenter\s+8\.00\s+0\.00\s+generated$", table, re.M), table

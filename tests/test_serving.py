@@ -345,3 +345,26 @@ def test_client_and_predict_keep_outputs_of_same_named_files_apart():
     files = ["a.jpg", "a.png", "b.png", "sub/a.jpg"]
     assert serving_client.output_stems(files) == ["a_jpg", "a_png", "b", "sub/a"]
     assert inference.output_names(files) == ["a_jpg", "a_png", "b", "sub/a"]
+
+
+def test_error_text_of_an_in_process_graph_error_is_the_decoder_message_not_the_stack():
+    message = ("Graph execution error:\n\nDetected at node DecodeImage defined at (most recent call last):\n"
+               '  File "<frozen runpy>", line 198, in _run_module_as_main\n\n  File "x.py", line 3, in f\n\n'
+               "Invalid JPEG data or crop window.\n\t [[{{node DecodeImage}}]] [Op:__inference_fn_123]")
+    assert inference.error_text(tf.errors.InvalidArgumentError(None, None, message)) == \
+        "Invalid JPEG data or crop window."
+
+
+def test_a_photo_over_the_pixel_limit_is_read_at_reduced_scale_and_reported(tmp_path):
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (8000, 5000), (30, 120, 60)).save(big, quality=80)
+    reduced = {}
+    data = inference.read_image_bytes(str(big), reduced=reduced)
+    shrunk = Image.open(io.BytesIO(data))
+    assert shrunk.size == (4096, 2560) and shrunk.size[0] * shrunk.size[1] <= export_module.MAX_PIXELS
+    assert "shrunk to 4096 x 2560 px" in reduced[str(big)]
+    small = tmp_path / "small.png"
+    Image.new("RGB", (40, 30)).save(small)
+    assert inference.read_image_bytes(str(small)) == small.read_bytes()  # sent as it is
+    data = inference.read_image_bytes(str(small), max_pixels=300, reduced=reduced)
+    assert Image.open(io.BytesIO(data)).size == (20, 15)

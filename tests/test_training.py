@@ -59,36 +59,6 @@ def _weights(model):
     return [v.numpy().copy() for v in model.variables]
 
 
-def test_interrupted_run_resumes_at_the_same_step_with_the_same_weights(tmp_path, monkeypatch):
-    model_dir = str(tmp_path)
-    cfg = _smoke_config(tmp_path, "tfseg.training.TrainConfig.num_steps = 6",
-                        "tfseg.training.TrainConfig.eval_every = 100",
-                        "tfseg.training.TrainConfig.checkpoint_every = 100")
-    first = trainer.Trainer(model_dir, cfg)
-    first._build(0)
-    step_fn = first.train_step
-    calls = {"n": 0}
-
-    def interrupt_after_three(iterator, step):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return step_fn(iterator, step)
-
-    monkeypatch.setattr(first, "_compile_step", lambda: setattr(first, "train_step", interrupt_after_three))
-    with pytest.raises(KeyboardInterrupt):
-        first.train()
-    assert int(first.state.step.numpy()) == 3
-    saved = _weights(first.model)
-
-    second = trainer.Trainer(model_dir, cfg)
-    second._build(0)
-    second.checkpoint.restore(second.latest.latest_checkpoint)
-    assert int(second.state.step.numpy()) == 3
-    for a, b in zip(saved, _weights(second.model)):
-        np.testing.assert_array_equal(a, b)
-
-
 def test_rerunning_a_finished_run_does_not_train_again_and_evaluate_rescores_it(tmp_path, capsys):
     model_dir = str(tmp_path / "run")
     args = [f"--gin_file={REPO}/gin_configs/demo.gin", "--smoke", f"--model_dir={model_dir}"]
@@ -98,7 +68,7 @@ def test_rerunning_a_finished_run_does_not_train_again_and_evaluate_rescores_it(
         trained = json.load(f)
     assert run_train(*args) == 0
     out = capsys.readouterr().out
-    assert "resumed from" in out and "at step 2" in out
+    assert "already finished" in out and "at step 2 of 2" in out
     assert "step 1/2" not in out
 
     curve = curves.read_curve(model_dir)
@@ -197,22 +167,40 @@ def test_bad_jit_compile_value_is_rejected():
         resolve_jit_compile("maybe")
 
 
-def test_lsun_horse_without_prepared_data_stops_at_once_with_instructions(tmp_path, capsys):
-    code = run_train(f"--gin_file={REPO}/gin_configs/lsun_horse.gin", f"--model_dir={tmp_path}/run",
-                     f"--gin_bindings=tfseg.data.tfds_source.data_dir = '{tmp_path}/tfds'")
-    assert code == 2
-    err = capsys.readouterr().err
-    assert "lsun/horse" in err and "tfds build lsun/horse" in err
-    assert "demo_perturbgan.gin" in err
-    assert not os.path.exists(f"{tmp_path}/run")
-
-
 def test_dry_run_of_lsun_horse_resolves_the_paper_config_and_reports_the_missing_data(tmp_path, capsys):
-    code = run_train(f"--gin_file={REPO}/gin_configs/lsun_horse.gin", f"--model_dir={tmp_path}/run",
-                     f"--gin_bindings=tfseg.data.tfds_source.data_dir = '{tmp_path}/tfds'", "--dry_run")
+    code = run_train(f"--gin_file={REPO}/gin_configs/lsun_horse.gin", f"--model_dir={tmp_path}/run", "--dry_run")
     assert code == 0
     out = capsys.readouterr().out
     assert "perturbgan.min_mask_coverage = 0.2" in out and "TrainConfig.resolution = 128" in out
     assert "# stages: generator steps 1-108000" in out
-    assert "data NOT ready" in out and "tfds build lsun/horse" in out
+    assert "data NOT ready" in out and "tfseg.data.lsun_source.lmdb_dir" in out and "horse.zip" in out
     assert not os.path.exists(f"{tmp_path}/run")
+
+
+@pytest.mark.parametrize("line", ["from __gin__ import dynamic_registration", "import subprocess",
+                                  "include '/tmp/other.gin'"])
+def test_a_run_folder_config_that_could_run_code_is_refused(tmp_path, line):
+    config.parse([os.path.join(REPO, "gin_configs", "demo.gin"), config.SMOKE_CONFIG])
+    path = config.save_config(str(tmp_path))
+    config.load_run_config(str(tmp_path))  # what tfseg.train writes is accepted
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(line + "\n" + text)
+    with pytest.raises(config.ConfigError, match="not allowed in a run folder"):
+        config.load_run_config(str(tmp_path))
+    result = run_module("tfseg.evaluate", f"--model_dir={tmp_path}")
+    assert result.returncode == 2 and "not allowed in a run folder" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("script, flag", [("tfseg-train", "--gin_file"), ("tfseg-evaluate", "--split"),
+                                          ("tfseg-export", "--export_dir"), ("tfseg-predict", "--images")])
+def test_installed_console_scripts_explain_themselves(script, flag):
+    import shutil  # pylint: disable=import-outside-toplevel
+    path = shutil.which(script) or os.path.join(os.path.dirname(sys.executable), script)
+    if not os.path.exists(path):
+        pytest.skip(f"{script} is not installed (pip install -e . installs it)")
+    result = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=120)
+    text = result.stdout + result.stderr
+    assert flag in text and "python -m tfseg." in text, text[:2000]

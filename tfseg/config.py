@@ -24,6 +24,7 @@ def register_all():
     import tfseg.data.procedural  # noqa: F401
     import tfseg.data.folder  # noqa: F401
     import tfseg.data.tfds_sources  # noqa: F401
+    import tfseg.data.tfrecord  # noqa: F401
     import tfseg.methods.labels4free  # noqa: F401
     import tfseg.methods.perturbgan  # noqa: F401
     import tfseg.methods.redo  # noqa: F401
@@ -103,6 +104,53 @@ def parse(gin_files=(), gin_bindings=()):
     gin.finalize()
 
 
+#: Parameter-name parts whose numbers can never be negative (sizes, counts, rates, loss weights).
+_NON_NEGATIVE = ("rate", "weight", "steps", "every", "size", "width", "dim", "examples", "layers", "blocks",
+                 "channels", "resolution", "restarts", "keep", "buffer", "base", "gain", "penalty", "decay")
+
+
+def without_gin_context(err):
+    """An exception's message without the lines gin appends ("In call to configurable ...")."""
+    lines = [line for line in str(err).splitlines()
+             if not line.strip().startswith(("In call to configurable", "In file ", "No values supplied"))]
+    return "\n".join(lines).strip()
+
+
+def check_numeric_bindings():
+    """Raises ConfigError naming the binding for a number of the wrong type or sign, before any network.
+
+    A parameter whose default is a number takes a number of that kind: an int default an integer, a
+    float default any number; neither takes a bool or a string. Parameters named like sizes, counts,
+    rates and loss weights (`_NON_NEGATIVE`) take no negative value.
+    """
+    for selector, configurable in _registry().items():
+        try:
+            bindings = gin.get_bindings(selector)
+        except (ValueError, KeyError):
+            continue
+        if not bindings:
+            continue
+        fn = configurable.wrapped
+        try:
+            parameters = inspect.signature(fn.__init__ if inspect.isclass(fn) else fn).parameters
+        except (TypeError, ValueError):
+            continue
+        for name, value in bindings.items():
+            if name not in parameters:
+                continue
+            default = parameters[name].default
+            binding = f"{selector}.{name}"
+            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if isinstance(default, (int, float)) and not isinstance(default, bool) and default is not None:
+                if not is_number:
+                    raise ConfigError(f"gin binding {binding} = {value!r}: must be a number "
+                                      f"(default {default!r}).")
+                if isinstance(default, int) and not float(value).is_integer():
+                    raise ConfigError(f"gin binding {binding} = {value!r}: must be a whole number.")
+            if is_number and value < 0 and any(part in name for part in _NON_NEGATIVE):
+                raise ConfigError(f"gin binding {binding} = {value!r}: must not be negative.")
+
+
 def prepare_model_dir(model_dir):
     """Creates `model_dir` and checks it is writable, before any training."""
     try:
@@ -131,5 +179,30 @@ def load_run_config(model_dir, extra_bindings=()):
         raise ConfigError(f"'{model_dir}' holds no config.gin: it is not a tfseg training run. "
                           "Train first with python -m tfseg.train --gin_file=... "
                           f"--model_dir={model_dir}")
+    check_run_config_is_data(path)
     parse([path], extra_bindings)
     return path
+
+
+def check_run_config_is_data(path):
+    """Refuses a run folder's config.gin that could run code rather than only set tfseg's bindings.
+
+    A gin file may import any module and, with `from __gin__ import dynamic_registration`, call any
+    function (`@subprocess.check_call()`). `tfseg.train` writes config.gin with only `import tfseg...`
+    lines and bindings of tfseg's own configurables; evaluate, export and predict read a run folder that
+    may come from elsewhere, so they accept nothing more.
+
+    Raises:
+        ConfigError: naming the offending line.
+    """
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            text = line.strip()
+            words = text.split()
+            risky = (text.startswith(("from ", "include")) or "__gin__" in text or "dynamic_registration" in text
+                     or (words[:1] == ["import"] and not (len(words) > 1 and words[1].startswith("tfseg."))))
+            if risky:
+                raise ConfigError(f"{path}, line {number}: {text!r} is not allowed in a run folder's config "
+                                  "(only `import tfseg...` lines and bindings are; a gin file that imports other "
+                                  "modules can run code). Re-create the run with python -m tfseg.train, or read "
+                                  "the file and remove the line if you trust it.")

@@ -7,7 +7,7 @@ during training; test labels select nothing.
 """
 import sys
 
-from absl import app, flags
+from absl import flags
 
 flags.DEFINE_string("model_dir", None, "A training run directory (holds config.gin and checkpoints).")
 flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Labelled split to score.")
@@ -19,6 +19,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    from tfseg import console  # pylint: disable=import-outside-toplevel
+    console.quiet_tensorflow(FLAGS.verbosity)
     from tfseg import config  # pylint: disable=import-outside-toplevel
     from tfseg.data import DataError  # pylint: disable=import-outside-toplevel
     from tfseg.evaluation import metrics  # pylint: disable=import-outside-toplevel
@@ -43,7 +45,8 @@ def main(argv):
 
 def run():
     """Console-script entry point (`tfseg-evaluate`)."""
-    app.run(lambda argv: sys.exit(main(argv)))
+    from tfseg import console  # pylint: disable=import-outside-toplevel
+    console.run_entry_point(main, __name__)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ or run it locally with `python -m tfseg.predict --export_dir=serving/tfseg/1 --i
 """
 import sys
 
-from absl import app, flags
+from absl import flags
 
 # allow_override: tfseg.train / evaluate / predict define the same names (same meaning, same default), and
 # tests import several entry points into one process.
@@ -32,6 +32,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    from tfseg import console  # pylint: disable=import-outside-toplevel
+    console.quiet_tensorflow(FLAGS.verbosity)
     from tfseg import config  # pylint: disable=import-outside-toplevel
     from tfseg.serving import export_module  # pylint: disable=import-outside-toplevel
 
@@ -60,7 +62,8 @@ def main(argv):
 
 def run():
     """Console-script entry point (`tfseg-export`)."""
-    app.run(lambda argv: sys.exit(main(argv)))
+    from tfseg import console  # pylint: disable=import-outside-toplevel
+    console.run_entry_point(main, __name__)
 
 
 if __name__ == "__main__":

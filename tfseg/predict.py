@@ -8,7 +8,7 @@ and skipped; the exit code is 0 when at least one image was segmented.
 """
 import sys
 
-from absl import app, flags
+from absl import flags
 
 # allow_override: tfseg.train / evaluate / export define the same names (same meaning, same default), and
 # tests import several entry points into one process.
@@ -37,8 +37,9 @@ def main(argv):
         print("error: --images=<folder of images> and --out=<output folder> are required", file=sys.stderr)
         return 2
     import os  # pylint: disable=import-outside-toplevel
+    from tfseg import console  # pylint: disable=import-outside-toplevel
     # Expected bad files are reported by us; TF's own warnings about them would garble the progress bar.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    console.quiet_tensorflow(FLAGS.verbosity)
     if not os.path.isdir(FLAGS.images):
         print(f"error: --images={FLAGS.images} is not a folder", file=sys.stderr)
         return 2
@@ -74,7 +75,8 @@ def main(argv):
 
 def run():
     """Console-script entry point (`tfseg-predict`)."""
-    app.run(lambda argv: sys.exit(main(argv)))
+    from tfseg import console  # pylint: disable=import-outside-toplevel
+    console.run_entry_point(main, __name__)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ training, with the fix in the message.
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 flags.DEFINE_multi_string("gin_file", [], "gin config file(s), e.g. gin_configs/demo.gin. Repeatable; later files win.")
 flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings, e.g. "
@@ -31,11 +31,13 @@ def default_model_dir(gin_files):
 def main(argv):
     del argv
     # Imports after flag parsing so that --help is quick.
+    from tfseg import console  # pylint: disable=import-outside-toplevel
+    console.quiet_tensorflow(FLAGS.verbosity)
     import gin  # pylint: disable=import-outside-toplevel
     from tfseg import config  # pylint: disable=import-outside-toplevel
     from tfseg.data import DataError  # pylint: disable=import-outside-toplevel
     from tfseg.data import pipeline  # pylint: disable=import-outside-toplevel
-    from tfseg.training import trainer  # pylint: disable=import-outside-toplevel
+    from tfseg.training import nonfinite, run_dir, signals, trainer  # pylint: disable=import-outside-toplevel
 
     model_dir = FLAGS.model_dir or default_model_dir(FLAGS.gin_file)
     try:
@@ -44,6 +46,7 @@ def main(argv):
                                      "--gin_file=gin_configs/demo.gin (ReDO on the embedded data set).")
         gin_files = list(FLAGS.gin_file) + ([config.SMOKE_CONFIG] if FLAGS.smoke else [])
         config.parse(gin_files, FLAGS.gin_bindings)
+        config.check_numeric_bindings()
         train_config = trainer.TrainConfig()
         data_problem, data_info = None, None
         try:
@@ -52,16 +55,23 @@ def main(argv):
             if not FLAGS.dry_run:
                 raise
             data_problem = err  # a dry run reports it and still shows the resolved config
+        clash = None
+        try:
+            run_dir.check_config_fits(model_dir, gin.config_str())
+        except run_dir.RunDirError as err:
+            if not FLAGS.dry_run:
+                raise
+            clash = err
         if FLAGS.dry_run:
             # Constructing the method (no weights yet) checks its bindings and stage budgets.
             schedule = trainer.stage_schedule(trainer.build_method(train_config), train_config)
         else:
             config.prepare_model_dir(model_dir)
-    except (config.ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (config.ConfigError, DataError, run_dir.RunDirError) as err:
+        print(f"error: {config.without_gin_context(err)}", file=sys.stderr)
         return 2
     except (ValueError, TypeError) as err:  # e.g. a required gin parameter left unset
-        print(f"error: the gin config does not resolve: {err}", file=sys.stderr)
+        print(f"error: the gin config does not resolve: {config.without_gin_context(err)}", file=sys.stderr)
         return 2
     if FLAGS.dry_run:
         print(gin.config_str())
@@ -70,24 +80,39 @@ def main(argv):
         print(f"# model_dir: {model_dir}")
         print("# stages: " + ", ".join(f"{stage.name} steps {start + 1}-{end}"
                                         for stage, start, end in schedule))
+        if clash is not None:
+            print("# model_dir clash (a real run stops here): " + str(clash).replace("\n", "\n# "))
         if data_problem is not None:
             print(f"# data NOT ready (a real run stops here): {data_problem}")
+        if data_problem is not None or clash is not None:
             print("# dry run: config resolved; not training.")
         else:
             print("# dry run: config resolved, data found; not training.")
         return 0
-    config.save_config(model_dir)
-    print(f"training in {model_dir} (TensorBoard: tensorboard --logdir {os.path.dirname(model_dir) or model_dir})")
-    print(pipeline.format_data_summary(data_info))
-    run_trainer = trainer.Trainer(model_dir, train_config, data_info=data_info)
-    run_trainer.train()
-    config.save_config(model_dir, "operative_config.gin")
+    try:
+        with run_dir.Lock(model_dir):
+            run_dir.check_config_fits(model_dir, gin.config_str())  # again, now that we hold the lock
+            config.save_config(model_dir)
+            print(f"training in {model_dir} (TensorBoard: tensorboard --logdir "
+                  f"{os.path.dirname(model_dir) or model_dir})")
+            print(pipeline.format_data_summary(data_info))
+            trainer.Trainer(model_dir, train_config, data_info=data_info).train()
+            config.save_config(model_dir, "operative_config.gin")
+    except run_dir.RunDirError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except signals.Stopped as stopped:
+        return stopped.exit_code
+    except nonfinite.Diverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
 def run():
     """Console-script entry point (`tfseg-train`)."""
-    app.run(lambda argv: sys.exit(main(argv)))
+    from tfseg import console  # pylint: disable=import-outside-toplevel
+    console.run_entry_point(main, __name__)
 
 
 if __name__ == "__main__":

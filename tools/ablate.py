@@ -58,7 +58,13 @@ def train_row(row, gin_file, out, generator_steps, segmenter_steps, extra=(), sm
     log_path = os.path.join(out, f"{row}.log")
     os.makedirs(out, exist_ok=True)
     with open(log_path, "w") as log:
-        done = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        # The trainer's own progress lines are shown live, prefixed by the row; everything goes to the log.
+        done = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in done.stdout:
+            log.write(line)
+            if line.startswith(("step ", "stage ", "resumed", "already finished")):
+                print(f"[{row}] {line.rstrip()}", flush=True)
+        done.wait()
     if done.returncode != 0:
         raise RuntimeError(f"row ({row}) failed with exit code {done.returncode}; see {log_path}")
     with open(os.path.join(model_dir, "eval_test.json")) as f:
@@ -105,12 +111,17 @@ def main(argv=None):
                         help="the PerturbGAN config every row starts from")
     parser.add_argument("--out", default="runs/ablation", help="one run folder per row in here")
     parser.add_argument("--rows", default="a,b,e,h", help=f"comma-separated rows of {sorted(ROWS)}")
-    parser.add_argument("--generator_steps", type=int, default=1500)
-    parser.add_argument("--segmenter_steps", type=int, default=300)
+    parser.add_argument("--generator_steps", type=int, default=None, help="default 1500 (2 with --smoke)")
+    parser.add_argument("--segmenter_steps", type=int, default=None, help="default 300 (2 with --smoke)")
     parser.add_argument("--gin_bindings", action="append", default=[],
                         help="extra bindings for every row")
-    parser.add_argument("--smoke", action="store_true", help="tiny networks on fake data (tests)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny networks on fake data, two steps per stage (a check of the tool, in seconds)")
     args = parser.parse_args(argv)
+    if args.generator_steps is None:
+        args.generator_steps = 2 if args.smoke else 1500
+    if args.segmenter_steps is None:
+        args.segmenter_steps = 2 if args.smoke else 300
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in rows if r not in ROWS]
     if unknown:

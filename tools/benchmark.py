@@ -1,39 +1,66 @@
-"""Speed of a config: training and inference images/s with XLA on and off.
+"""Speed of a config: training and inference images/s with XLA on and off; input pipeline images/s.
 
     python tools/benchmark.py --gin_file=gin_configs/demo.gin [--repeats=5 --steps=20]
+    python tools/benchmark.py --input_pipeline --image_dir=PHOTOS --lsun_lmdb=LSUN_DIR \
+        [--gin_file=gin_configs/lsun_horse.gin --xla=false --nosavedmodel]
 
 Synthetic inputs of the config's shape feed the exact training step the trainer runs
 (`tfseg.training.trainer.make_train_step`), so the figures measure compute, not data loading.
 Each figure is the median over `--repeats` timings of `--steps` steps, after warm-up (tracing
 and XLA compilation are excluded). Training images/s counts every image a step consumes.
+
+--input_pipeline times `tfseg.data.make_dataset("train", ...)` alone, no model, on each source
+given: a photo folder (--image_dir), an LSUN LMDB (--lsun_lmdb), and with --input_gin_source the
+source the gin config binds (any source, e.g. tfseg.data.tfrecord_source with its file_pattern).
+With --gin_file the config's make_dataset bindings (resize, crops) apply, and the images/s each
+training stage consumes is printed beside the input rates: an input slower than that starves
+training.
 """
+import functools
 import statistics
 import sys
 import time
 
 from absl import app, flags
 
-flags.DEFINE_multi_string("gin_file", [], "gin config(s) to measure.")
-flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
-flags.DEFINE_integer("steps", 20, "Steps per timing.")
-flags.DEFINE_integer("repeats", 5, "Timings per figure; the median is reported.")
-flags.DEFINE_integer("warmup", 3, "Untimed steps before timing (compilation).")
-flags.DEFINE_integer("inference_batch", 64, "Batch size of the mask-network inference timing.")
-flags.DEFINE_list("xla", ["false", "true"], "XLA settings to measure.")
-flags.DEFINE_bool("savedmodel", True, "Also export the (untrained) model and time its serving signatures.")
 FLAGS = flags.FLAGS
 
 
-def _median_rate(fn, images_per_call):
-    for _ in range(FLAGS.warmup):
+def define_flags():
+    """Defines the flags (only when run as a script, so tests can import this module next to
+    tfseg.train, whose --gin_file and --gin_bindings flags would clash)."""
+    flags.DEFINE_multi_string("gin_file", [], "gin config(s) to measure.")
+    flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
+    flags.DEFINE_integer("steps", 20, "Steps per timing.")
+    flags.DEFINE_integer("repeats", 5, "Timings per figure; the median is reported.")
+    flags.DEFINE_integer("warmup", 3, "Untimed steps before timing (compilation).")
+    flags.DEFINE_integer("inference_batch", 64, "Batch size of the mask-network inference timing.")
+    flags.DEFINE_list("xla", ["false", "true"], "XLA settings to measure.")
+    flags.DEFINE_bool("savedmodel", True, "Also export the (untrained) model and time its serving signatures.")
+    flags.DEFINE_bool("input_pipeline", False, "Time the input pipeline alone on --image_dir, --lsun_lmdb "
+                      "and/or the gin-bound source (--input_gin_source). Without --gin_file, only that.")
+    flags.DEFINE_string("image_dir", None, "A folder of photos for --input_pipeline.")
+    flags.DEFINE_string("lsun_lmdb", None, "An unzipped LSUN archive (folder with data.mdb) for --input_pipeline.")
+    flags.DEFINE_bool("input_gin_source", False, "Also time the source bound to tfseg.data.make_dataset.source "
+                      "by --gin_file / --gin_bindings.")
+    flags.DEFINE_integer("input_batch", 32, "Batch size of the input pipeline timing.")
+    flags.DEFINE_integer("input_resolution", 128, "Resolution of the input pipeline timing.")
+    flags.DEFINE_integer("input_batches", 20, "Batches per input pipeline timing.")
+    flags.DEFINE_integer("input_repeats", 5, "Input pipeline timings per source; the median is reported.")
+    flags.DEFINE_integer("input_warmup", 5, "Untimed batches first (they also fill the shuffle buffer).")
+
+
+def _median_rate(fn, images_per_call, steps, repeats, warmup):
+    """Median images/s over `repeats` timings of `steps` calls of `fn`, after `warmup` calls."""
+    for _ in range(warmup):
         fn()
     rates = []
-    for _ in range(FLAGS.repeats):
+    for _ in range(repeats):
         start = time.perf_counter()
-        for _ in range(FLAGS.steps):
+        for _ in range(steps):
             out = fn()
         _block(out)
-        rates.append(FLAGS.steps * images_per_call / (time.perf_counter() - start))
+        rates.append(steps * images_per_call / (time.perf_counter() - start))
     return statistics.median(rates)
 
 
@@ -47,8 +74,9 @@ def measure(train_config, jit_compile, strategy):
     """Training images/s per stage, inference images/s and the model, for one XLA setting.
 
     Returns:
-        `({stage: (train images/s, images per step)}, inference images/s, model)`. A stage that
-        trains on generated images counts the batch it draws per step.
+        `({stage: (train images/s, images per step, real images per step)}, inference images/s,
+        model)`. A stage that trains on generated images counts the batch it draws per step, and
+        reads 0 real images.
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from tfseg.training import trainer  # pylint: disable=import-outside-toplevel
@@ -67,11 +95,13 @@ def measure(train_config, jit_compile, strategy):
         step_fn = trainer.make_train_step(model, strategy, jit_compile, stage.phases,
                                           stage.batches_per_step)
         per_step = b * max(1, stage.batches_per_step)
-        stages[stage.name] = (_median_rate(lambda: step_fn(iterator, step), per_step), per_step)
+        rate = _median_rate(lambda: step_fn(iterator, step), per_step, FLAGS.steps, FLAGS.repeats, FLAGS.warmup)
+        stages[stage.name] = (rate, per_step, b * stage.batches_per_step)
 
     images = tf.random.uniform([FLAGS.inference_batch, r, r, 3], -1.0, 1.0, seed=2)
     segment = tf.function(model.segment, jit_compile=jit_compile)
-    infer_rate = _median_rate(lambda: segment(images), FLAGS.inference_batch)
+    infer_rate = _median_rate(lambda: segment(images), FLAGS.inference_batch, FLAGS.steps, FLAGS.repeats,
+                              FLAGS.warmup)
     return stages, infer_rate, model
 
 
@@ -84,9 +114,77 @@ def measure_savedmodel(model, train_config):
         return serving_benchmark.savedmodel_rates(path, train_config.resolution)
 
 
+def input_sources(image_dir=None, lsun_lmdb=None, gin_bound=False):
+    """The sources --input_pipeline times, `{row name: source}`.
+
+    The hook for further kinds of source: e.g. a --tfrecord_pattern row is
+    `functools.partial(tfseg.data.tfrecord_source, file_pattern=...)`. Until then any source can be
+    timed through gin with `gin_bound` (--input_gin_source).
+    """
+    from tfseg.data import folder, lsun, pipeline  # pylint: disable=import-outside-toplevel
+    sources = {}
+    if image_dir:
+        sources[f"photo folder {image_dir}"] = functools.partial(folder.image_folder_source, image_dir=image_dir)
+    if lsun_lmdb:
+        sources[f"LSUN LMDB {lsun_lmdb}"] = functools.partial(lsun.lsun_source, lmdb_dir=lsun_lmdb)
+    if gin_bound:
+        source, _ = pipeline.bound_source()
+        sources[f"gin-bound {getattr(source, '__name__', source)}"] = source
+    return sources
+
+
+def input_pipeline_rates(sources, batch_size=32, resolution=128, batches=20, repeats=5, warmup=5):
+    """Images/s of `tfseg.data.make_dataset("train", batch_size, resolution=resolution)` alone, per source.
+
+    Args:
+        sources: `{name: source}`, e.g. from `input_sources`.
+        batch_size, resolution: of the batches drawn.
+        batches, repeats, warmup: each rate is the median of `repeats` timings of `batches` batches,
+            after `warmup` untimed batches (the first also fills make_dataset's shuffle buffer).
+
+    Returns:
+        `{name: images/s}`.
+
+    Raises:
+        DataError: a source's configuration is unusable (e.g. a missing folder).
+    """
+    from tfseg.data import pipeline  # pylint: disable=import-outside-toplevel
+    rates = {}
+    for name, source in sources.items():
+        iterator = iter(pipeline.make_dataset("train", batch_size, source=source, resolution=resolution))
+        rates[name] = _median_rate(functools.partial(next, iterator), batch_size, batches, repeats, warmup)
+    return rates
+
+
+def format_input_table(rates, batch_size, resolution, batches, repeats, warmup):
+    """The --input_pipeline table: one row per source."""
+    width = max([len("source")] + [len(name) for name in rates]) + 2
+    lines = [f"input pipeline: tfseg.data.make_dataset(\"train\") alone, batch {batch_size}, {resolution} px, "
+             f"median of {repeats} x {batches} batches after {warmup} untimed",
+             f"{'source':<{width}}{'images/s':>10}"]
+    lines += [f"{name:<{width}}{rate:>10.1f}" for name, rate in rates.items()]
+    return "\n".join(lines)
+
+
+def format_consumption_table(rows, slowest_input):
+    """Real images/s one training step consumes (batch x batches per step / step time) per stage,
+    beside the slowest input pipeline's images/s; "generated" marks stages that read no real image."""
+    lines = [f"\nwhat one training step consumes, beside the slowest input pipeline above "
+             f"({slowest_input:.1f} images/s):",
+             f"{'XLA':<6}{'stage':<12}{'s/step':>10}{'real img/s':>12}{'input / consumed':>18}"]
+    for jit, (stages, _, _) in rows.items():
+        for name, (train_rate, per_step, real_per_step) in stages.items():
+            seconds = per_step / train_rate
+            consumed = real_per_step / seconds
+            ratio = f"{slowest_input / consumed:.1f}x" if consumed else "generated"
+            lines.append(f"{'on' if jit else 'off':<6}{name:<12}{seconds:>10.2f}{consumed:>12.2f}{ratio:>18}")
+    return "\n".join(lines)
+
+
 def main(argv):
     del argv
     from tfseg import config  # pylint: disable=import-outside-toplevel
+    from tfseg.data import DataError  # pylint: disable=import-outside-toplevel
     from tfseg.training import strategy as strategy_lib, trainer  # pylint: disable=import-outside-toplevel
 
     try:
@@ -94,6 +192,22 @@ def main(argv):
     except config.ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    input_rates = {}
+    if FLAGS.input_pipeline:
+        try:
+            sources = input_sources(FLAGS.image_dir, FLAGS.lsun_lmdb, FLAGS.input_gin_source)
+            if not sources:
+                raise DataError("--input_pipeline needs a source: --image_dir, --lsun_lmdb or --input_gin_source.")
+            input_rates = input_pipeline_rates(sources, FLAGS.input_batch, FLAGS.input_resolution,
+                                               FLAGS.input_batches, FLAGS.input_repeats, FLAGS.input_warmup)
+        except DataError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print("\n" + format_input_table(input_rates, FLAGS.input_batch, FLAGS.input_resolution,
+                                        FLAGS.input_batches, FLAGS.input_repeats, FLAGS.input_warmup),
+              flush=True)
+        if not FLAGS.gin_file:
+            return 0
     train_config = trainer.TrainConfig()
     strategy = strategy_lib.make_strategy()
     rows = {}
@@ -105,13 +219,15 @@ def main(argv):
           f"median of {FLAGS.repeats} x {FLAGS.steps} steps")
     print(f"{'XLA':<6}{'stage':<12}{'train img/s':>14}{'train steps/s':>16}{'inference img/s':>18}")
     for jit, (stages, infer_rate, _) in rows.items():
-        for name, (train_rate, per_step) in stages.items():
+        for name, (train_rate, per_step, _) in stages.items():
             print(f"{'on' if jit else 'off':<6}{name:<12}{train_rate:>14.1f}"
                   f"{train_rate / per_step:>16.2f}{infer_rate:>18.1f}")
     if True in rows and False in rows:
         for name in rows[False][0]:
             print(f"XLA on / off, {name}: training x{rows[True][0][name][0] / rows[False][0][name][0]:.2f}")
         print(f"XLA on / off: inference x{rows[True][1] / rows[False][1]:.2f}")
+    if input_rates:
+        print(format_consumption_table(rows, min(input_rates.values())))
     if FLAGS.savedmodel:
         model = next(iter(rows.values()))[2]
         rates = measure_savedmodel(model, train_config)
@@ -123,4 +239,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(lambda argv: sys.exit(main(argv)))

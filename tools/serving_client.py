@@ -25,6 +25,7 @@ Standard library and pillow only (no TensorFlow), so it runs on any machine that
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import os
@@ -83,10 +84,27 @@ def build_request(images, signature_name=None, fmt="row"):
     return body
 
 
+class MalformedRow(Exception):
+    """One image's part of the answer cannot be read (e.g. bad base64); the other images are fine."""
+
+
 def _decode_value(value):
     if isinstance(value, dict) and set(value) == {"b64"}:
-        return base64.b64decode(value["b64"])
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except (ValueError, TypeError) as err:
+            raise MalformedRow(f"the answer's base64 cannot be decoded ({err})") from err
     return value
+
+
+def _decode_row(row):
+    """One image's outputs, decoded; a row that cannot be read becomes `{"_error": message}`."""
+    if not isinstance(row, dict):
+        return {"_error": f"the answer for this image is not an object: {str(row)[:100]}"}
+    try:
+        return {name: _decode_value(v) for name, v in row.items()}
+    except MalformedRow as err:
+        return {"_error": str(err)}
 
 
 def parse_response(body, count):
@@ -99,17 +117,20 @@ def parse_response(body, count):
     Returns:
         list of `count` dicts, e.g. `{"mask_png_bytes": b"\\x89PNG...", "foreground_fraction": 0.3, ...}`.
     """
+    if not isinstance(body, dict):
+        raise ServerError(200, f"the answer is not a JSON object: {str(body)[:200]}")
     if "error" in body:
         raise ServerError(200, body["error"])
-    if "predictions" in body:
-        rows = body["predictions"]
-        rows = [row if isinstance(row, dict) else {"output": row} for row in rows]
-        rows = [{name: _decode_value(v) for name, v in row.items()} for row in rows]
+    if "predictions" in body and isinstance(body["predictions"], list):
+        rows = [_decode_row(row) for row in body["predictions"]]
     elif "outputs" in body:
         outputs = body["outputs"]
         if not isinstance(outputs, dict):
-            outputs = {"output": outputs}
-        rows = [{name: _decode_value(values[i]) for name, values in outputs.items()} for i in range(count)]
+            raise ServerError(200, f"the answer's 'outputs' is not an object: {str(outputs)[:200]}")
+        try:
+            rows = [_decode_row({name: values[i] for name, values in outputs.items()}) for i in range(count)]
+        except (IndexError, TypeError, KeyError) as err:
+            raise ServerError(200, f"the answer's 'outputs' do not hold {count} images ({err})") from err
     else:
         raise ServerError(200, f"the answer has neither 'predictions' nor 'outputs': {str(body)[:200]}")
     if len(rows) != count:
@@ -157,11 +178,30 @@ class ServingClient:
         self.backoff = backoff
 
     def _post(self, body):
+        """POSTs `body`; the whole exchange, not each socket read, must end within `self.timeout`."""
         data = json.dumps(body).encode("utf-8")
         request = urllib.request.Request(self.url, data=data, method="POST",
                                          headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            return json.loads(response.read().decode("utf-8"))
+        deadline = time.monotonic() + self.timeout
+        chunks = []
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                while True:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"the answer took longer than --timeout={self.timeout:g} s")
+                    chunk = response.read1(65536)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                if response.length:  # the connection closed before Content-Length bytes came
+                    raise http.client.IncompleteRead(b"".join(chunks), response.length)
+        except http.client.IncompleteRead as err:
+            raise ServerError(200, f"the answer was cut short ({err})") from err
+        text = b"".join(chunks).decode("utf-8", "replace")
+        try:
+            return json.loads(text)
+        except ValueError as err:
+            raise ServerError(200, f"the answer is not JSON: {text[:200]!r}") from err
 
     def predict(self, images):
         """Segments a batch of image files; returns one output dict per image.
@@ -262,6 +302,17 @@ def segment_folder(client, images_dir, out_dir, batch_size=8, stream=None):
             # TF Serving fails the whole batch for one bad image: find it by sending each alone.
             return [result for item in items for result in send([item])]
 
+    try:
+        _send_all(files, images_dir, out_dir, batch_size, stems, send, report, written, fractions, stream)
+    finally:  # also when the server goes away mid-folder: what was received is kept
+        with open(os.path.join(out_dir, "predictions.json"), "w") as f:
+            json.dump({"server": client.url, "foreground_fraction": fractions, "errors": errors}, f, indent=2,
+                      sort_keys=True)
+    return {"written": written, "errors": errors, "foreground_fraction": fractions}
+
+
+def _send_all(files, images_dir, out_dir, batch_size, stems, send, report, written, fractions, stream):
+    """The batches of `segment_folder`: read, send, write each mask."""
     for start in range(0, len(files), batch_size):
         items = []
         for rel in files[start:start + batch_size]:
@@ -270,6 +321,9 @@ def segment_folder(client, images_dir, out_dir, batch_size=8, stream=None):
             except (OSError, ValueError) as err:
                 report(rel, str(err))
         for (rel, _), output in (send(items) if items else []):
+            if "_error" in output:
+                report(rel, output["_error"])
+                continue
             png = output.get("mask_png_bytes")
             if not isinstance(png, bytes):
                 report(rel, "the answer has no mask_png_bytes (is this a tfseg model?)")
@@ -279,13 +333,11 @@ def segment_folder(client, images_dir, out_dir, batch_size=8, stream=None):
             with open(target, "wb") as f:
                 f.write(png)
             written.append(rel)
-            if "foreground_fraction" in output:
+            try:
                 fractions[rel] = float(output["foreground_fraction"])
+            except (KeyError, TypeError, ValueError):
+                pass  # the mask is what matters; a missing or odd fraction is left out
         stream.write(f"{min(start + batch_size, len(files))}/{len(files)} images sent\n")
-    with open(os.path.join(out_dir, "predictions.json"), "w") as f:
-        json.dump({"server": client.url, "foreground_fraction": fractions, "errors": errors}, f, indent=2,
-                  sort_keys=True)
-    return {"written": written, "errors": errors, "foreground_fraction": fractions}
 
 
 # --------------------------------------------------------------------------------------------------

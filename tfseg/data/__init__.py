@@ -39,3 +39,5 @@ from tfseg.data import lsun
 from tfseg.data.lsun import lsun_source
 from tfseg.data import tfds_sources
 from tfseg.data.tfds_sources import tfds_source
+from tfseg.data import tfrecord
+from tfseg.data.tfrecord import tfrecord_source

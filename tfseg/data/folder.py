@@ -212,7 +212,7 @@ class _Loader:
 
 
 @gin.configurable(module="tfseg.data")
-def image_folder_source(split: str, resolution: int, image_dir: str = gin.REQUIRED, mask_dir: str | None = None,
+def image_folder_source(split: str, resolution: int, image_dir: str | None = None, mask_dir: str | None = None,
                         validation_fraction: float = 0.5, test_fraction: float = 0.5, split_seed: int = 0,
                         mask_format: str = "binary", mask_stem_replace: tuple[str, str] | None = None,
                         train_on_all_images: bool = True) -> tf.data.Dataset:

@@ -58,11 +58,11 @@ def _check_dir(lmdb_dir: str | None, category: str | None) -> str:
     if not os.path.isdir(lmdb_dir):
         raise DataError(f"LSUN lmdb_dir {lmdb_dir!r} does not exist. {how_to_get(category)}")
     if not os.path.isfile(os.path.join(lmdb_dir, DATA_FILE)):
-        inside = sorted(d for d in os.listdir(lmdb_dir)
+        inside = sorted(os.path.join(lmdb_dir, d) for d in os.listdir(lmdb_dir)
                         if os.path.isfile(os.path.join(lmdb_dir, d, DATA_FILE)))
-        hint = (f" Its sub-folder {os.path.join(lmdb_dir, inside[0])!r} holds one: set "
-                f"--gin_bindings=\"tfseg.data.lsun_source.lmdb_dir='{os.path.join(lmdb_dir, inside[0])}'\"."
-                if inside else f" {how_to_get(category)}")
+        hint = (f" Its sub-folder {inside[0]!r} holds one: set the binding "
+                f"--gin_bindings=\"tfseg.data.lsun_source.lmdb_dir='{inside[0]}'\"." if inside
+                else f" {how_to_get(category)}")
         raise DataError(f"LSUN lmdb_dir {lmdb_dir!r} holds no {DATA_FILE}, so it is not an unzipped LSUN "
                         f"archive.{hint}")
     return os.path.realpath(lmdb_dir)

@@ -1,4 +1,4 @@
-"""TensorFlow Datasets sources: CUB-200-2011 (with masks) and LSUN object categories (no masks).
+"""TensorFlow Datasets sources, e.g. CUB-200-2011 (with masks).
 
 tfseg never downloads inside a training run: `tfds_source` only reads data that was prepared
 beforehand and raises `DataError` at call time, with the preparation command, when it is missing.
@@ -10,9 +10,6 @@ Splits:
   *sizes* deterministically from those: validation = ``train[:788]``, test = ``test[:1000]``,
   train = ``train[788:] + test[1000:]`` (10,000 images). The membership differs from ReDO's file,
   so numbers are comparable to the paper's in protocol, not image for image.
-* ``lsun/<category>``: TFDS has a train split only, so validation and test are unavailable (no masks
-  exist anyway). PerturbGAN trains on the first 100k images of a category; bind
-  ``split_map = {"train": "train[:100000]"}`` for that (TFDS order is not the LMDB cursor order).
 """
 
 from __future__ import annotations
@@ -20,6 +17,7 @@ from __future__ import annotations
 import gin
 import tensorflow as tf
 
+from tfseg.data import lsun
 from tfseg.data.pipeline import DataError, SPLITS, SplitUnavailableError
 
 # TFDS split expressions per tfseg split; a data set not listed maps each split to its own name.
@@ -30,45 +28,33 @@ DEFAULT_SPLIT_MAPS = {
         "test": "test[:1000]",
     },
 }
-_LSUN_SPLIT_MAP = {"train": "train"}
 # Feature holding a ground-truth mask, and the threshold that binarises it (CUB masks are soft, 0..255;
 # METHODS.md section 6: binarised at > 0.5 after / 255).
 MASK_FEATURES = {"segmentation_mask": 127}
 
-_LSUN_DEMO_HINT = ("To run without LSUN, use gin_configs/demo_perturbgan.gin, which trains on the embedded "
-                   "procedural data (tfseg.data.procedural_source).")
 _DEMO_HINT = ("To run without this data set, bind tfseg.data.make_dataset.source = @tfseg.data.procedural_source "
               "(the embedded procedural data, with masks).")
 
 
 def _prepare_instructions(name: str, data_dir: str) -> str:
     """How to prepare `name` offline, as verified against the TFDS 4.9 builders."""
-    if name.startswith("lsun/"):
-        category = name.split("/", 1)[1]
-        return (
-            f"TFDS cannot fetch LSUN during training. Download the LSUN object archive {category}.zip (the URL "
-            f"TFDS registers is http://dl.yf.io/lsun/objects/{category}.zip) into a folder MANUAL_DIR, then run "
-            f"once:\n"
-            f"    pip install tensorflow-io   # the TFDS LSUN builder reads LMDB through it\n"
-            f"    tfds build {name} --data_dir={data_dir} --manual_dir=MANUAL_DIR\n"
-            f"(TFDS uses a file in --manual_dir whose name matches the registered URL, {category}.zip, "
-            f"instead of downloading it.)")
     return (f"Prepare it once with network access:\n    tfds build {name} --data_dir={data_dir}\n"
             f"or copy an already prepared {name} folder into {data_dir}.")
 
 
 @gin.configurable(module="tfseg.data")
-def tfds_source(split: str, resolution: int, name: str = gin.REQUIRED, data_dir: str | None = None,
+def tfds_source(split: str, resolution: int, name: str | None = None, data_dir: str | None = None,
                 split_map: dict[str, str] | None = None) -> tf.data.Dataset:
     """Examples of a prepared TFDS data set, mapped to tfseg's `{"image", "mask"}` dicts.
 
     Args:
         split: "train", "validation" or "test".
         resolution: unused (images are resized by `make_dataset`); part of the source signature.
-        name: TFDS name, e.g. "caltech_birds2011" or "lsun/horse".
+        name: TFDS name, e.g. "caltech_birds2011". None (not gin.REQUIRED, whose error names no fix)
+            raises DataError.
         data_dir: TFDS data folder; None means TFDS's default (`~/tensorflow_datasets` or `$TFDS_DATA_DIR`).
         split_map: tfseg split -> TFDS split expression (slicing and "+" allowed). Defaults to
-            `DEFAULT_SPLIT_MAPS[name]`, `{"train": "train"}` for LSUN, else the identity.
+            `DEFAULT_SPLIT_MAPS[name]`, else the identity.
 
     Returns:
         Unbatched `{"image": uint8 [h, w, 3]}`, plus `"mask": uint8 [h, w, 1] in {0, 1}` when the data set
@@ -77,25 +63,29 @@ def tfds_source(split: str, resolution: int, name: str = gin.REQUIRED, data_dir:
 
     Raises:
         DataError: at call time when `name` is unknown or its data are not prepared in `data_dir` (with
-            instructions), or the split expression is invalid. `SplitUnavailableError` when `split_map`
-            has no entry for `split`.
+            instructions), or the split expression is invalid; for "lsun/..." names, pointing to
+            `tfseg.data.lsun_source` (TFDS's LSUN builder needs tensorflow-io, which does not load).
+            `SplitUnavailableError` when `split_map` has no entry for `split`.
     """
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # Heavy; only this source needs it.
-
     del resolution  # Resizing happens in make_dataset.
     if split not in SPLITS:
         raise DataError(f"Unknown split {split!r}; expected one of {SPLITS}.")
-    if not name or name is gin.REQUIRED:
+    if not name:
         raise DataError("tfds_source needs a data set name. Set the gin binding tfseg.data.tfds_source.name, "
-                        "e.g. 'caltech_birds2011' or 'lsun/horse'.")
+                        "e.g. 'caltech_birds2011'.")
+    if name.startswith("lsun/"):
+        category = name.split("/", 1)[1]
+        raise DataError(f"tfds_source cannot read {name!r} (TFDS's LSUN builder needs tensorflow-io, which does not "
+                        f"load here). Bind tfseg.data.make_dataset.source = @tfseg.data.lsun_source instead, as "
+                        f"gin_configs/lsun_horse.gin does. {lsun.how_to_get(category)}")
     if split_map is None:
-        split_map = DEFAULT_SPLIT_MAPS.get(name, _LSUN_SPLIT_MAP if name.startswith("lsun/") else
-                                           {s: s for s in SPLITS})
+        split_map = DEFAULT_SPLIT_MAPS.get(name, {s: s for s in SPLITS})
     if split not in split_map:
         raise SplitUnavailableError(
             f"TFDS data set {name!r} has no tfseg split {split!r} (split_map={dict(split_map)}). Add it to the gin "
             f"binding tfseg.data.tfds_source.split_map, e.g. {{'{split}': 'train[:5%]'}}.")
 
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # Heavy; only this source needs it.
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # pylint: disable=broad-except  # TFDS raises several types for unknown names.
@@ -106,9 +96,8 @@ def tfds_source(split: str, resolution: int, name: str = gin.REQUIRED, data_dir:
     except AssertionError as e:
         # TFDS's "could not find data in <data_dir>": the builder exists but was never prepared.
         root = str(builder.data_dir_root)
-        hint = _LSUN_DEMO_HINT if name.startswith("lsun/") else _DEMO_HINT
         raise DataError(f"TFDS data set {name!r} is not prepared in data_dir '{root}' (set with "
-                        f"tfseg.data.tfds_source.data_dir). {_prepare_instructions(name, root)}\n{hint}") from e
+                        f"tfseg.data.tfds_source.data_dir). {_prepare_instructions(name, root)}\n{_DEMO_HINT}") from e
     except (ValueError, KeyError) as e:
         raise DataError(f"TFDS split expression {split_map[split]!r} for {name!r} is invalid: {e}. Fix the gin "
                         "binding tfseg.data.tfds_source.split_map.") from e

@@ -45,8 +45,10 @@ METADATA_FILE = "tfseg_export.json"
 CONFIG_FILE = "config.gin"
 #: Binarisation threshold of `foreground_fraction` (the evaluation protocol's).
 THRESHOLD = 0.5
-#: Largest decoded image accepted: bigger ones would cost GBs in the resize and the mask PNG.
-MAX_PIXELS = 40_000_000
+#: Largest decoded image accepted (4096 x 4096): an 8000 x 5000 photo cost 2.9 GB in the decode, the resize
+#: and the full-size mask PNG. `tfseg.predict` shrinks bigger photos before sending them; TF Serving
+#: clients must resize them.
+MAX_PIXELS = 4096 * 4096
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"

@@ -144,20 +144,44 @@ def is_jpeg_or_png(data):
     return data.startswith(b"\x89PNG\r\n\x1a\n") or data.startswith(b"\xff\xd8\xff")
 
 
-def read_image_bytes(path):
-    """The bytes to send for the file at `path`: the file itself if JPEG or PNG, else a PNG of it.
+#: Side to which `read_image_bytes` shrinks a photo of more than `export_module.MAX_PIXELS` pixels.
+REDUCED_SIDE = 4096
+
+
+def read_image_bytes(path, max_pixels=None, reduced=None):
+    """The bytes to send for the file at `path`: the file itself if a JPEG or PNG of at most `max_pixels`
+    pixels (default: the export's limit), else a PNG made of it, shrunk to at most `REDUCED_SIDE` px.
+
+    A large photo is read at reduced scale where the format allows (JPEG's DCT scaling), so an
+    8000 x 5000 px file costs tens, not thousands, of MB. When `reduced` (a dict) is given, a shrunk
+    file's new size is recorded there.
 
     Raises:
         UnreadableImage: empty, or neither JPEG/PNG nor a format pillow reads.
     """
+    max_pixels = export_module.MAX_PIXELS if max_pixels is None else max_pixels
     with open(path, "rb") as f:
         data = f.read()
     if not data:
         raise UnreadableImage("empty file")
     if is_jpeg_or_png(data):
-        return data
+        try:
+            size = Image.open(io.BytesIO(data)).size  # reads the header only
+        except Exception:  # pylint: disable=broad-except  # the export's own checks name what is wrong
+            return data
+        if size[0] * size[1] <= max_pixels:
+            return data
     try:
         image = Image.open(io.BytesIO(data))
+        too_big = image.size[0] * image.size[1] > max_pixels
+        if too_big:
+            scale = min(REDUCED_SIDE / max(image.size), (max_pixels / (image.size[0] * image.size[1])) ** 0.5)
+            target = (max(1, int(image.size[0] * scale)), max(1, int(image.size[1] * scale)))
+            image.draft("RGB", target)  # JPEG: decode at 1/2, 1/4 or 1/8 scale directly
+            image = image.convert("RGB")
+            image.thumbnail(target, Image.BILINEAR)
+            if reduced is not None:
+                reduced[path] = f"shrunk to {image.size[0]} x {image.size[1]} px (more than {max_pixels:,} pixels)"
         image.load()
         buffer = io.BytesIO()
         image.convert("RGB").save(buffer, format="PNG")
@@ -192,6 +216,12 @@ def error_text(err, with_index=True):
         end = message.find("]", start + 19) if end < 0 else end
         text = message[start + len("assertion failed: ["):end]
         return text if with_index else re.sub(r"^image_bytes\[\d+\]", "the file", text)
+    if "Detected at node" in message:
+        # In-process graph errors carry the Python stack of the node first; the op's own message is
+        # the last line before the "[[{{node ...}}]]" tag.
+        head = message.split("[[{{node")[0].strip().splitlines()
+        if head:
+            return head[-1].strip().split(" [Op:")[0]
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     useful = [line for line in lines if not line.startswith(("Graph execution error", "Detected at node", "<stack",
                                                              "[[{{"))]
@@ -292,7 +322,7 @@ def predict_folder(segment, images_dir, out_dir, batch_size=16, sheet_rows=64, t
     names = output_names(files)
     os.makedirs(out_dir, exist_ok=True)
     bar = ProgressBar(len(files), stream)
-    written, skipped, fractions, sheet = [], {}, {}, []
+    written, skipped, fractions, sheet, reduced = [], {}, {}, [], {}
 
     def skip(rel, reason):
         skipped[rel] = reason
@@ -314,7 +344,10 @@ def predict_folder(segment, images_dir, out_dir, batch_size=16, sheet_rows=64, t
         items = []
         for rel, stem in zip(files[start:start + batch_size], names[start:start + batch_size]):
             try:
-                items.append((rel, stem, read_image_bytes(os.path.join(images_dir, rel))))
+                path = os.path.join(images_dir, rel)
+                items.append((rel, stem, read_image_bytes(path, reduced=reduced)))
+                if path in reduced:
+                    bar.message(f"{path}: {reduced[path]}; its outputs have that size")
             except (UnreadableImage, OSError) as err:
                 skip(rel, str(err))
         for (rel, stem, data), out in (run(items) if items else []):
@@ -336,10 +369,10 @@ def predict_folder(segment, images_dir, out_dir, batch_size=16, sheet_rows=64, t
         picture = grids.labelled_grid(columns, ["image", "mask", "overlay", "cut-out"], names, cell=thumb)
         sheet_path = grids.save_png(picture, os.path.join(out_dir, "contact_sheet.png"))
     summary = {"written": written, "skipped": skipped, "foreground_fraction": fractions,
-               "contact_sheet": sheet_path}
+               "contact_sheet": sheet_path, "shrunk": reduced}
     with open(os.path.join(out_dir, "predictions.json"), "w") as f:
         json.dump({"images_dir": os.path.abspath(images_dir), "foreground_fraction": fractions,
-                   "skipped": skipped}, f, indent=2, sort_keys=True)
+                   "skipped": skipped, "shrunk": reduced}, f, indent=2, sort_keys=True)
     return summary
 
 

@@ -22,6 +22,13 @@ class Progress:
         self.last_time = self.start_time
         self.last_step = start_step
         self.images_per_second = 0.0
+        self.timed_from = None  # (time, step) after the first, traced, step
+
+    def first_step_done(self, step):
+        """Starts the clocks after the first step, whose tracing would skew the rate and the ETA."""
+        now = time.time()
+        self.timed_from = (now, step)
+        self.last_time, self.last_step = now, step
 
     def update(self, step, values):
         """Reports progress at `step` with a dict of scalar `values`; returns images/s since last call."""
@@ -30,11 +37,16 @@ class Progress:
         if steps > 0 and now > self.last_time:
             self.images_per_second = steps * self.images_per_step / (now - self.last_time)
         self.last_time, self.last_step = now, step
-        rate = self.images_per_second / self.images_per_step if self.images_per_second else 0
-        eta = (self.total - step) / rate if rate else 0
+        # The ETA covers every remaining step of every stage, at the average pace since the first step
+        # (evaluations and checkpoints included, so it is the wall clock a person waits).
+        if self.timed_from and step > self.timed_from[1]:
+            seconds_per_step = (now - self.timed_from[0]) / (step - self.timed_from[1])
+            eta = _duration((self.total - step) * seconds_per_step)
+        else:
+            eta = "?"
         shown = " ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in values.items())
         line = (f"step {step}/{self.total} | {shown} | {self.images_per_second:.1f} img/s | "
-                f"{_duration(now - self.start_time)} elapsed | ETA {_duration(eta)}")
+                f"{_duration(now - self.start_time)} elapsed | ETA {eta}")
         if self.tty:
             self.stream.write("\r" + line[:200].ljust(120))
         else:

@@ -18,7 +18,8 @@ from absl import logging
 from tfseg.config import ConfigError
 from tfseg.data import decode, pipeline
 from tfseg.evaluation import evaluator, grids, metrics
-from tfseg.training import checkpointing, progress, strategy as strategy_lib
+from tfseg.training import checkpointing, nonfinite, progress, run_dir, signals
+from tfseg.training import strategy as strategy_lib
 
 CONFIG_FILE = "config.gin"
 #: Written into model_dir whenever the foreground region is chosen: which region, by what rule, why.
@@ -48,6 +49,12 @@ class TrainConfig:
         max_restarts: give up restarting after this many.
         keep_checkpoints: how many recent checkpoints to keep.
         seed: seeds weights, codes and data order.
+        skip_nonfinite: undo a step whose losses or gradients are not finite (keeps a copy of every
+            variable; see `tfseg.training.nonfinite`).
+        max_nonfinite_steps: that many non-finite steps in a row restore the last checkpoint.
+        max_nonfinite_restores: past that many such restores the run stops with an error.
+        exact_resume: on resume, advance the data stream past the batches already trained on, so a
+            resumed run ends with the weights of an uninterrupted one (costs one pass of reading).
         foreground_region: which output region is the object; None chooses it: on a labelled
             validation split by fg IoU, else region 0 for methods whose mask layer is the object
             by construction (PerturbGAN, Labels4Free), else (ReDO) the region that touches the
@@ -58,7 +65,8 @@ class TrainConfig:
                  num_steps=None, stage_steps=None, log_every=50, eval_every=500, checkpoint_every=500,
                  eval_examples=512, eval_batch_size=64, jit_compile="auto",
                  collapse_threshold=0.1, collapse_before_step=7000, max_restarts=5,
-                 keep_checkpoints=3, seed=0, foreground_region=None):
+                 keep_checkpoints=3, seed=0, skip_nonfinite=True, max_nonfinite_steps=10,
+                 max_nonfinite_restores=2, exact_resume=True, foreground_region=None):
         self.method = method
         self.resolution = resolution
         self.batch_size = batch_size
@@ -75,7 +83,44 @@ class TrainConfig:
         self.max_restarts = max_restarts
         self.keep_checkpoints = keep_checkpoints
         self.seed = seed
+        self.skip_nonfinite = skip_nonfinite
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.max_nonfinite_restores = max_nonfinite_restores
+        self.exact_resume = exact_resume
         self.foreground_region = foreground_region
+        self.validate()
+
+    def validate(self):
+        """Raises ConfigError naming the binding for a value that cannot work (before any network)."""
+        def check(name, ok, wanted):
+            value = getattr(self, name)
+            if value is gin.REQUIRED:
+                raise ConfigError(f"tfseg.training.TrainConfig.{name} is not set: bind it to {wanted}.")
+            try:
+                good = ok(value)
+            except TypeError:
+                good = False
+            if not good:
+                raise ConfigError(f"tfseg.training.TrainConfig.{name} = {value!r}: must be {wanted}.")
+
+        def whole(low, none_ok=False):
+            return lambda v: (v is None and none_ok) or (
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low)
+
+        check("resolution", whole(4), "a whole number of pixels >= 4")
+        check("batch_size", whole(1), "a whole number >= 1")
+        check("num_steps", whole(0, none_ok=True), "a whole number >= 0, or None with stage_steps")
+        for name in ("log_every", "eval_every", "checkpoint_every", "eval_batch_size", "keep_checkpoints",
+                     "max_nonfinite_steps"):
+            check(name, whole(1), "a whole number >= 1")
+        for name in ("max_restarts", "max_nonfinite_restores", "collapse_before_step", "seed"):
+            check(name, whole(0), "a whole number >= 0")
+        check("eval_examples", whole(1, none_ok=True), "a whole number >= 1, or None for all")
+        check("collapse_threshold", lambda v: not isinstance(v, bool) and 0 <= float(v) <= 1,
+              "a number in [0, 1]")
+        check("stage_steps", lambda v: all(whole(0)(n) for n in v.values()),
+              "a dict of stage name -> whole number of steps >= 0")
+        check("foreground_region", whole(0, none_ok=True), "None (chosen for you) or a region index >= 0")
 
 
 def stage_schedule(model, config):
@@ -106,12 +151,14 @@ def stage_schedule(model, config):
     return schedule
 
 
-def make_train_step(model, strategy, jit_compile, phases=None, batches_per_step=None):
+def make_train_step(model, strategy, jit_compile, phases=None, batches_per_step=None, guard=None):
     """A `tf.function(iterator, step) -> metrics` running every phase of `model` (or `phases`) once.
 
     Each phase's gradient function is compiled per replica (with XLA if `jit_compile`); the
     optimizer update runs outside XLA, in the replica context, where Keras all-reduces the
-    gradients. Metrics are per-example values gathered from all replicas.
+    gradients. Metrics are per-example values gathered from all replicas, plus
+    `nonfinite.FINITE_METRIC`. With a `nonfinite.Guard`, a step with any non-finite loss or gradient
+    is undone after it ran.
     """
     phases = tuple(model.phases if phases is None else phases)
     batches_per_step = model.batches_per_step if batches_per_step is None else batches_per_step
@@ -124,15 +171,24 @@ def make_train_step(model, strategy, jit_compile, phases=None, batches_per_step=
     @tf.function
     def train_step(iterator, step):
         batches = tuple(next(iterator) for _ in range(batches_per_step))
-        out = {}
+        out, finite = {}, []
         for phase in phases:
             def replica_fn(batches, step, phase=phase):
                 phase_metrics, grads = gradient_fns[phase](batches, step)
                 model.apply_phase(phase, grads)
-                return phase_metrics
+                ok = nonfinite.all_finite(phase_metrics, grads)
+                return {**phase_metrics, nonfinite.FINITE_METRIC: nonfinite.finite_metric(phase_metrics, ok)}
             per_replica = strategy.run(replica_fn, args=(batches, step))
             for name, value in per_replica.items():
-                out[name] = strategy.gather(value, axis=0)
+                gathered = strategy.gather(value, axis=0)
+                if name == nonfinite.FINITE_METRIC:
+                    finite.append(tf.reduce_all(gathered > 0.5))
+                else:
+                    out[name] = gathered
+        step_finite = tf.reduce_all(tf.stack(finite))
+        if guard is not None:
+            guard.keep_or_revert(step_finite)
+        out[nonfinite.FINITE_METRIC] = step_finite
         return out
 
     return train_step
@@ -143,10 +199,17 @@ def build_method(config, restarts=0):
     return config.method(resolution=config.resolution, seed=config.seed + 1000 * restarts)
 
 
-def _training_dataset(config, strategy):
-    dataset = pipeline.make_dataset("train", config.batch_size, resolution=config.resolution)
+def _image_only(example):
+    return {"image": example["image"]}
+
+
+def _training_dataset(config, strategy, skip_batches=0):
+    """The distributed training stream, seeded by the run's seed, `skip_batches` batches in."""
+    dataset = pipeline.make_dataset("train", config.batch_size, resolution=config.resolution, seed=config.seed)
     # Training never sees a label, even where the data set has them.
-    dataset = dataset.map(lambda example: {"image": example["image"]})
+    dataset = dataset.map(_image_only)
+    if skip_batches:
+        dataset = dataset.skip(skip_batches)
     return iter(strategy.experimental_distribute_dataset(dataset))
 
 
@@ -177,6 +240,10 @@ class Trainer:
             self.checkpoint = checkpointing.make_checkpoint(self.model, self.state)
             if self.config.foreground_region is not None:
                 self.model.foreground_region.assign(self.config.foreground_region)
+            self.guard = None
+            if self.config.skip_nonfinite:
+                optimizer_variables = [v for o in self.model.optimizers_by_name().values() for v in o.variables]
+                self.guard = nonfinite.Guard(list(self.model.variables) + optimizer_variables)
         self.latest, self.best = checkpointing.managers(self.checkpoint, self.model_dir,
                                                         self.config.keep_checkpoints)
         self.schedule = stage_schedule(self.model, self.config)
@@ -198,12 +265,22 @@ class Trainer:
         self.stage = stage
         self.model.begin_stage(stage.name)
         self._compile_step()
-        if display is not None and len(self.schedule) > 1:
-            display.message(f"stage '{stage.name}': steps {start + 1}-{end} of {self.total_steps}")
+        if display is not None:
+            self._stage_header(display)
+
+    def _stage_header(self, display):
+        stage, start, end = self._stage_at(int(self.state.step.numpy()))
+        number = [s for s, _, _ in self.schedule].index(stage) + 1
+        display.message(f"stage {number}/{len(self.schedule)} '{stage.name}': steps {start + 1}-{end} "
+                        f"of {self.total_steps}")
 
     def _compile_step(self):
         self.train_step = make_train_step(self.model, self.strategy, self.jit, self.stage.phases,
-                                          self.stage.batches_per_step)
+                                          self.stage.batches_per_step, self.guard)
+
+    def _batches_before(self, step):
+        """Real batches the stream delivered before `step` (stages consume different numbers)."""
+        return sum(stage.batches_per_step * max(0, min(step, end) - start) for stage, start, end in self.schedule)
 
     # -- the loop -------------------------------------------------------------------------------
     def train(self, restarts=None):
@@ -212,56 +289,126 @@ class Trainer:
         Args:
             restarts: None resumes with the restart count of the last checkpoint; a number starts
                 a fresh run seeded for that restart (after a collapse).
+
+        Raises:
+            signals.Stopped: SIGTERM or SIGINT arrived; a checkpoint of the last whole step was written.
+            nonfinite.Diverged: the losses stayed non-finite after `max_nonfinite_restores` restores.
         """
         cfg = self.config
+        say = (lambda text: (self.stream or sys.stdout).write(text + "\n"))
         if self.data_info is None:
             self.data_info = pipeline.validate_data_config()
-            (self.stream or sys.stdout).write(pipeline.format_data_summary(self.data_info) + "\n")
+            say(pipeline.format_data_summary(self.data_info))
         self.labelled = {split: info.available and info.has_masks for split, info in self.data_info.items()}
+        for path in run_dir.remove_partial_checkpoints(self.model_dir):
+            say(f"removed a half-written checkpoint: {path}")
+        say("building the networks and tracing the training step (the first step takes longer) ...")
         self._build(self._saved_restarts() if restarts is None else restarts)
-        resumed = self.latest.restore_or_initialize()
-        if resumed:
-            checkpointing.restore(self.checkpoint, resumed)
-            if cfg.foreground_region is not None:  # the binding wins over a stored choice
-                self.model.foreground_region.assign(cfg.foreground_region)
-        elif restarts:
+        resumed = self._restore_latest(say)
+        if resumed and cfg.foreground_region is not None:  # the binding wins over a stored choice
+            self.model.foreground_region.assign(cfg.foreground_region)
+        if not resumed and restarts:
             # Persist the restart count at once, so a crash now still resumes with the new seed.
             self.latest.save(checkpoint_number=0)
+        if self.guard is not None:
+            self.guard.sync()
         step = int(self.state.step.numpy())
         display = progress.Progress(self.total_steps, step,
                                     cfg.batch_size * max(1, self.model.batches_per_step), self.stream)
+        if resumed and step >= self.total_steps:
+            display.message(f"already finished: {resumed} is at step {step} of {self.total_steps}; "
+                            "scoring it again (raise the step budget to train more)")
+            return self.final_evaluation(display)
         if resumed:
             display.message(f"resumed from {resumed} at step {step}")
+        self._enter_stage(step)
+        self._stage_header(display)
         with self.writers["train"].as_default(step=step):
             # Indented: TensorBoard renders text summaries as Markdown.
             tf.summary.text("config", "\n".join("    " + line for line in gin.config_str().splitlines()))
-        iterator = _training_dataset(cfg, self.strategy)
-        last_metrics = None
-        try:
+        skip = self._batches_before(step) if (resumed and cfg.exact_resume) else 0
+        if skip:
+            display.message(f"advancing the data stream past the {skip} batches already trained on "
+                            "(exact resume; tfseg.training.TrainConfig.exact_resume = False skips this)")
+        iterator = _training_dataset(cfg, self.strategy, skip)
+        last_metrics, self.nonfinite_total, in_a_row, restores = None, 0, 0, 0
+        with signals.StopRequests() as stop:
             while step < self.total_steps:
                 self._enter_stage(step, display)
                 values = self.train_step(iterator, self.state.step)
+                finite = bool(values.pop(nonfinite.FINITE_METRIC).numpy())
                 self.state.step.assign_add(1)
                 step += 1
+                if display.timed_from is None:
+                    display.first_step_done(step)
+                if not finite:
+                    self.nonfinite_total += 1
+                    in_a_row += 1
+                    if in_a_row >= cfg.max_nonfinite_steps:
+                        restores += 1
+                        in_a_row = 0
+                        step = self._recover_from_nonfinite(restores, display)
+                        continue
+                else:
+                    in_a_row = 0
                 stage_end = self._stage_at(step - 1)[2] == step
                 if step % cfg.log_every == 0 or stage_end:
                     last_metrics = self._log(step, values, display)
-                if step % cfg.eval_every == 0 or stage_end:
+                if (step % cfg.eval_every == 0 or stage_end) and in_a_row == 0:
                     if self._validate(step, last_metrics, display):
                         # Collapsed: a fresh run, reseeded.
                         return self.train(restarts=int(self.state.restarts.numpy()) + 1)
-                if step % cfg.checkpoint_every == 0 or stage_end:
+                if step % cfg.checkpoint_every == 0 or stage_end or stop.signum:
                     self.latest.save(checkpoint_number=step)
-        except KeyboardInterrupt:
-            self.latest.save(checkpoint_number=step)
-            display.message(f"interrupted: checkpoint written at step {step}; run the same "
-                            "command again to resume")
-            raise
+                if stop.signum:
+                    message = (f"stopped by {stop.name} at step {step}: checkpoint written; run the same "
+                               "command again to resume")
+                    display.message(message)
+                    raise signals.Stopped(stop.signum, message)
         if self.latest.latest_checkpoint is None or not self.latest.latest_checkpoint.endswith(f"-{step}"):
             self.latest.save(checkpoint_number=step)
         display.message(f"skipped as unreadable: {decode.skipped_count()} file(s)"
                         + (f", e.g.\n{decode.first_skipped(3)}" if decode.skipped_count() else ""))
+        if self.nonfinite_total:
+            display.message(f"{self.nonfinite_total} step(s) had non-finite losses and were undone")
         return self.final_evaluation(display)
+
+    def _restore_latest(self, say):
+        """Restores the newest readable checkpoint (falling back past corrupt ones); its path or None."""
+        candidates = list(reversed(self.latest.checkpoints))
+        for i, path in enumerate(candidates):
+            try:
+                checkpointing.restore(self.checkpoint, path)
+            except Exception as err:  # pylint: disable=broad-except  # truncated, missing or corrupt files
+                following = candidates[i + 1] if i + 1 < len(candidates) else None
+                say(f"checkpoint {path} is unreadable ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                    + (f"falling back to {following}" if following else "no older checkpoint: starting afresh"))
+                continue
+            return path
+        if candidates:  # every checkpoint failed: start from the freshly built weights
+            self._build(int(self.state.restarts.numpy()))
+        return None
+
+    def _recover_from_nonfinite(self, restores, display):
+        """Restores the last checkpoint after too many non-finite steps in a row; returns its step."""
+        cfg = self.config
+        if restores > cfg.max_nonfinite_restores:
+            raise nonfinite.Diverged(
+                f"the losses stayed non-finite: {cfg.max_nonfinite_steps} steps in a row, even after "
+                f"{cfg.max_nonfinite_restores} restore(s) of the last checkpoint. Lower the learning rates "
+                "(e.g. tfseg.methods.<method>.learning_rate) and run the same command again; the checkpoints "
+                "kept are finite.")
+        path = self.latest.latest_checkpoint
+        if path:
+            checkpointing.restore(self.checkpoint, path)
+        if self.guard is not None:
+            self.guard.sync()
+        step = int(self.state.step.numpy())
+        display.message(f"{cfg.max_nonfinite_steps} non-finite steps in a row: restored {path or 'the initial weights'} "
+                        f"(step {step}), restore {restores} of at most {cfg.max_nonfinite_restores}")
+        with self.writers["train"].as_default(step=step):
+            tf.summary.scalar("health/nonfinite_restores", restores)
+        return step
 
     def _saved_restarts(self):
         path = tf.train.latest_checkpoint(os.path.join(self.model_dir, "checkpoints"))
@@ -279,6 +426,7 @@ class Trainer:
             for name, value in scalars.items():
                 tf.summary.scalar(name, value)
             tf.summary.scalar("perf/images_per_second", rate)
+            tf.summary.scalar("health/nonfinite_steps", getattr(self, "nonfinite_total", 0))
             for name, optimizer in self.model.optimizers_by_name().items():
                 tf.summary.scalar(f"learning_rate/{name}", float(optimizer.learning_rate.numpy()))
         return scalars
@@ -312,7 +460,7 @@ class Trainer:
         self._image_summaries(step, sample["image"][:8])
         display.message(f"step {step}: validation fg IoU {score:.3f}  mIoU {results['miou']:.3f}  "
                         f"acc {results['accuracy']:.3f}  (region {results['foreground_region']})")
-        if score > float(self.state.best_score.numpy()):
+        if np.isfinite(score) and score > float(self.state.best_score.numpy()):
             self.state.best_score.assign(score)
             self.best.save(checkpoint_number=step)
         return self._collapsed(step, results, last_metrics, display)
@@ -360,7 +508,7 @@ class Trainer:
         if not cfg.collapse_threshold or step > cfg.collapse_before_step or last_metrics is None:
             return False
         train_smaller = last_metrics.get("mask/smaller_region")
-        if train_smaller is None:
+        if train_smaller is None or not np.isfinite(train_smaller):
             return False
         coverage = results.get("prediction_coverage")  # absent without a labelled validation split
         val_smaller = min(coverage, 1 - coverage) if coverage is not None else train_smaller

@@ -1,0 +1,173 @@
+"""Nothing lost, nothing silent: signals, exact resume, the run lock, non-finite steps, corrupt
+checkpoints, a config that does not fit its model_dir, and bad numbers in bindings."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfseg.training import nonfinite, run_dir
+from test_training import REPO, run_train
+
+SMOKE = [f"--gin_file={REPO}/gin_configs/demo.gin", "--smoke",
+         "--gin_bindings=tfseg.training.TrainConfig.log_every=1",
+         "--gin_bindings=tfseg.training.TrainConfig.eval_every=1000",
+         "--gin_bindings=tfseg.training.TrainConfig.checkpoint_every=1000"]
+
+
+def _checkpoint_values(path):
+    reader = tf.train.load_checkpoint(path)
+    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
+            if key.startswith("model/") and "OPTIMIZER_SLOT" not in key}
+
+
+def _train_and_signal(model_dir, steps, signum, after_step):
+    """Runs the smoke config for `steps` in a subprocess and sends `signum` once `after_step` is logged."""
+    args = [sys.executable, "-m", "tfseg.train", *SMOKE, f"--model_dir={model_dir}",
+            f"--gin_bindings=tfseg.training.TrainConfig.num_steps={steps}"]
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith(f"step {after_step}/"):
+            process.send_signal(signum)
+            break
+    out, err = process.communicate(timeout=300)
+    return process.returncode, "".join(lines) + out, err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_writes_a_consistent_checkpoint_and_exits_with_the_conventional_status(tmp_path, signum):
+    code, out, err = _train_and_signal(str(tmp_path / "run"), 200, signum, after_step=3)
+    assert code == 128 + signum, err[-2000:]
+    assert "Traceback" not in err
+    stopped = [line for line in out.splitlines() if line.startswith("stopped by")]
+    assert len(stopped) == 1 and signal.Signals(signum).name in stopped[0]
+    step = int(stopped[0].split("at step ")[1].split(":")[0])
+    assert 3 <= step < 200
+    path = tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints"))
+    assert path.endswith(f"ckpt-{step}")
+    reader = tf.train.load_checkpoint(path)
+    assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == step
+    iterations = [reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if k.endswith("_iterations/"
+                                                                                                  ".ATTRIBUTES/VARIABLE_VALUE")]
+    assert iterations and all(i == step for i in iterations)  # every optimizer agrees with the step
+
+
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    straight = str(tmp_path / "straight")
+    assert run_train(*SMOKE, f"--model_dir={straight}", "--gin_bindings=tfseg.training.TrainConfig.num_steps=12") == 0
+    resumed = str(tmp_path / "resumed")
+    code, _, err = _train_and_signal(resumed, 12, signal.SIGINT, after_step=4)
+    assert code == 130, err[-2000:]
+    assert run_train(*SMOKE, f"--model_dir={resumed}", "--gin_bindings=tfseg.training.TrainConfig.num_steps=12") == 0
+    a = _checkpoint_values(tf.train.latest_checkpoint(os.path.join(straight, "checkpoints")))
+    b = _checkpoint_values(tf.train.latest_checkpoint(os.path.join(resumed, "checkpoints")))
+    assert a.keys() == b.keys() and len(a) > 10
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_a_second_run_on_a_busy_model_dir_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys):
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    lock = model_dir / run_dir.LOCK_FILE
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "started": "earlier"}))
+        assert run_train(*SMOKE, f"--model_dir={model_dir}") == 2
+        err = capsys.readouterr().err
+        assert f"in use by process {holder.pid}" in err and "Traceback" not in err
+        assert not (model_dir / "checkpoints").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_train(*SMOKE, f"--model_dir={model_dir}") == 0  # the holder is gone: stale
+    assert f"taking over the lock of {model_dir}: process {holder.pid}" in capsys.readouterr().out
+    assert not lock.exists()  # released at the end
+
+
+def test_guard_reverts_every_variable_after_a_non_finite_step():
+    a, b = tf.Variable([1.0, 2.0]), tf.Variable(3.0)
+    guard = nonfinite.Guard([a, b])
+    a.assign([5.0, np.nan])
+    b.assign(4.0)
+    guard.keep_or_revert(tf.constant(False))
+    np.testing.assert_array_equal(a.numpy(), [1.0, 2.0])
+    assert b.numpy() == 3.0
+    b.assign(7.0)
+    guard.keep_or_revert(tf.constant(True))
+    assert b.numpy() == 7.0 and guard.shadows[1].numpy() == 7.0
+    assert nonfinite.all_finite({"loss": tf.constant([1.0, np.inf])}, []).numpy() == False  # noqa: E712
+    assert nonfinite.all_finite({"loss": tf.constant([1.0])}, [tf.constant([np.nan])]).numpy() == False  # noqa: E712
+
+
+def test_non_finite_losses_are_undone_restored_then_stop_the_run_with_finite_checkpoints(tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    code = run_train(*SMOKE, f"--model_dir={model_dir}", "--gin_bindings=tfseg.training.TrainConfig.num_steps=40",
+                     "--gin_bindings=tfseg.training.TrainConfig.checkpoint_every=1",
+                     "--gin_bindings=tfseg.methods.redo.learning_rate=1e30",
+                     "--gin_bindings=tfseg.methods.redo.mask_learning_rate=1e30",
+                     "--gin_bindings=tfseg.training.TrainConfig.max_nonfinite_steps=3",
+                     "--gin_bindings=tfseg.training.TrainConfig.max_nonfinite_restores=1")
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "non-finite steps in a row: restored" in captured.out
+    assert "losses stayed non-finite" in captured.err and "Lower the learning rates" in captured.err
+    for path in tf.train.get_checkpoint_state(os.path.join(model_dir, "checkpoints")).all_model_checkpoint_paths:
+        for key, value in _checkpoint_values(path).items():
+            if np.issubdtype(value.dtype, np.floating):
+                assert np.all(np.isfinite(value)), (path, key)
+    assert not os.path.exists(os.path.join(model_dir, "best"))  # a non-finite model is never selected
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+    model_dir = tmp_path / "run"
+    bindings = ["--gin_bindings=tfseg.training.TrainConfig.checkpoint_every=1"]
+    assert run_train(*SMOKE, f"--model_dir={model_dir}", "--gin_bindings=tfseg.training.TrainConfig.num_steps=3",
+                     *bindings) == 0
+    data = next((model_dir / "checkpoints").glob("ckpt-3.data-*"))
+    data.write_bytes(data.read_bytes()[:100])  # truncated, as by a full disk
+    temp = model_dir / "checkpoints" / "ckpt-4_temp"
+    temp.mkdir()
+    capsys.readouterr()
+    assert run_train(*SMOKE, f"--model_dir={model_dir}", "--gin_bindings=tfseg.training.TrainConfig.num_steps=5",
+                     *bindings) == 0
+    out = capsys.readouterr().out
+    assert f"removed a half-written checkpoint: {temp}" in out and not temp.exists()
+    assert "ckpt-3 is unreadable" in out and "falling back to" in out and "ckpt-2" in out
+    assert "resumed from" in out and "at step 2" in out and "step 5/5" in out
+
+
+def test_smoke_never_overwrites_a_run_of_another_config_and_dry_run_reports_it(tmp_path, capsys):
+    model_dir = tmp_path / "run"
+    assert run_train(*SMOKE, f"--model_dir={model_dir}") == 0
+    saved = (model_dir / "config.gin").read_text()
+    capsys.readouterr()
+    real = [f"--gin_file={REPO}/gin_configs/demo.gin", f"--model_dir={model_dir}"]
+    assert run_train(*real) == 2
+    err = capsys.readouterr().err
+    assert "holds a run of another config" in err and "TrainConfig.resolution: 16 -> 32" in err
+    assert (model_dir / "config.gin").read_text() == saved
+    assert run_train(*real, "--dry_run") == 0
+    assert "model_dir clash (a real run stops here)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("binding, named", [
+    ("tfseg.training.TrainConfig.checkpoint_every=0", "tfseg.training.TrainConfig.checkpoint_every = 0"),
+    ("tfseg.training.TrainConfig.batch_size=-4", "tfseg.training.TrainConfig.batch_size = -4"),
+    ("tfseg.methods.redo.learning_rate='fast'", "tfseg.methods.redo.learning_rate = 'fast'"),
+    ("tfseg.methods.redo.z_dim=2.5", "tfseg.methods.redo.z_dim = 2.5"),
+    ("tfseg.methods.redo.info_weight=-1.0", "tfseg.methods.redo.info_weight = -1.0"),
+])
+def test_a_bad_number_is_a_one_line_error_naming_the_binding(tmp_path, capsys, binding, named):
+    for extra in ([], ["--dry_run"]):
+        assert run_train(*SMOKE, f"--model_dir={tmp_path / 'run'}", f"--gin_bindings={binding}", *extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and named in err[0], err
+    assert not (tmp_path / "run").exists()
