@@ -18,6 +18,8 @@ setuptools.setup(
         "tensorboard>=2.21,<2.22",
         "numpy",
         "pillow",
+        # LSUN's archives are LMDBs; a small wheel, and the headline LSUN configs need it.
+        "lmdb>=1.4",
     ],
     extras_require={
         "cpu": ["tensorflow-cpu>=2.21,<2.22"],

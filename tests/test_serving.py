@@ -368,3 +368,13 @@ def test_a_photo_over_the_pixel_limit_is_read_at_reduced_scale_and_reported(tmp_
     assert inference.read_image_bytes(str(small)) == small.read_bytes()  # sent as it is
     data = inference.read_image_bytes(str(small), max_pixels=300, reduced=reduced)
     assert Image.open(io.BytesIO(data)).size == (20, 15)
+
+
+def test_a_model_with_non_finite_weights_is_never_exported(run_dir, tmp_path):
+    model, train_config, _ = loading.load_trained(run_dir)
+    variable = model.mask_network.trainable_variables[0]
+    variable.assign(tf.fill(variable.shape, float("nan")))
+    serving = export_module.serving_functions_from_run(model, train_config)
+    with pytest.raises(ValueError, match="non-finite weights"):
+        export_module.export(serving, str(tmp_path / "serving"))
+    assert not os.path.exists(tmp_path / "serving" / "1")

@@ -284,6 +284,12 @@ def export(serving, export_dir, version=None, config_path=None, metadata=None):
     Raises:
         FileExistsError: `export_dir/<version>` exists already.
     """
+    from tfseg.training import nonfinite  # pylint: disable=import-outside-toplevel
+    broken = nonfinite.nonfinite_variables(serving.model.variables)
+    if broken:
+        raise ValueError(f"the model holds non-finite weights ({len(broken)} variables, e.g. {broken[0]}): a NaN "
+                         "model is never exported. Export an earlier checkpoint (--checkpoint) or retrain with "
+                         "lower learning rates.")
     version = next_version(export_dir) if version is None else int(version)
     if version < 1:
         raise ValueError(f"version must be a positive integer (TF Serving's rule), got {version}.")
