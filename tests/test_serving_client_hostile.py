@@ -79,6 +79,17 @@ def _photos(folder, n=2):
     return folder
 
 
+def _segment_two_photos(behaviour, tmp_path):
+    """`segment_folder`'s summary for two photos sent as one batch to a server that misbehaves so."""
+    server = _serve(behaviour)
+    try:
+        client = serving_client.ServingClient(f"http://127.0.0.1:{server.server_port}", "m", timeout=5, retries=0)
+        return serving_client.segment_folder(client, _photos(str(tmp_path / "in")), str(tmp_path / "out"),
+                                             batch_size=2, stream=io.StringIO())
+    finally:
+        server.shutdown()
+
+
 def test_a_trickled_answer_is_cut_at_the_whole_request_deadline():
     server = _serve("trickle")
     try:
@@ -94,13 +105,7 @@ def test_a_trickled_answer_is_cut_at_the_whole_request_deadline():
 @pytest.mark.parametrize("behaviour, reason", [("not_json", "not JSON"), ("null", "not a JSON object"),
                                                ("short_body", "cut short")])
 def test_a_malformed_answer_is_reported_per_image_and_predictions_json_is_kept(tmp_path, behaviour, reason):
-    server = _serve(behaviour)
-    try:
-        client = serving_client.ServingClient(f"http://127.0.0.1:{server.server_port}", "m", timeout=5, retries=0)
-        summary = serving_client.segment_folder(client, _photos(str(tmp_path / "in")), str(tmp_path / "out"),
-                                                batch_size=2, stream=io.StringIO())
-    finally:
-        server.shutdown()
+    summary = _segment_two_photos(behaviour, tmp_path)
     assert summary["written"] == [] and sorted(summary["errors"]) == ["p0.png", "p1.png"]
     assert all(reason in message for message in summary["errors"].values()), summary["errors"]
     with open(tmp_path / "out" / "predictions.json") as f:
@@ -108,13 +113,7 @@ def test_a_malformed_answer_is_reported_per_image_and_predictions_json_is_kept(t
 
 
 def test_one_undecodable_row_costs_only_its_own_image(tmp_path):
-    server = _serve("bad_base64_second")
-    try:
-        client = serving_client.ServingClient(f"http://127.0.0.1:{server.server_port}", "m", timeout=5, retries=0)
-        summary = serving_client.segment_folder(client, _photos(str(tmp_path / "in")), str(tmp_path / "out"),
-                                                batch_size=2, stream=io.StringIO())
-    finally:
-        server.shutdown()
+    summary = _segment_two_photos("bad_base64_second", tmp_path)
     assert summary["written"] == ["p0.png"]
     assert list(summary["errors"]) == ["p1.png"] and "base64" in summary["errors"]["p1.png"]
     assert (tmp_path / "out" / "p0_mask.png").read_bytes() == _png(255)
