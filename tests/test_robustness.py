@@ -171,3 +171,33 @@ def test_a_bad_number_is_a_one_line_error_naming_the_binding(tmp_path, capsys, b
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:") and named in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_prints_tfseg_lines_only(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "tfseg.train", *SMOKE, f"--model_dir={tmp_path / 'run'}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = (result.stdout + result.stderr).splitlines()
+    noise = [line for line in lines if line.startswith(("I0000", "W0000", "E0000", "I1", "W1", "E1", "WARNING:"))
+             or "AutoGraph" in line or "Sharding callback" in line or "oneDNN" in line]
+    assert not noise, noise[:5]
+    assert lines[0].startswith("training in ") and lines[1].startswith("data: ")
+    assert any(line.startswith("building the networks and tracing") for line in lines[:9])
+    assert any(line.startswith("stage 1/1 'train'") for line in lines[:10])
+
+
+def test_the_eta_covers_every_remaining_step_at_the_pace_since_the_first_step(monkeypatch):
+    import io  # pylint: disable=import-outside-toplevel
+    from tfseg.training import progress  # pylint: disable=import-outside-toplevel
+    clock = {"now": 100.0}
+    monkeypatch.setattr(progress.time, "time", lambda: clock["now"])
+    stream = io.StringIO()
+    bar = progress.Progress(total_steps=100, start_step=0, images_per_step=10, stream=stream)
+    clock["now"] = 160.0  # the first step took a minute of tracing
+    bar.first_step_done(1)
+    bar.update(1, {})
+    assert stream.getvalue().rstrip().endswith("ETA ?")
+    clock["now"] = 178.0  # then 9 steps in 18 s: 2 s per step, 90 steps to go
+    bar.update(10, {"loss/x": 1.0})
+    assert stream.getvalue().rstrip().endswith("ETA 03:00")
