@@ -152,5 +152,5 @@ def test_a_run_stopped_in_the_generator_stage_resumes_into_the_later_stages(tmp_
                               "{'generator': 2, 'encoder': 1, 'segmenter': 1}") == 0
     out = capsys.readouterr().out
     assert "resumed from" in out and "at step 2" in out
-    assert "stage 'encoder': steps 3-3 of 4" in out and "stage 'segmenter': steps 4-4 of 4" in out
+    assert "stage 2/3 'encoder': steps 3-3 of 4" in out and "stage 3/3 'segmenter': steps 4-4 of 4" in out
     assert "step 1/4" not in out and "step 4/4" in out
