@@ -493,3 +493,14 @@ def test_tfds_caltech_birds_yields_images_with_binary_masks(tmp_path):
 def test_tfds_unknown_name_raises_data_error(tmp_path):
     with pytest.raises(data.DataError, match="tfseg.data.tfds_source.name"):
         data.tfds_source("train", R, name="not_a_data_set_name", data_dir=str(tmp_path))
+
+
+def test_the_data_summary_counts_the_procedural_evaluation_splits():
+    gin.parse_config("""
+            tfseg.data.make_dataset.source = @tfseg.data.procedural_source
+            tfseg.data.procedural_source.validation_size = 40
+    """)
+    summary = data.format_data_summary(data.validate_data_config())
+    assert "data: the embedded procedural data set" in summary
+    assert "train       an unbounded stream of images, with masks" in summary
+    assert "validation  40 images, with masks" in summary and "test        512 images, with masks" in summary

@@ -38,6 +38,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from tfseg.data import pipeline
 from tfseg.data.pipeline import DataError, SplitUnavailableError
 
 SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
@@ -396,7 +397,8 @@ def procedural_source(split: str, resolution: int, seed: int = 0, validation_siz
         return {"image": images, "mask": masks}
 
     ds = indices.batch(_CHUNK).map(render, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.unbatch()
+    return pipeline.describe(ds.unbatch(), "the embedded procedural data set",
+                             None if split == "train" else size, has_masks=True)
 
 
 def measure_throughput(resolution: int, num_images: int = 4000, warmup: int = 500) -> float:
