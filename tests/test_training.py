@@ -204,3 +204,21 @@ def test_installed_console_scripts_explain_themselves(script, flag):
     result = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=120)
     text = result.stdout + result.stderr
     assert flag in text and "python -m tfseg." in text, text[:2000]
+
+
+FLOWERS = os.path.join(REPO, "..", "shared", "data", "flowers17")
+
+
+@pytest.mark.parametrize("gin_file", ["redo_folder.gin", "perturbgan_folder.gin"])
+def test_folder_configs_train_two_steps_on_real_flowers(gin_file, tmp_path, capsys):
+    if not os.path.isdir(os.path.join(FLOWERS, "images")):
+        pytest.skip(f"Flowers-17 is not at {FLOWERS} (it lives beside the repository, never inside it)")
+    assert run_train(f"--gin_file={REPO}/gin_configs/{gin_file}", "--smoke", f"--model_dir={tmp_path / 'run'}",
+                     "--gin_bindings=tfseg.data.make_dataset.source=@tfseg.data.image_folder_source",
+                     f"--gin_bindings=tfseg.data.image_folder_source.image_dir='{FLOWERS}/images'",
+                     f"--gin_bindings=tfseg.data.image_folder_source.mask_dir='{FLOWERS}/masks'") == 0
+    out = capsys.readouterr().out
+    assert "train       1,360 images, no masks" in out and "with masks" in out
+    with open(tmp_path / "run" / "eval_test.json") as f:
+        results = json.load(f)
+    assert results["num_images"] > 300 and "baselines" in results  # scored on the labelled test photos
