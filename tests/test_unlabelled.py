@@ -145,7 +145,8 @@ def test_dry_run_prints_the_data_summary(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"# data: photo folder '{tmp_path / 'photos'}' (no masks)" in out
     assert "#   train       4 images, no masks" in out
-    assert "#   skipped as unreadable so far: 1" in out
+    # Validation decodes photos until the first readable one: the broken file may or may not come first.
+    assert "#   skipped as unreadable so far: 0" in out or "#   skipped as unreadable so far: 1" in out
 
 
 def test_a_folder_with_no_readable_photo_stops_before_any_network_is_built(tmp_path, capsys):
