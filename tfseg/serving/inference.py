@@ -27,14 +27,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 import tensorflow as tf
 
+from tfseg.data import decode
 from tfseg.evaluation import grids
 from tfseg.serving import export_module
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
-
-
-class UnreadableImage(ValueError):
-    """A file that is not an image any decoder here can read."""
+# One list of photo formats, one listing (links followed once) and one "unreadable" error for the
+# package: the training sources' (tfseg.data.decode).
+IMAGE_EXTENSIONS = decode.IMAGE_EXTENSIONS
+UnreadableImage = decode.UnreadableImage
+list_images = decode.list_images
 
 
 # --------------------------------------------------------------------------------------------------
@@ -128,16 +129,6 @@ def inverted(segment, resolution, square_resize=False):
 # --------------------------------------------------------------------------------------------------
 # Files.
 # --------------------------------------------------------------------------------------------------
-
-
-def list_images(root):
-    """Relative paths of the image files under `root` (recursively, by extension), sorted."""
-    found = []
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.append(os.path.relpath(os.path.join(dirpath, name), root))
-    return sorted(found)
 
 
 def is_jpeg_or_png(data):
