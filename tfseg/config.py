@@ -28,6 +28,7 @@ def register_all():
     import tfseg.methods.labels4free  # noqa: F401
     import tfseg.methods.perturbgan  # noqa: F401
     import tfseg.methods.redo  # noqa: F401
+    import tfseg.modeling.refinement  # noqa: F401
     import tfseg.training.strategy  # noqa: F401
     import tfseg.training.trainer  # noqa: F401
 

@@ -15,7 +15,7 @@ from tfseg.evaluation.metrics import MaskMetrics, per_image_iou
 def _region_fn(model):
     # One traced function per model: tracing costs more than a small evaluation.
     if getattr(model, "_tfseg_region_fn", None) is None:
-        model._tfseg_region_fn = tf.function(lambda images: model.region_masks(images, training=False))
+        model._tfseg_region_fn = tf.function(model.final_region_masks)
     return model._tfseg_region_fn
 
 
@@ -28,15 +28,33 @@ def baseline_masks(height, width):
             "centred disc, 50 % of the image": disc[..., None].astype(np.float32)}
 
 
-def score_baselines(truth_batches, threshold=0.5):
-    """`{baseline name: {"fg_iou", "miou", "accuracy"}}` of `baseline_masks` on the truth masks."""
-    accumulators = None
-    for truth in truth_batches:
+#: The baseline of a refining model: its refinement seeded by the centred disc instead of the model.
+REFINED_DISC = "centred disc + the model's refinement"
+
+
+def score_baselines(truth_batches, threshold=0.5, image_batches=None, refinement=None):
+    """`{baseline name: {"fg_iou", "miou", "accuracy"}}` of `baseline_masks` on the truth masks.
+
+    With `refinement` (a model's `mask_refinement`) and the `image_batches` of the truths, also the
+    centred disc passed through that refinement (`REFINED_DISC`): what the refinement does without
+    the model, so the model is credited only with what it adds.
+    """
+    accumulators, refined = None, None
+    image_batches = image_batches if refinement is not None else None
+    for index, truth in enumerate(truth_batches):
         if accumulators is None:
             masks = baseline_masks(truth.shape[1], truth.shape[2])
             accumulators = {name: (MaskMetrics(threshold), mask) for name, mask in masks.items()}
+            if image_batches is not None:
+                refined = MaskMetrics(threshold)
         for acc, mask in accumulators.values():
             acc.update(np.broadcast_to(mask, truth.shape), truth)
+        if refined is not None:
+            disc = baseline_masks(truth.shape[1], truth.shape[2])["centred disc, 50 % of the image"]
+            images = image_batches[index]
+            refined.update(refinement(images, np.broadcast_to(disc, truth.shape)).numpy(), truth)
+    if refined is not None:
+        accumulators[REFINED_DISC] = (refined, None)
     return {name: {k: float(acc.result()[k]) for k in ("fg_iou", "miou", "accuracy")}
             for name, (acc, _) in (accumulators or {}).items()}
 
@@ -52,7 +70,7 @@ def score_regions(model, dataset, threshold=0.5, max_examples=None):
         first batch ("image", "mask", "regions") for image grids.
     """
     region_fn = _region_fn(model)
-    accumulators, sample, seen, coverage, truths = None, None, 0, 0.0, []
+    accumulators, sample, seen, coverage, truths, images = None, None, 0, 0.0, [], []
     for batch in dataset:
         if "mask" not in batch:
             raise ValueError("this split has no ground-truth masks; evaluation needs a labelled split")
@@ -70,11 +88,13 @@ def score_regions(model, dataset, threshold=0.5, max_examples=None):
             acc.update(regions[..., k:k + 1], truth)
         coverage = coverage + regions.mean(axis=(1, 2)).sum(axis=0)
         truths.append(truth)
+        if model.mask_refinement is not None:
+            images.append(batch["image"].numpy()[:len(truth)])
         seen += len(truth)
     if accumulators is None:
         raise ValueError("the evaluation split is empty")
     results = [acc.result() for acc in accumulators]
-    baselines = score_baselines(truths, threshold)
+    baselines = score_baselines(truths, threshold, images, model.mask_refinement)
     for k, result in enumerate(results):
         # Mean soft coverage of the region: watched for collapse (one region taking everything).
         result["prediction_coverage"] = float(coverage[k] / seen)

@@ -40,6 +40,9 @@ class Method(keras.Model):
     #: background layer). False where regions are symmetric (ReDO): without labels the trainer
     #: then picks the region by the border rule (`tfseg.evaluation.evaluator.border_region`).
     foreground_by_construction = False
+    #: Post-processing every mask passes through outside training (`tfseg.modeling.refinement`), or
+    #: None. Set from gin by `tfseg.training.trainer.build_method`; it has no weights to checkpoint.
+    mask_refinement = None
 
     def __init__(self, resolution, seed=0, **kwargs):
         super().__init__(**kwargs)
@@ -92,9 +95,16 @@ class Method(keras.Model):
         raise NotImplementedError
 
     # -- shared ---------------------------------------------------------------------------------
+    def final_region_masks(self, images):
+        """`region_masks` as evaluation and serving see them: after `mask_refinement`, if any."""
+        masks = self.region_masks(images, training=False)
+        if self.mask_refinement is None:
+            return masks
+        return self.mask_refinement.refine_regions(images, tf.cast(masks, tf.float32))
+
     def segment(self, images):
         """Foreground probability `[batch, R, R, 1]` in [0, 1] for images `[batch, R, R, 3]`."""
-        masks = self.region_masks(images, training=False)
+        masks = self.final_region_masks(images)
         return tf.gather(masks, self.foreground_region, axis=-1)[..., None]
 
     def replica_seed(self, step, stream):

@@ -18,6 +18,7 @@ from absl import logging
 from tfseg.config import ConfigError
 from tfseg.data import decode, pipeline
 from tfseg.evaluation import evaluator, grids, metrics
+from tfseg.modeling import refinement
 from tfseg.training import checkpointing, nonfinite, progress, run_dir, signals
 from tfseg.training import strategy as strategy_lib
 
@@ -195,8 +196,10 @@ def make_train_step(model, strategy, jit_compile, phases=None, batches_per_step=
 
 
 def build_method(config, restarts=0):
-    """The method of `config`, seeded anew for every automatic restart."""
-    return config.method(resolution=config.resolution, seed=config.seed + 1000 * restarts)
+    """The method of `config`, seeded anew for every automatic restart, with gin's mask refinement."""
+    method = config.method(resolution=config.resolution, seed=config.seed + 1000 * restarts)
+    method.mask_refinement = refinement.mask_refinement()
+    return method
 
 
 def _image_only(example):

@@ -1,0 +1,111 @@
+"""Colour refinement (`tfseg.modeling.refinement`): what it corrects on a tiny case, its symmetry, its
+gin switch, and that evaluation, export and serving all apply it when a run turns it on."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfseg import config
+from tfseg.evaluation import evaluator
+from tfseg.evaluation.metrics import per_image_iou
+from tfseg.modeling import refinement
+from tfseg.serving import export_module
+from tfseg.training import checkpointing, loading, trainer
+from test_training import REPO
+
+
+def _two_colour_image(size=32, seed=0):
+    """A reddish disc-free square object on a bluish background, with noise: `(image in [-1, 1], truth)`."""
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((size, size), bool)
+    truth[6:20, 4:18] = True
+    image = np.where(truth[..., None], [0.8, -0.6, -0.5], [-0.5, -0.2, 0.7])
+    image = np.clip(image + rng.normal(0, 0.08, image.shape), -1, 1).astype(np.float32)
+    return image[None], truth[None, ..., None]
+
+
+def test_colour_refinement_snaps_a_misplaced_mask_onto_the_object():
+    image, truth = _two_colour_image()
+    prior = np.zeros_like(truth, np.float32)
+    prior[:, 2:26, 2:26] = 1.0  # three times too large, and off-centre
+
+    refined = refinement.ColourRefinement()(image, prior).numpy()
+    before = per_image_iou(prior >= 0.5, truth)[0]
+    after = per_image_iou(refined >= 0.5, truth)[0]
+    assert before < 0.4 and after > 0.95, (before, after)
+
+
+def test_a_strong_prior_weight_keeps_the_network_mask():
+    image, truth = _two_colour_image()
+    prior = np.full_like(truth, 0.1, np.float32)
+    prior[:, 10:26, 8:24] = 0.9
+    kept = refinement.ColourRefinement(prior_weight=20.0)(image, prior).numpy()
+    np.testing.assert_array_equal(kept >= 0.5, prior >= 0.5)
+
+
+def test_refining_the_complement_gives_the_complement():
+    image, _ = _two_colour_image(seed=1)
+    mask = tf.random.stateless_uniform((1, 32, 32, 1), (3, 4)).numpy()
+    refine = refinement.ColourRefinement(prior_weight=0.5)
+    np.testing.assert_allclose(refine(image, 1 - mask).numpy(), 1 - refine(image, mask).numpy(), atol=1e-5)
+    regions = refine.refine_regions(image, np.concatenate([mask, 1 - mask], -1)).numpy()
+    np.testing.assert_allclose(regions.sum(-1), 1.0, atol=1e-5)
+
+
+def test_smoothing_keeps_a_lone_pixel_of_object_colour_out_of_the_background():
+    image, truth = _two_colour_image()
+    image[0, 28, 28] = image[0, 10, 10]  # one pixel of the object's colour far out in the background
+    refined = {radius: refinement.ColourRefinement(smoothing=radius)(image, truth.astype(np.float32)).numpy()
+               for radius in (0, 1)}
+    assert refined[0][0, 28, 28, 0] >= 0.5 and refined[1][0, 28, 28, 0] < 0.5
+
+
+def test_gin_switch_is_off_by_default_and_bad_settings_name_the_binding():
+    config.parse([os.path.join(REPO, "gin_configs", "demo.gin")])
+    assert refinement.mask_refinement() is None
+    assert trainer.build_method(trainer.TrainConfig()).mask_refinement is None
+    config.parse([os.path.join(REPO, "gin_configs", "demo.gin")], ["tfseg.mask_refinement.colour = True",
+                                                                 "tfseg.mask_refinement.bins = 6"])
+    assert trainer.build_method(trainer.TrainConfig()).mask_refinement == refinement.ColourRefinement(bins=6)
+    with pytest.raises(ValueError, match="tfseg.mask_refinement"):
+        refinement.ColourRefinement(bins=1)
+
+
+def _write_refining_run(model_dir):
+    """A smoke run folder (initial weights) whose config turns the colour refinement on."""
+    config.parse([os.path.join(REPO, "gin_configs", "demo.gin"), config.SMOKE_CONFIG],
+                 ["tfseg.mask_refinement.colour = True"])
+    config.save_config(model_dir)
+    cfg = trainer.TrainConfig()
+    model = trainer.build_method(cfg)
+    model.build_for_training(cfg.batch_size)
+    state = checkpointing.RunState()
+    latest, best = checkpointing.managers(checkpointing.make_checkpoint(model, state), model_dir)
+    latest.save(checkpoint_number=0)
+    best.save(checkpoint_number=0)
+
+
+def test_evaluation_and_the_export_refine_and_evaluation_scores_the_refined_disc(tmp_path):
+    model_dir = str(tmp_path / "run")
+    os.makedirs(model_dir)
+    _write_refining_run(model_dir)
+    model, cfg, _ = loading.load_trained(model_dir)
+    assert model.mask_refinement is not None
+    images = next(iter(trainer._eval_dataset(cfg, "test")))["image"]  # pylint: disable=protected-access
+    raw = model.region_masks(images)[..., :1].numpy()
+    refined = model.mask_refinement(images, raw).numpy()
+    assert np.abs(refined - raw).max() > 0.1  # the refinement changes these masks
+    np.testing.assert_allclose(model.final_region_masks(images)[..., :1].numpy(), refined, atol=1e-5)
+
+    results, _ = evaluator.evaluate(model, trainer._eval_dataset(cfg, "test"))  # pylint: disable=protected-access
+    assert evaluator.REFINED_DISC in results["baselines"]
+    assert set(results["baselines"][evaluator.REFINED_DISC]) == {"fg_iou", "miou", "accuracy"}
+
+    path, _, _ = export_module.export_run(model_dir, str(tmp_path / "serving"))
+    served = tf.saved_model.load(path).signatures["serve_image_tensor"]
+    uint8 = tf.cast(tf.round((images + 1.0) * 127.5), tf.uint8)
+    mask = served(**{export_module.INPUT_TENSOR: uint8})["mask"].numpy()
+    expected = model.segment(tf.cast(uint8, tf.float32) / 127.5 - 1.0).numpy()
+    np.testing.assert_allclose(mask, expected, atol=1e-3)
+    assert np.abs(mask - model.region_masks(tf.cast(uint8, tf.float32) / 127.5 - 1.0)[..., :1].numpy()).max() > 0.1
