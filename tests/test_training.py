@@ -12,7 +12,7 @@ import tensorflow as tf
 from absl import flags
 
 from tfseg import config, train
-from tfseg.evaluation import curves
+from tfseg.evaluation import curves, evaluator
 from tfseg.training import checkpointing, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -209,7 +209,7 @@ def test_installed_console_scripts_explain_themselves(script, flag):
 FLOWERS = os.path.join(REPO, "..", "shared", "data", "flowers17")
 
 
-@pytest.mark.parametrize("gin_file", ["redo_folder.gin", "perturbgan_folder.gin"])
+@pytest.mark.parametrize("gin_file", ["redo_folder.gin", "perturbgan_folder.gin", "labels4free_folder.gin"])
 def test_folder_configs_train_two_steps_on_real_flowers(gin_file, tmp_path, capsys):
     if not os.path.isdir(os.path.join(FLOWERS, "images")):
         pytest.skip(f"Flowers-17 is not at {FLOWERS} (it lives beside the repository, never inside it)")
@@ -221,4 +221,7 @@ def test_folder_configs_train_two_steps_on_real_flowers(gin_file, tmp_path, caps
     assert "train       1,360 images, no masks" in out and "with masks" in out
     with open(tmp_path / "run" / "eval_test.json") as f:
         results = json.load(f)
-    assert results["num_images"] > 300 and "baselines" in results  # scored on the labelled test photos
+    assert results["num_images"] > 300  # scored on the labelled test photos
+    # The folder configs refine masks by colour, so the disc through the same refinement is a baseline.
+    assert set(results["baselines"]) == {"full-image mask", "centred disc, 50 % of the image",
+                                         evaluator.REFINED_DISC}
