@@ -56,7 +56,7 @@ def test_refining_the_complement_gives_the_complement():
 def test_smoothing_keeps_a_lone_pixel_of_object_colour_out_of_the_background():
     image, truth = _two_colour_image()
     image[0, 28, 28] = image[0, 10, 10]  # one pixel of the object's colour far out in the background
-    refined = {radius: refinement.ColourRefinement(smoothing=radius)(image, truth.astype(np.float32)).numpy()
+    refined = {radius: refinement.ColourRefinement(smoothing=radius / 32)(image, truth.astype(np.float32)).numpy()
                for radius in (0, 1)}
     assert refined[0][0, 28, 28, 0] >= 0.5 and refined[1][0, 28, 28, 0] < 0.5
 
@@ -109,3 +109,38 @@ def test_evaluation_and_the_export_refine_and_evaluation_scores_the_refined_disc
     expected = model.segment(tf.cast(uint8, tf.float32) / 127.5 - 1.0).numpy()
     np.testing.assert_allclose(mask, expected, atol=1e-3)
     assert np.abs(mask - model.region_masks(tf.cast(uint8, tf.float32) / 127.5 - 1.0)[..., :1].numpy()).max() > 0.1
+
+
+def test_box_mean_matches_average_pooling_and_takes_a_dynamic_radius():
+    values = tf.random.stateless_normal((2, 9, 13, 1), (1, 2))
+    for radius in (0, 1, 3):
+        expected = tf.nn.avg_pool2d(values, 2 * radius + 1, strides=1, padding="SAME")
+        np.testing.assert_allclose(refinement.box_mean(values, tf.constant(radius)).numpy(), expected.numpy(),
+                                   atol=1e-5)
+    dynamic = tf.function(refinement.box_mean, input_signature=[tf.TensorSpec([None, None, None, 1]),
+                                                                tf.TensorSpec([], tf.int32)])
+    np.testing.assert_allclose(dynamic(values, 2).numpy(), refinement.box_mean(values, 2).numpy(), atol=1e-6)
+
+
+def test_served_png_masks_are_refined_at_the_photo_size_from_the_network_mask(tmp_path):
+    model_dir = str(tmp_path / "run")
+    os.makedirs(model_dir)
+    _write_refining_run(model_dir)
+    model, _, _ = loading.load_trained(model_dir)
+    serving = export_module.serving_functions_from_run(model, trainer.TrainConfig())
+    photo = np.zeros((40, 56, 3), np.uint8)
+    photo[...] = (40, 60, 200)
+    photo[8:30, 10:34] = (220, 40, 30)  # a red object on blue, bigger than the model's 16 px input
+    photo = np.clip(photo + np.random.default_rng(0).integers(-12, 12, photo.shape), 0, 255).astype(np.uint8)
+    data = tf.io.encode_png(photo)
+    out = serving.from_bytes(tf.stack([data]))
+    png = tf.io.decode_png(out["mask_png_bytes"][0]).numpy()
+    assert png.shape == (40, 56, 1)
+
+    network, final = model.foreground_masks(serving.preprocess(tf.constant(photo))[None])
+    np.testing.assert_allclose(out["mask"].numpy(), final.numpy(), atol=1e-5)
+    seed = export_module.mask_to_original_size(network[0], 40, 56, serving.resolution)
+    expected = model.mask_refinement(tf.constant(photo, tf.float32)[None] / 127.5 - 1.0, seed[None])[0]
+    np.testing.assert_allclose(png / 255.0, expected.numpy(), atol=1 / 255 + 1e-6)
+    plain = export_module.mask_to_original_size(final[0], 40, 56, serving.resolution).numpy()
+    assert np.abs(png / 255.0 - plain).max() > 0.2  # not merely the upsampled model-size mask

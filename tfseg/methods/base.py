@@ -97,15 +97,26 @@ class Method(keras.Model):
     # -- shared ---------------------------------------------------------------------------------
     def final_region_masks(self, images):
         """`region_masks` as evaluation and serving see them: after `mask_refinement`, if any."""
-        masks = self.region_masks(images, training=False)
+        return self._refined(images, self.region_masks(images, training=False))
+
+    def _refined(self, images, masks):
         if self.mask_refinement is None:
             return masks
         return self.mask_refinement.refine_regions(images, tf.cast(masks, tf.float32))
 
     def segment(self, images):
         """Foreground probability `[batch, R, R, 1]` in [0, 1] for images `[batch, R, R, 3]`."""
-        masks = self.final_region_masks(images)
-        return tf.gather(masks, self.foreground_region, axis=-1)[..., None]
+        return self.foreground_masks(images)[1]
+
+    def foreground_masks(self, images):
+        """`(network's, final)` foreground probabilities `[batch, R, R, 1]`, before and after
+        `mask_refinement` (the same tensor without one), from one pass of the networks."""
+        masks = self.region_masks(images, training=False)
+
+        def foreground(regions):
+            return tf.gather(regions, self.foreground_region, axis=-1)[..., None]
+
+        return foreground(masks), foreground(self._refined(images, masks))
 
     def replica_seed(self, step, stream):
         """A stateless seed, distinct per step, per replica and per random stream."""

@@ -37,15 +37,16 @@ class ColourRefinement:
         iterations: how often the colour models are refitted to the refined mask.
         prior_weight: weight of the network's mask logit against the colour evidence (0: the mask
             only seeds the first colour models).
-        smoothing: radius in pixels of the box filter on the colour log-odds, so single
-            pixels of an odd colour do not flip.
+        smoothing: radius of the box filter on the colour log-odds, as a share of the image's
+            shorter side (1/32: 1 pixel at 32 px, 4 at 128 px), so that single pixels of an odd
+            colour do not flip, at any resolution. 0 turns it off.
         pseudo_count: added to every colour's two counts, in units of an image's mean count per
             colour (pixels / bins**3); keeps rare colours near even odds.
     """
     bins: int = 8
     iterations: int = 3
     prior_weight: float = 0.0
-    smoothing: int = 1
+    smoothing: float = 1 / 32
     pseudo_count: float = 1.0
 
     def __post_init__(self):
@@ -78,12 +79,11 @@ class ColourRefinement:
             counts = tf.math.unsorted_segment_sum(tf.reshape(weights, [-1]), ids, batch * colours) + pseudo
             return tf.reshape(tf.gather(tf.math.log(counts), ids), tf.shape(masks))
 
+        radius = tf.cast(tf.round(self.smoothing * tf.cast(tf.minimum(shape[1], shape[2]), tf.float32)), tf.int32)
         weights = masks  # the first counts are weighted by the network's soft mask
         for _ in range(self.iterations):
             ratio = log_counts(weights) - log_counts(1.0 - weights)
-            if self.smoothing:
-                size = 2 * self.smoothing + 1
-                ratio = tf.nn.avg_pool2d(ratio, size, strides=1, padding="SAME")
+            ratio = box_mean(ratio, radius)
             probability = tf.sigmoid(prior_logit + ratio)
             # Later counts take decisions (as k-means does): with soft weights every share of a
             # colour is its own fixed point and the iterations decide nothing.
@@ -97,8 +97,28 @@ class ColourRefinement:
         return refined / tf.reduce_sum(refined, axis=-1, keepdims=True)
 
 
+def box_mean(values, radius):
+    """Mean of `values [b, h, w, 1]` over the (2 radius + 1)^2 window around each pixel, clipped at
+    the border (as average pooling with "SAME" padding); `radius` may be a tensor, sizes dynamic."""
+    height, width = tf.shape(values)[1], tf.shape(values)[2]
+    integral = tf.pad(tf.cumsum(tf.cumsum(values, axis=1), axis=2), [[0, 0], [1, 0], [1, 0], [0, 0]])
+
+    def bounds(size):
+        index = tf.range(size)
+        return tf.clip_by_value(index - radius, 0, size), tf.clip_by_value(index + radius + 1, 0, size)
+
+    (top, bottom), (left, right) = bounds(height), bounds(width)
+
+    def corner(rows, cols):
+        return tf.gather(tf.gather(integral, rows, axis=1), cols, axis=2)
+
+    total = corner(bottom, right) - corner(top, right) - corner(bottom, left) + corner(top, left)
+    count = tf.cast((bottom - top)[:, None] * (right - left)[None, :], values.dtype)
+    return total / count[None, :, :, None]
+
+
 @gin.configurable("tfseg.mask_refinement")
-def mask_refinement(colour=False, bins=8, iterations=3, prior_weight=0.0, smoothing=1, pseudo_count=1.0):
+def mask_refinement(colour=False, bins=8, iterations=3, prior_weight=0.0, smoothing=1 / 32, pseudo_count=1.0):
     """The refinement every mask of a method passes through (evaluation, export, serving), or None.
 
     Args:

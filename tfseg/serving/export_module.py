@@ -190,18 +190,30 @@ class ServingFunctions:
                                   image_resize_method=self.image_resize_method,
                                   square_resize=self.square_resize)["image"]
 
-    def _outputs(self, images, sizes):
-        """Segments pre-processed `images` [B, R, R, 3]; `sizes` int32 [B, 2] are the original sizes."""
-        mask = tf.cast(self.model.segment(images), tf.float32)
-        mask = tf.ensure_shape(mask, [None, self.resolution, self.resolution, 1])
+    def _outputs(self, images, sizes, original):
+        """Segments pre-processed `images` [B, R, R, 3]; `sizes` int32 [B, 2] are the original sizes.
+
+        `original(i)` gives the i-th original uint8 image: a run that refines its masks
+        (`tfseg.mask_refinement`) refines each PNG mask again at the photo's own size, seeded by the
+        network's mask, so outlines follow the photo's pixels rather than the model's R x R grid.
+        """
+        network, mask = self.model.foreground_masks(images)
+        network = tf.ensure_shape(tf.cast(network, tf.float32), [None, self.resolution, self.resolution, 1])
+        mask = tf.ensure_shape(tf.cast(mask, tf.float32), [None, self.resolution, self.resolution, 1])
+        refinement = self.model.mask_refinement
 
         def png(args):
-            one_mask, size = args
-            return encode_mask_png(mask_to_original_size(one_mask, size[0], size[1], self.resolution,
-                                                         self.square_resize))
+            one_mask, one_network_mask, size, index = args
+            if refinement is None:
+                return encode_mask_png(mask_to_original_size(one_mask, size[0], size[1], self.resolution,
+                                                             self.square_resize))
+            seed = mask_to_original_size(one_network_mask, size[0], size[1], self.resolution, self.square_resize)
+            photo = tf.cast(original(index), tf.float32) / 127.5 - 1.0
+            return encode_mask_png(refinement(photo[None], seed[None])[0])
 
         # map_fn: every mask has its own image's size, so the PNGs cannot be made as one batch.
-        pngs = tf.map_fn(png, (mask, sizes), fn_output_signature=tf.TensorSpec([], tf.string))
+        indices = tf.range(tf.shape(mask)[0], dtype=tf.int32)
+        pngs = tf.map_fn(png, (mask, network, sizes, indices), fn_output_signature=tf.TensorSpec([], tf.string))
         fraction = tf.reduce_mean(tf.cast(mask >= THRESHOLD, tf.float32), axis=[1, 2, 3])
         return {"mask": mask, "mask_png_bytes": pngs, "foreground_fraction": fraction}
 
@@ -217,7 +229,8 @@ class ServingFunctions:
         indices = tf.range(tf.shape(image_bytes)[0], dtype=tf.int32)
         images, sizes = tf.map_fn(decode, (image_bytes, indices), fn_output_signature=(
             tf.TensorSpec([r, r, 3], tf.float32), tf.TensorSpec([2], tf.int32)))
-        return self._outputs(images, sizes)
+        # Decoded again when needed: the originals have different sizes, so they cannot be a batch.
+        return self._outputs(images, sizes, lambda i: decode_image_bytes(image_bytes[i], i, self.max_pixels))
 
     def from_tensor(self, images):
         """Signature `serve_image_tensor`: uint8 ``[batch, h, w, 3]`` -> the outputs dict."""
@@ -225,7 +238,7 @@ class ServingFunctions:
         shape = tf.shape(images)
         pre = tf.map_fn(self.preprocess, images, fn_output_signature=tf.TensorSpec([r, r, 3], tf.float32))
         sizes = tf.tile(shape[1:3][None], [shape[0], 1])
-        return self._outputs(pre, sizes)
+        return self._outputs(pre, sizes, lambda i: images[i])
 
 
 # --------------------------------------------------------------------------------------------------
