@@ -44,6 +44,8 @@ class _FixedRegions:
         del training
         return tf.repeat(self.regions[None], tf.shape(images)[0], axis=0)
 
+    final_region_masks = region_masks  # no refinement
+
 
 def test_border_region_picks_the_region_that_touches_the_border_least():
     blob = _centre_blob()
@@ -115,7 +117,8 @@ def test_predict_invert_gives_the_complement_mask(unlabelled_run):
     _, photos, model_dir, result = unlabelled_run
     assert result.returncode == 0, result.stderr[-3000:]
     segment, metadata = inference.load_from_run(model_dir)
-    flipped = inference.inverted(segment, metadata["resolution"], metadata["square_resize"])
+    assert metadata["mask_refinement"] is not None  # redo_folder.gin refines masks by colour
+    flipped = inference.inverted(segment, metadata["resolution"], metadata["square_resize"], refined=True)
     with open(os.path.join(photos, "p0.png"), "rb") as f:
         data = [f.read()]
     plain, other = segment(data), flipped(data)

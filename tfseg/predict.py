@@ -59,7 +59,8 @@ def main(argv):
         print(f"error: {err}", file=sys.stderr)
         return 2
     if FLAGS.invert:
-        segment = inference.inverted(segment, metadata["resolution"], metadata.get("square_resize", False))
+        segment = inference.inverted(segment, metadata["resolution"], metadata.get("square_resize", False),
+                                     refined=metadata.get("mask_refinement") is not None)
     source = metadata.get("version_dir") or metadata.get("checkpoint")
     print(f"segmenting {FLAGS.images} with {metadata.get('method', 'the model')} ({source}) "
           f"at {metadata.get('resolution', '?')} px{', foreground inverted' if FLAGS.invert else ''} -> {FLAGS.out}")

@@ -24,6 +24,7 @@ message naming the image's index and the problem.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
@@ -397,6 +398,9 @@ def export_run(model_dir, export_dir, version=None, which="best", invert=False):
         "foreground_region": int(model.foreground_region.numpy()),
         "foreground_rule": foreground.get("rule"),
         "foreground_why": foreground.get("why", ""),
+        # The colour refinement the masks pass through (tfseg.mask_refinement), or None.
+        "mask_refinement": (dataclasses.asdict(model.mask_refinement)
+                            if model.mask_refinement is not None else None),
         "checkpoint_selection": checkpoint_selection(checkpoint, which),
         "checkpoint": os.path.abspath(checkpoint),
         "model_dir": os.path.abspath(model_dir),

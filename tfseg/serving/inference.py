@@ -16,6 +16,7 @@ with pillow first; files nobody can read are reported and skipped.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -100,21 +101,29 @@ def load_from_run(model_dir, which="best"):
     def segment(data):
         return {k: v.numpy() for k, v in fn(tf.constant(data, tf.string)).items()}
 
+    refinement = model.mask_refinement
     return segment, {"method": type(model).__name__, "resolution": serving.resolution,
-                     "square_resize": serving.square_resize, "checkpoint": checkpoint}
+                     "square_resize": serving.square_resize, "checkpoint": checkpoint,
+                     "mask_refinement": dataclasses.asdict(refinement) if refinement is not None else None}
 
 
-def inverted(segment, resolution, square_resize=False):
+def inverted(segment, resolution, square_resize=False, refined=False):
     """`segment` with the other of two regions as the foreground (`tfseg.predict --invert`).
 
     The R x R mask is inverted and mapped back onto each image exactly as the export does
-    (`export_module.mask_to_original_size`), so pixels the model never saw stay 0.
+    (`export_module.mask_to_original_size`), so pixels the model never saw stay 0. When the masks
+    are `refined` at the photo's size (`tfseg.mask_refinement`), every pixel of the photo was decided
+    and the refinement treats both regions alike: the PNG itself is inverted.
     """
     def segment_inverted(data):
         out = segment(data)
         mask = 1.0 - out["mask"]
         pngs = []
         for one_mask, png in zip(mask, out["mask_png_bytes"]):
+            if refined:
+                pngs.append(export_module.encode_mask_png(
+                    1.0 - tf.io.decode_png(png)[..., :1].numpy().astype(np.float32) / 255.0).numpy())
+                continue
             width, height = Image.open(io.BytesIO(png)).size
             full = export_module.mask_to_original_size(tf.constant(one_mask), tf.constant(height),
                                                        tf.constant(width), resolution, square_resize)
