@@ -504,3 +504,24 @@ def test_the_data_summary_counts_the_procedural_evaluation_splits():
     assert "data: the embedded procedural data set" in summary
     assert "train       an unbounded stream of images, with masks" in summary
     assert "validation  40 images, with masks" in summary and "test        512 images, with masks" in summary
+
+
+def test_procedural_objects_are_anywhere_so_no_constant_mask_fits():
+    scores = procedural.constant_mask_scores("test", resolution=32, num_images=256)
+    assert max(scores.values()) <= 0.35, scores
+    _, masks = procedural.render_batch(0, procedural.SPLIT_IDS["test"], np.arange(256), 32)
+    masks = masks[..., 0].astype(bool)
+    on_border = masks[:, 0].any(1) | masks[:, -1].any(1) | masks[:, :, 0].any(1) | masks[:, :, -1].any(1)
+    assert 0.2 < on_border.mean() < 0.9  # many objects are cut by the border, not all
+    rows = np.array([np.nonzero(m.any(1))[0].mean() for m in masks])
+    assert rows.std() > 5  # centres spread over the image, not held near the middle
+
+
+def test_procedural_background_holds_distractor_shapes_the_mask_leaves_out(monkeypatch):
+    with_distractors = procedural.render_layers((0, 2, 5), 64)
+    monkeypatch.setattr(procedural, "_DISTRACTORS", (0, 0))
+    without = procedural.render_layers((0, 2, 5), 64)
+    np.testing.assert_array_equal(with_distractors[2], without[2])  # the same object and mask
+    np.testing.assert_array_equal(with_distractors[1], without[1])
+    changed = np.any(with_distractors[0] != without[0], axis=-1)
+    assert 0.005 < changed.mean() < 0.1  # shapes of 1-3 % of the image each, in the background layer
