@@ -67,3 +67,12 @@ def test_instance_norm_normalises_each_channel_of_each_image():
     y = L.instance_norm(affine=False)(x).numpy()
     np.testing.assert_allclose(y.mean(axis=(1, 2)), 0.0, atol=1e-4)
     np.testing.assert_allclose(y.std(axis=(1, 2)), 1.0, atol=1e-2)
+
+
+def test_redo_discriminator_block_gives_its_gain_to_the_shortcut_too():
+    from tfseg.modeling.redo_discriminator import DownResBlock  # pylint: disable=import-outside-toplevel
+    block = DownResBlock(8, gain=0.3)
+    block(tf.zeros([1, 8, 8, 4]))
+    # Orthogonal init of a 1x1 conv 4 -> 8: the singular values of the kernel are all the gain.
+    kernel = block.shortcut.layer.kernel.numpy().reshape(4, 8)
+    np.testing.assert_allclose(np.linalg.svd(kernel, compute_uv=False), 0.3, atol=1e-5)

@@ -6,7 +6,7 @@ ground truth for that split). ``make_dataset`` turns the bound source into what 
 evaluators consume. Typical gin config::
 
     tfseg.data.make_dataset.source = @tfseg.data.procedural_source
-    tfseg.data.make_dataset.resolution = 64
+    tfseg.training.TrainConfig.resolution = 64   # the trainer passes it to make_dataset
 
 Sources check their configuration when called, i.e. while the pipeline is *built*, and raise
 ``DataError`` naming the bad setting and the gin binding that fixes it; ``validate_data_config`` runs

@@ -391,7 +391,7 @@ def procedural_source(split: str, resolution: int, seed: int = 0, validation_siz
     split_id = _split_id(split)
     if not isinstance(resolution, (int, np.integer)) or resolution < 4:
         raise DataError(f"resolution must be an int >= 4, got {resolution!r}. "
-                        "Set the gin binding tfseg.data.make_dataset.resolution.")
+                        "Set the gin binding tfseg.training.TrainConfig.resolution (the trainer passes it to every source).")
     if seed < 0:
         raise DataError(f"seed must be >= 0, got {seed}. Set tfseg.data.procedural_source.seed.")
     resolution = int(resolution)

@@ -19,6 +19,7 @@ class DownResBlock(keras.layers.Layer):
         super().__init__(**kwargs)
         self.downsample = downsample
         self.preactivation = preactivation
+        self.gain = gain  # also the shortcut's, built later
         self.conv1 = L.conv(channels, 3, spectral_norm=True, gain=gain)
         self.conv2 = L.conv(channels, 3, spectral_norm=True, gain=gain)
         self.channels = channels
@@ -26,7 +27,7 @@ class DownResBlock(keras.layers.Layer):
 
     def build(self, input_shape):
         if self.downsample or input_shape[-1] != self.channels:
-            self.shortcut = L.conv(self.channels, 1, spectral_norm=True, gain=0.8)
+            self.shortcut = L.conv(self.channels, 1, spectral_norm=True, gain=self.gain)
 
     def call(self, x, training=False):
         h = ops.relu(x) if self.preactivation else x

@@ -41,4 +41,4 @@ def resolve_jit_compile(jit_compile):
     if value in ("false", "0", "no", "off"):
         return False
     raise ValueError(f"jit_compile must be auto, true or false, got {jit_compile!r} "
-                     "(gin binding tfseg.training.train.jit_compile)")
+                     "(gin binding tfseg.training.TrainConfig.jit_compile)")
