@@ -59,7 +59,7 @@ def test_alpha_network_has_the_reference_parameter_count_at_256px():
     shapes = [((1, r, r, c), (1, r, r, c)) for r, c in zip([8, 16, 32, 64, 128, 256], widths)]
     net = an.AlphaNetwork()
     net.build(shapes)
-    # 6 * sum(C) + 12 * 3 projections, 4 x (12 -> 6) mixers, one 6 -> 1 head (METHODS.md §3.3).
+    # 6 * sum(C) + 12 * 3 projections, 4 x (12 -> 6) mixers, one 6 -> 1 head (docs/methods.md §3.3).
     assert net.count_params() == 6 * sum(widths) + 36 + 4 * (12 * 6 + 6) + 7 == 14947
 
 

@@ -47,7 +47,7 @@ def mask_binariness(masks):
     return ops.mean(ops.minimum(masks, 1.0 - masks), axis=(1, 2, 3))
 
 
-# -- Wasserstein GAN with gradient penalty (PerturbGAN, METHODS.md §1.3) ---------------------------
+# -- Wasserstein GAN with gradient penalty (PerturbGAN, docs/methods.md §1.3) ---------------------------
 def wasserstein_discriminator_loss(real_scores, fake_scores):
     """Critic side of the WGAN loss: D(fake) - D(real). `[batch]`, `[batch]` -> `[batch]`."""
     return fake_scores - real_scores

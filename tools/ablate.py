@@ -1,6 +1,6 @@
 """PerturbGAN's ablation table on the embedded data set: which ingredient makes masks emerge.
 
-Trains the rows of the paper's ablation (METHODS.md §1.7) with one fixed budget and prints their
+Trains the rows of the paper's ablation (docs/methods.md §1.7) with one fixed budget and prints their
 test-split scores side by side:
 
     (a) default            the config as shipped

@@ -1,4 +1,4 @@
-"""Convert a rosinality StyleGAN2 PyTorch checkpoint to tfseg's Keras networks (METHODS.md §3.2, §5).
+"""Convert a rosinality StyleGAN2 PyTorch checkpoint to tfseg's Keras networks (docs/methods.md §3.2, §5).
 
 The checkpoint is the one Labels4Free loads: a `.pt` holding `g_ema` (and `g`, `d`) state dicts
 in the rosinality/stylegan2-pytorch layout, optionally `latent_avg`. Usage:

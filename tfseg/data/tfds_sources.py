@@ -29,7 +29,7 @@ DEFAULT_SPLIT_MAPS = {
     },
 }
 # Feature holding a ground-truth mask, and the threshold that binarises it (CUB masks are soft, 0..255;
-# METHODS.md section 6: binarised at > 0.5 after / 255).
+# docs/methods.md section 6: binarised at > 0.5 after / 255).
 MASK_FEATURES = {"segmentation_mask": 127}
 
 _DEMO_HINT = ("To run without this data set, bind tfseg.data.make_dataset.source = @tfseg.data.procedural_source "

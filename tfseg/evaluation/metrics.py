@@ -1,6 +1,6 @@
 """Segmentation metrics for two-region (foreground / background) masks.
 
-The evaluation protocol (METHODS.md §2.6, §1.6, §3.6 and §4) made explicit:
+The evaluation protocol (docs/methods.md §2.6, §1.6, §3.6 and §4) made explicit:
 
 * **Binarisation.** A soft mask ``m`` in ``[0, 1]`` (the probability that a pixel belongs to the region taken
   as foreground) becomes ``P = [m >= threshold]``; a pixel exactly at the threshold is foreground. The
@@ -15,12 +15,12 @@ The evaluation protocol (METHODS.md §2.6, §1.6, §3.6 and §4) made explicit:
   - *fixed*: the prediction is taken as foreground as given. Use this for the final test numbers once the
     polarity has been fixed on the validation split with :func:`choose_polarity`.
   - *dataset permutation*: one assignment for the whole set, the one maximising the summed per-image fg IoU
-    (the ReDO paper's wording; METHODS §4 ``best_perm_dataset``).
+    (the ReDO paper's wording; docs/methods.md §4 ``best_perm_dataset``).
   - *per-image best permutation*: each image picks its own assignment (what the ReDO code does). This is an
     optimistic upper bound and uses the labels to choose.
 
 * **Averaging.** ``fg_iou`` / ``miou`` / ``accuracy`` are means over images of per-image scores
-  (METHODS ``fg_iou_per_image_mean``). ``confusion_miou`` / ``precision`` / ``recall`` / ``f1`` come from one
+  (docs/methods.md ``fg_iou_per_image_mean``). ``confusion_miou`` / ``precision`` / ``recall`` / ``f1`` come from one
   2x2 confusion matrix summed over all pixels of the set (Labels4Free's metric script). ``redo_iou`` /
   ``redo_acc`` reproduce the ReDO code: a mean of per-batch means with the last incomplete batch dropped.
 

@@ -5,7 +5,7 @@ a background generator G_bg (the same weights with the 4x4 activations zeroed, s
 and no object survives). An alpha network A reads G_fg's finest features and outputs a soft mask;
 the composite alpha * fg + (1 - alpha) * bg must fool a discriminator. Only A and D are trained.
 Because fg and bg are independent, the only way for A to make the composite look real is to keep
-the object of fg and let bg show elsewhere (METHODS.md §3).
+the object of fg and let bg show elsewhere (docs/methods.md §3).
 
 Training runs in three stages (one `tfseg.train` command, each stage resumable):
 1. "stylegan2": StyleGAN2 on the data set: non-saturating logistic loss, lazy R1, an exponential
@@ -13,7 +13,7 @@ Training runs in three stages (one `tfseg.train` command, each stage resumable):
    (`pretrained_dir`, written by `tools/convert_stylegan2.py`).
 2. "alpha": with the EMA generator frozen, A and a discriminator (fresh, or stage 1's / the
    converted one) on composites: binarization, minimum-foreground hinge, optional
-   maximum-foreground hinge, lazy R1 on D (METHODS.md §3.4).
+   maximum-foreground hinge, lazy R1 on D (docs/methods.md §3.4).
 3. "segmenter": the shared `DistilledSegmenter` on generated (composite, alpha) pairs. It is what
    segments real photos (`region_masks`), since A only segments images G draws.
 
@@ -50,7 +50,7 @@ def _adam(learning_rate, beta_2=0.99, ratio=1.0):
 
     c = interval / (interval + 1) keeps the optimizer's per-step dynamics when a regulariser
     runs every `interval` steps (StyleGAN2 appendix B); Labels4Free keeps c = 4/5 for A and
-    16/17 for D (METHODS.md §3.5).
+    16/17 for D (docs/methods.md §3.5).
     """
     return keras.optimizers.Adam(learning_rate * ratio, beta_1=0.0, beta_2=beta_2**ratio,
                                  epsilon=1e-8)
@@ -306,7 +306,7 @@ class Labels4Free(Method):
         return {"loss/generator": per_example}, grads
 
     def alpha_losses(self, alpha, scores):
-        """Per-example terms of A's objective (METHODS.md §3.4).
+        """Per-example terms of A's objective (docs/methods.md §3.4).
 
         Args:
             alpha: `[b, R, R, 1]` in (0, 1).

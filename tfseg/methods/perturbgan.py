@@ -4,7 +4,7 @@ G(z) draws a background B, a foreground F and a mask m. Before the critic sees t
 F and m are shifted together by a random integer offset drawn independently of z (and B's
 contrast is jittered): x_hat = T[m] * T[F] + (1 - T[m]) * J(B). A generator that does not put the
 object, and only the object, in (F, m) draws scenes that look wrong once shifted, so m becomes a
-segmentation of what G draws (METHODS.md §1).
+segmentation of what G draws (docs/methods.md §1).
 
 Training runs in three stages (one `tfseg.train` command, each stage resumable):
 1. "generator": the WGAN-GP critic and the layered generator, mask size and binarization losses.
@@ -209,7 +209,7 @@ class PerturbGAN(Method):
             out = self.render(batch, self._seeds(step, _G_Z, _G_NOISE, _G_SHIFT, _G_JITTER))
             scores = self.discriminator(out["shifted_composite"])
             adversarial = losses.wasserstein_generator_loss(scores)
-            # Both mask terms on the shifted mask, as in the reference code (METHODS.md §1.9).
+            # Both mask terms on the shifted mask, as in the reference code (docs/methods.md §1.9).
             size = losses.mask_size_loss(out["shifted_mask"], self.min_mask_coverage)
             if self.max_mask_coverage is not None:
                 # Not in the paper: keeps the mask from taking the whole scene (the inverted

@@ -1,4 +1,4 @@
-"""ReDO (Chen, Artieres & Denoyer 2019): segment by redrawing (METHODS.md §2).
+"""ReDO (Chen, Artieres & Denoyer 2019): segment by redrawing (docs/methods.md §2).
 
 A mask network F splits a real image x into n soft regions. For each sample one region i is
 redrawn by its generator G_i from a fresh code z: y = m_i * G_i(m_i, z) + (1 - m_i) * x. The other

@@ -1,4 +1,4 @@
-"""Labels4Free's alpha network A: a soft foreground mask from a frozen StyleGAN2's features (METHODS.md §3.3).
+"""Labels4Free's alpha network A: a soft foreground mask from a frozen StyleGAN2's features (docs/methods.md §3.3).
 
 A reads the post-activation outputs of both StyledConvs of the highest-resolution synthesis blocks
 (6 of them, or every block of a smaller generator), projects each to 3 channels with its own 1x1
@@ -10,7 +10,7 @@ conv, and merges them coarse to fine:
 
 Upsampling is PyTorch's bicubic with align_corners=True (cubic coefficient a = -0.75), written as
 two fixed interpolation matrices, because `tf.image.resize` uses a = -0.5 and half-pixel centres
-(METHODS.md §5) and weights trained in PyTorch would see a different map. Initialisation is
+(docs/methods.md §5) and weights trained in PyTorch would see a different map. Initialisation is
 PyTorch's Conv2d default (Kaiming-uniform with a = sqrt(5): U(+-1/sqrt(fan_in)) for weights and
 biases), so the network starts where the reference does.
 """

@@ -1,4 +1,4 @@
-"""Equalized learning-rate layers of ProGAN / StyleGAN (METHODS.md §1.2 and §3.2).
+"""Equalized learning-rate layers of ProGAN / StyleGAN (docs/methods.md §1.2 and §3.2).
 
 Weights are stored ~ N(0, 1) / lr_mul and multiplied at run time by gain * lr_mul / sqrt(fan_in),
 so Adam moves every layer at the same relative speed. `lr_mul` < 1 slows a layer down: with Adam

@@ -1,4 +1,4 @@
-"""ReDO's mask network F: image -> soft masks of n regions (METHODS.md §2.3, first table).
+"""ReDO's mask network F: image -> soft masks of n regions (docs/methods.md §2.3, first table).
 
 Encoder (7x7 conv, two stride-2 convs), residual blocks, a pyramid pooling module, and a
 nearest-upsampling decoder; instance norm everywhere and no spectral norm, as in the reference.

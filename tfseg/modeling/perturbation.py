@@ -1,4 +1,4 @@
-"""PerturbGAN's perturbations of the generated layers, on the training path only (METHODS.md §1.1).
+"""PerturbGAN's perturbations of the generated layers, on the training path only (docs/methods.md §1.1).
 
 A random integer shift moves foreground and mask together, independently of z, so a generator
 that puts background in the mask (or the object in the background) draws scenes that look wrong

@@ -1,4 +1,4 @@
-"""ReDO's discriminator D and z-encoder delta, sharing one residual trunk (METHODS.md §2.3, third table).
+"""ReDO's discriminator D and z-encoder delta, sharing one residual trunk (docs/methods.md §2.3, third table).
 
 Sharing the trunk is the InfoGAN arrangement: the adversarial head is trained by the
 discriminator loss, the code head (and, through it, the trunk) by the information-conservation

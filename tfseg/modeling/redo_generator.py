@@ -1,4 +1,4 @@
-"""ReDO's region generator G_k (METHODS.md §2.3, second table).
+"""ReDO's region generator G_k (docs/methods.md §2.3, second table).
 
 One independent network per region. It draws the pixels of region k from a code z and the
 region's mask, which is concatenated (average-pooled to the current scale) at every block, so

@@ -1,4 +1,4 @@
-"""StyleGAN v1 networks as PerturbGAN uses them (METHODS.md §1.2, rosinality port semantics).
+"""StyleGAN v1 networks as PerturbGAN uses them (docs/methods.md §1.2, rosinality port semantics).
 
 * `MappingNetwork`: z -> style w (PixelNorm, equalized dense layers at 0.01x learning rate).
 * `SynthesisNetwork`: learned 4x4 constant, then per resolution two 3x3 convs with per-layer noise

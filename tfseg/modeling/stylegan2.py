@@ -1,4 +1,4 @@
-"""StyleGAN2 generator and residual discriminator (METHODS.md §3.2), rosinality-port semantics, NHWC.
+"""StyleGAN2 generator and residual discriminator (docs/methods.md §3.2), rosinality-port semantics, NHWC.
 
 Labels4Free freezes a pretrained StyleGAN2 and reads its features, so these networks follow the
 rosinality PyTorch port layer for layer (`tools/convert_stylegan2.py` maps its state dict onto them):
@@ -328,7 +328,7 @@ class Generator(keras.Model):
             for deterministic outputs.
         randomize_noise: where `noise` gives no map: fresh N(0, 1) maps (True) or the stored
             `noise_buffers` (False, rosinality `randomize_noise=False`).
-        zero_4x4: Labels4Free's G_bg (METHODS.md §3.1). False: off; True or "output": multiply the
+        zero_4x4: Labels4Free's G_bg (docs/methods.md §3.1). False: off; True or "output": multiply the
             4x4 StyledConv's output by 0 (S = 256, 1024 models); "input": zero the constant
             input before the 4x4 conv (the S = 512 car model).
         return_features: also return the per-block features.
