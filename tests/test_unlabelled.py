@@ -163,3 +163,12 @@ def test_a_folder_with_no_readable_photo_stops_before_any_network_is_built(tmp_p
     err = capsys.readouterr().err
     assert str(photos) in err and "no readable image" in err and "a.jpg" in err and "b.png" in err
     assert not model_dir.exists()  # nothing was built or written
+
+
+def test_skipped_files_are_counted_per_run_not_per_process(tmp_path, capsys):
+    from tfseg.data import decode  # pylint: disable=import-outside-toplevel
+    decode.record_skip("/elsewhere/earlier_run.jpg", "left over from an earlier run in this process")
+    _photos(str(tmp_path / "photos"), n=3)
+    assert run_train("--gin_file=gin_configs/redo_folder.gin", "--dry_run", f"--model_dir={tmp_path / 'run'}",
+                     f"--gin_bindings=tfseg.data.image_folder_source.image_dir='{tmp_path / 'photos'}'") == 0
+    assert "earlier_run.jpg" not in decode.skipped_files()

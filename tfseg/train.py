@@ -36,9 +36,11 @@ def main(argv):
     import gin  # pylint: disable=import-outside-toplevel
     from tfseg import config  # pylint: disable=import-outside-toplevel
     from tfseg.data import DataError  # pylint: disable=import-outside-toplevel
-    from tfseg.data import pipeline  # pylint: disable=import-outside-toplevel
+    from tfseg.data import decode, pipeline  # pylint: disable=import-outside-toplevel
     from tfseg.training import nonfinite, run_dir, signals, trainer  # pylint: disable=import-outside-toplevel
 
+    # Counts of skipped files are per run, also when one process runs several (tests, notebooks).
+    decode.reset_skipped_files()
     model_dir = FLAGS.model_dir or default_model_dir(FLAGS.gin_file)
     try:
         if not FLAGS.gin_file:
