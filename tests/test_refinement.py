@@ -66,9 +66,9 @@ def test_gin_switch_is_off_by_default_and_bad_settings_name_the_binding():
     assert refinement.mask_refinement() is None
     assert trainer.build_method(trainer.TrainConfig()).mask_refinement is None
     config.parse([os.path.join(REPO, "gin_configs", "demo.gin")], ["tfseg.mask_refinement.colour = True",
-                                                                 "tfseg.mask_refinement.bins = 6"])
+                                                                 "tfseg.ColourRefinement.bins = 6"])
     assert trainer.build_method(trainer.TrainConfig()).mask_refinement == refinement.ColourRefinement(bins=6)
-    with pytest.raises(ValueError, match="tfseg.mask_refinement"):
+    with pytest.raises(ValueError, match="tfseg.ColourRefinement"):
         refinement.ColourRefinement(bins=1)
 
 

@@ -426,15 +426,14 @@ def constant_mask_scores(split: str = "test", resolution: int = 32, num_images: 
     "mean truth mask": the split's own average mask, thresholded at the best of 19 levels (this peeks
     at the labels, so it bounds every constant mask from above); "centred disc": the best of 19 sizes.
     """
+    from tfseg.evaluation.metrics import per_image_iou  # pylint: disable=import-outside-toplevel
     _, masks = render_batch(seed, _split_id(split), np.arange(num_images), resolution)
-    truth = masks[..., 0].astype(bool)
+    truth = masks.astype(bool)
 
     def mean_iou(mask):
-        inter = np.logical_and(truth, mask).sum(axis=(1, 2))
-        union = np.logical_or(truth, mask).sum(axis=(1, 2))
-        return float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0)))
+        return float(per_image_iou(np.broadcast_to(mask[None, ..., None], truth.shape), truth).mean())
 
-    mean_mask = truth.mean(axis=0)
+    mean_mask = truth[..., 0].mean(axis=0)
     yy, xx = np.mgrid[:resolution, :resolution] + 0.5
     distance = np.hypot(yy - resolution / 2, xx - resolution / 2) / resolution
     levels = np.linspace(0.05, 0.95, 19)

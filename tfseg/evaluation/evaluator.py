@@ -19,13 +19,17 @@ def _region_fn(model):
     return model._tfseg_region_fn
 
 
+#: The centred-disc baseline's name.
+DISC = "centred disc, 50 % of the image"
+
+
 def baseline_masks(height, width):
     """Label-free reference masks every score is read against: `{name: float32 [h, w, 1]}`."""
     yy, xx = np.mgrid[:height, :width]
     radius = np.sqrt(0.5 * height * width / np.pi)  # a disc covering half the image
     disc = ((yy + 0.5 - height / 2) ** 2 + (xx + 0.5 - width / 2) ** 2 <= radius ** 2)
     return {"full-image mask": np.ones((height, width, 1), np.float32),
-            "centred disc, 50 % of the image": disc[..., None].astype(np.float32)}
+            DISC: disc[..., None].astype(np.float32)}
 
 
 #: The baseline of a refining model: its refinement seeded by the centred disc instead of the model.
@@ -39,22 +43,19 @@ def score_baselines(truth_batches, threshold=0.5, image_batches=None, refinement
     centred disc passed through that refinement (`REFINED_DISC`): what the refinement does without
     the model, so the model is credited only with what it adds.
     """
-    accumulators, refined = None, None
-    image_batches = image_batches if refinement is not None else None
+    accumulators = None
+    refine = refinement is not None and image_batches is not None
     for index, truth in enumerate(truth_batches):
         if accumulators is None:
             masks = baseline_masks(truth.shape[1], truth.shape[2])
             accumulators = {name: (MaskMetrics(threshold), mask) for name, mask in masks.items()}
-            if image_batches is not None:
-                refined = MaskMetrics(threshold)
-        for acc, mask in accumulators.values():
-            acc.update(np.broadcast_to(mask, truth.shape), truth)
-        if refined is not None:
-            disc = baseline_masks(truth.shape[1], truth.shape[2])["centred disc, 50 % of the image"]
-            images = image_batches[index]
-            refined.update(refinement(images, np.broadcast_to(disc, truth.shape)).numpy(), truth)
-    if refined is not None:
-        accumulators[REFINED_DISC] = (refined, None)
+            if refine:
+                accumulators[REFINED_DISC] = (MaskMetrics(threshold), masks[DISC])
+        for name, (acc, mask) in accumulators.items():
+            mask = np.broadcast_to(mask, truth.shape)
+            if name == REFINED_DISC:
+                mask = refinement(image_batches[index], mask).numpy()
+            acc.update(mask, truth)
     return {name: {k: float(acc.result()[k]) for k in ("fg_iou", "miou", "accuracy")}
             for name, (acc, _) in (accumulators or {}).items()}
 

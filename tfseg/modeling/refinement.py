@@ -28,6 +28,7 @@ import gin
 import tensorflow as tf
 
 
+@gin.configurable("tfseg.ColourRefinement")
 @dataclasses.dataclass(frozen=True)
 class ColourRefinement:
     """Settings of the colour refinement.
@@ -53,7 +54,7 @@ class ColourRefinement:
         if self.bins < 2 or self.iterations < 1 or self.smoothing < 0 or self.prior_weight < 0 or self.pseudo_count <= 0:
             raise ValueError(f"invalid colour refinement settings {self}: need bins >= 2, iterations >= 1, "
                              "smoothing >= 0, prior_weight >= 0, pseudo_count > 0. Fix the gin bindings "
-                             "tfseg.mask_refinement.*.")
+                             "tfseg.ColourRefinement.*.")
 
     def __call__(self, images, masks):
         """Refined foreground probability `[b, h, w, 1]`.
@@ -93,6 +94,9 @@ class ColourRefinement:
 
     def refine_regions(self, images, regions):
         """Refines every region of `regions [b, h, w, n]` against the rest; the result sums to 1."""
+        if regions.shape[-1] == 2:  # the complement's refinement is the refinement's complement
+            first = self(images, regions[..., :1])
+            return tf.concat([first, 1.0 - first], axis=-1)
         refined = tf.concat([self(images, regions[..., k:k + 1]) for k in range(regions.shape[-1])], axis=-1)
         return refined / tf.reduce_sum(refined, axis=-1, keepdims=True)
 
@@ -118,14 +122,17 @@ def box_mean(values, radius):
 
 
 @gin.configurable("tfseg.mask_refinement")
-def mask_refinement(colour=False, bins=8, iterations=3, prior_weight=0.0, smoothing=1 / 32, pseudo_count=1.0):
+def mask_refinement(colour=False):
     """The refinement every mask of a method passes through (evaluation, export, serving), or None.
 
     Args:
-        colour: refine masks with per-image colour models (`ColourRefinement`). Off by default; on in
-            the photo-folder configs, where it was measured to help.
-        bins, iterations, prior_weight, smoothing, pseudo_count: see `ColourRefinement`.
+        colour: refine masks with per-image colour models: a `ColourRefinement`, whose settings
+            are bound as `tfseg.ColourRefinement.<field>`. Off by default; on in the photo-folder
+            configs, where it was measured to help.
     """
-    if not colour:
-        return None
-    return ColourRefinement(bins, iterations, prior_weight, smoothing, pseudo_count)
+    return ColourRefinement() if colour else None
+
+
+def describe(refinement):
+    """The settings of `refinement` as a JSON-ready dict (None without one), for export metadata."""
+    return dataclasses.asdict(refinement) if refinement is not None else None

@@ -24,7 +24,6 @@ message naming the image's index and the problem.
 """
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
 import os
@@ -36,6 +35,7 @@ import keras
 import tensorflow as tf
 
 from tfseg.data import augment
+from tfseg.modeling import refinement
 
 SIGNATURE_BYTES = "serving_default"
 SIGNATURE_TENSOR = "serve_image_tensor"
@@ -201,16 +201,16 @@ class ServingFunctions:
         network, mask = self.model.foreground_masks(images)
         network = tf.ensure_shape(tf.cast(network, tf.float32), [None, self.resolution, self.resolution, 1])
         mask = tf.ensure_shape(tf.cast(mask, tf.float32), [None, self.resolution, self.resolution, 1])
-        refinement = self.model.mask_refinement
+        refine = self.model.mask_refinement
 
         def png(args):
             one_mask, one_network_mask, size, index = args
-            if refinement is None:
+            if refine is None:
                 return encode_mask_png(mask_to_original_size(one_mask, size[0], size[1], self.resolution,
                                                              self.square_resize))
             seed = mask_to_original_size(one_network_mask, size[0], size[1], self.resolution, self.square_resize)
             photo = tf.cast(original(index), tf.float32) / 127.5 - 1.0
-            return encode_mask_png(refinement(photo[None], seed[None])[0])
+            return encode_mask_png(refine(photo[None], seed[None])[0])
 
         # map_fn: every mask has its own image's size, so the PNGs cannot be made as one batch.
         indices = tf.range(tf.shape(mask)[0], dtype=tf.int32)
@@ -399,8 +399,7 @@ def export_run(model_dir, export_dir, version=None, which="best", invert=False):
         "foreground_rule": foreground.get("rule"),
         "foreground_why": foreground.get("why", ""),
         # The colour refinement the masks pass through (tfseg.mask_refinement), or None.
-        "mask_refinement": (dataclasses.asdict(model.mask_refinement)
-                            if model.mask_refinement is not None else None),
+        "mask_refinement": refinement.describe(model.mask_refinement),
         "checkpoint_selection": checkpoint_selection(checkpoint, which),
         "checkpoint": os.path.abspath(checkpoint),
         "model_dir": os.path.abspath(model_dir),

@@ -16,7 +16,6 @@ with pillow first; files nobody can read are reported and skipped.
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
@@ -30,6 +29,7 @@ import tensorflow as tf
 
 from tfseg.data import decode
 from tfseg.evaluation import grids
+from tfseg.modeling import refinement
 from tfseg.serving import export_module
 
 # One list of photo formats, one listing (links followed once) and one "unreadable" error for the
@@ -101,10 +101,9 @@ def load_from_run(model_dir, which="best"):
     def segment(data):
         return {k: v.numpy() for k, v in fn(tf.constant(data, tf.string)).items()}
 
-    refinement = model.mask_refinement
     return segment, {"method": type(model).__name__, "resolution": serving.resolution,
                      "square_resize": serving.square_resize, "checkpoint": checkpoint,
-                     "mask_refinement": dataclasses.asdict(refinement) if refinement is not None else None}
+                     "mask_refinement": refinement.describe(model.mask_refinement)}
 
 
 def inverted(segment, resolution, square_resize=False, refined=False):
