@@ -39,7 +39,7 @@ def _features(resolutions, channels=2, batch=1, seed=0):
 
 
 def _tiny_method(resolution=16, batch=4, **kwargs):
-    model = l4f.labels4free(resolution, **{**TINY, **kwargs})
+    model = l4f.Labels4FreeSettings(resolution, **{**TINY, **kwargs}).build()
     model.build_for_training(batch)
     return model
 
@@ -187,9 +187,9 @@ TWO_REPLICAS = textwrap.dedent("""
     from tfseg.training import trainer
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
-        model = labels4free.labels4free(16, z_dim=8, w_dim=8, mapping_layers=1, channel_base=64,
-                                        max_channels=8, segmenter_width=8,
-                                        segmenter_residual_blocks=1, ema_decay=0.5)
+        model = labels4free.Labels4FreeSettings(16, z_dim=8, w_dim=8, mapping_layers=1, channel_base=64,
+                                                max_channels=8, segmenter_width=8,
+                                                segmenter_residual_blocks=1, ema_decay=0.5).build()
         model.build_for_training(8)
     images = tf.random.uniform([8, 16, 16, 3], -1, 1, seed=3)
     iterator = iter(strategy.experimental_distribute_dataset(
@@ -243,9 +243,10 @@ def test_pretrained_dir_round_trip_loads_the_converted_generator_and_discriminat
 
 def test_pretrained_dir_errors_say_how_to_fix_them(tmp_path):
     with pytest.raises(ConfigError, match="convert_stylegan2"):
-        l4f.labels4free(16, pretrained_dir=str(tmp_path))
+        l4f.Labels4FreeSettings(16, pretrained_dir=str(tmp_path)).build()
     conv.convert_checkpoint({"g_ema": rosinality.generator_state_dict()}, str(tmp_path))
     with pytest.raises(ConfigError, match="resolution = 32"):
-        l4f.labels4free(32, pretrained_dir=str(tmp_path))
+        l4f.Labels4FreeSettings(32, pretrained_dir=str(tmp_path)).build()
     with pytest.raises(ConfigError, match="discriminator"):
-        l4f.labels4free(rosinality.RES, pretrained_dir=str(tmp_path), alpha_discriminator="stylegan2")
+        l4f.Labels4FreeSettings(rosinality.RES, pretrained_dir=str(tmp_path),
+                                alpha_discriminator="stylegan2").build()

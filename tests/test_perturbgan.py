@@ -17,7 +17,7 @@ TINY = dict(z_dim=8, w_dim=8, mapping_layers=1, channel_base=64, max_channels=8,
 
 
 def _method(**overrides):
-    model = pg.PerturbGAN(16, **{**TINY, **overrides})
+    model = pg.PerturbGANSettings(16, **{**TINY, **overrides}).build()
     model.build_for_training(4)
     return model
 

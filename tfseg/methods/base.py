@@ -30,7 +30,12 @@ class Stage(NamedTuple):
 
 
 class Method(keras.Model):
-    """Base class; subclasses set `phases` and implement the methods below."""
+    """Base class; subclasses set `phases` and implement the methods below.
+
+    A method is built from its settings, a frozen dataclass that gin configures under the
+    method's name (e.g. `tfseg.methods.redo.<field>`) and whose `build()` returns the method:
+    every hyper-parameter is declared once, there, with its default and its meaning.
+    """
 
     #: Names of the phases of one training step, run in this order.
     phases = ()
@@ -44,10 +49,13 @@ class Method(keras.Model):
     #: None. Set from gin by `tfseg.training.trainer.build_method`; it has no weights to checkpoint.
     mask_refinement = None
 
-    def __init__(self, resolution, seed=0, **kwargs):
+    def __init__(self, settings, **kwargs):
         super().__init__(**kwargs)
-        self.resolution = resolution
-        self.base_seed = seed
+        #: The method's hyper-parameters (its settings dataclass; `resolution` and `seed` included).
+        self.settings = settings
+        self.resolution = settings.resolution
+        self.base_seed = settings.seed
+        keras.utils.set_random_seed(settings.seed)  # initial weights follow the seed
         # Which output region is the foreground. Chosen on a labelled *validation* split by the
         # trainer (else by construction or the border rule), stored in checkpoints and exports.
         self.foreground_region = tf.Variable(0, dtype=tf.int32, trainable=False,
@@ -78,8 +86,8 @@ class Method(keras.Model):
         """
         raise NotImplementedError
 
-    def apply_phase(self, phase, grads):
-        """Applies the gradients of `phase_gradients` with the phase's optimizers."""
+    def phase_optimizers(self):
+        """`{phase: (optimizer, variables)}`: what each phase trains, with which optimizer."""
         raise NotImplementedError
 
     def region_masks(self, images, training=False):
@@ -90,11 +98,21 @@ class Method(keras.Model):
         """Named `[batch, R, R, 3]` image batches in [-1, 1] (or masks in [0, 1]) for TensorBoard."""
         raise NotImplementedError
 
-    def optimizers_by_name(self):
-        """Dict of the optimizers, for checkpoints and learning-rate summaries."""
-        raise NotImplementedError
+    # -- shared (override where a method differs) ---------------------------------------------
+    def apply_phase(self, phase, grads):
+        """Applies the gradients of `phase_gradients` with the phase's optimizer."""
+        optimizer, variables = self.phase_optimizers()[phase]
+        optimizer.apply(grads, variables)
 
-    # -- shared ---------------------------------------------------------------------------------
+    def build_optimizers(self):
+        """Creates every optimizer's slots (after the networks are built), so checkpoints restore."""
+        for optimizer, variables in self.phase_optimizers().values():
+            optimizer.build(variables)
+
+    def optimizers_by_name(self):
+        """Dict of the optimizers, for checkpoints and learning-rate summaries: one per phase."""
+        return {phase: optimizer for phase, (optimizer, _) in self.phase_optimizers().items()}
+
     def final_region_masks(self, images):
         """`region_masks` as evaluation and serving see them: after `mask_refinement`, if any."""
         return self._refined(images, self.region_masks(images, training=False))

@@ -8,7 +8,14 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from tfseg import losses
 from tfseg.modeling.mask_network import MaskNetwork
+
+
+def samples_per_replica(global_batch_size):
+    """How many samples a distillation step draws per replica: the stage reads no real batch, so
+    it draws the global batch split over the replicas (at least one)."""
+    return max(1, global_batch_size // tf.distribute.get_strategy().num_replicas_in_sync)
 
 
 class DistilledSegmenter(keras.layers.Layer):
@@ -50,3 +57,16 @@ class DistilledSegmenter(keras.layers.Layer):
         logits = self.network.logits(tf.stop_gradient(images))
         per_pixel = tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logits)
         return ops.mean(per_pixel, axis=(1, 2, 3))
+
+    def gradients(self, images, target_masks):
+        """One distillation phase: `(metrics, grads)` of the mean `loss` over the global batch.
+
+        Metrics: "loss/segmenter", and the generated masks' "mask/coverage" and "mask/binariness".
+        """
+        with tf.GradientTape() as tape:
+            per_example = self.loss(images, target_masks)
+            total = tf.nn.compute_average_loss(per_example)
+        grads = tape.gradient(total, self.trainable_variables)
+        return {"loss/segmenter": per_example,
+                "mask/coverage": losses.mask_coverage(target_masks),
+                "mask/binariness": losses.mask_binariness(target_masks)}, grads

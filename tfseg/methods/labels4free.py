@@ -25,8 +25,10 @@ Adam uses lr and betas unscaled), style mixing, and a separately trained backgro
 import json
 import os
 
+import dataclasses
+from typing import Optional
+
 import gin
-import keras
 import tensorflow as tf
 from absl import logging
 from keras import ops
@@ -34,7 +36,9 @@ from keras import ops
 from tfseg import losses
 from tfseg.config import ConfigError
 from tfseg.methods.base import Method, Stage
+from tfseg.methods import distillation
 from tfseg.methods.distillation import DistilledSegmenter
+from tfseg.methods.optimizers import gan_adam
 from tfseg.modeling import stylegan2 as sg2
 from tfseg.modeling.alpha_network import NUM_BLOCKS, AlphaNetwork
 
@@ -45,68 +49,90 @@ DISTILL_SOURCES = ("composite", "foreground")
 ALPHA_DISCRIMINATORS = ("fresh", "stylegan2")
 
 
-def _adam(learning_rate, beta_2=0.99, ratio=1.0):
-    """StyleGAN2's Adam (0, 0.99), scaled for lazy regularisation: lr * c, beta_2 ** c.
+@gin.configurable("labels4free", module="tfseg.methods")
+@dataclasses.dataclass(frozen=True)
+class Labels4FreeSettings:
+    """Labels4Free's hyper-parameters (gin: `tfseg.methods.labels4free.<field>`); reference values as
+    defaults. The trainer calls it with `resolution` and `seed`; `build()` makes the method.
 
-    c = interval / (interval + 1) keeps the optimizer's per-step dynamics when a regulariser
-    runs every `interval` steps (StyleGAN2 appendix B); Labels4Free keeps c = 4/5 for A and
-    16/17 for D (docs/methods.md §3.5).
+    Attributes:
+        resolution: image side S (set by the trainer).
+        z_dim, w_dim, mapping_layers, channel_base, max_channels: StyleGAN2's sizes (config-f:
+            512, 512, 8, 32768, 512); ignored with `pretrained_dir`.
+        discriminator_channel_base, discriminator_max_channels: D's widths (None: as G).
+        mbstd_group: D's minibatch-stddev group.
+        pretrained_dir: a folder written by `tools/convert_stylegan2.py`; its generator (and
+            discriminator) replace stage 1, whose budget should then be 0.
+        learning_rate: stage 1 Adam lr of G and D (StyleGAN2: 0.002).
+        r1_gamma, r1_interval: lazy R1 weight and interval, both stages (10, 16; 0 disables).
+        ema_decay: per-step decay of G's EMA (rosinality: 0.5 ** (32 / 10000) = 0.9978).
+        truncation: psi of G_fg around w-bar (per data set: 1.0, 0.5 cat, 0.3 car).
+        background_truncation: psi of G_bg (1.0 in training).
+        zero_4x4: how G_bg is made: "output" (S = 256, 1024 models) or "input" (S = 512 car).
+        shared_latent: fg and bg from the same z (the reference's training) or independent z.
+        alpha_discriminator: "fresh" (random init, the paper's "weak" D) or "stylegan2" (stage 1's
+            or the converted D: the car recipe's `--use_disc`).
+        alpha_learning_rate: nominal lr of stage 2 (A uses 4/5 of it, D 16/17).
+        adversarial_weight: w_adv (`sat_weight`).
+        mask_loss_weight: lambda on binarization + minimum-foreground hinge (`loss_multiplier`).
+        min_foreground_coverage: phi_fg (0.25).
+        min_background_coverage, background_coverage_weight: phi_bg and w_bg of the optional
+            maximum-foreground hinge (`bg_coverage_wt`; 0 in the paper reproductions).
+        alpha_blocks: how many of the finest synthesis blocks A reads (6).
+        segmenter_width, segmenter_residual_blocks, segmenter_learning_rate: the distilled
+            segmenter (stage 3).
+        distill_on: distil on "composite" images or on the "foreground" G_fg draws.
+        seed: seeds weights and every random draw.
     """
-    return keras.optimizers.Adam(learning_rate * ratio, beta_1=0.0, beta_2=beta_2**ratio,
-                                 epsilon=1e-8)
+    resolution: int
+    z_dim: int = 512
+    w_dim: int = 512
+    mapping_layers: int = 8
+    channel_base: int = 32768
+    max_channels: int = 512
+    discriminator_channel_base: Optional[int] = None
+    discriminator_max_channels: Optional[int] = None
+    mbstd_group: int = 4
+    pretrained_dir: Optional[str] = None
+    learning_rate: float = 0.002
+    r1_gamma: float = 10.0
+    r1_interval: int = 16
+    ema_decay: float = 0.9978
+    truncation: float = 1.0
+    background_truncation: float = 1.0
+    zero_4x4: str = "output"
+    shared_latent: bool = True
+    alpha_discriminator: str = "fresh"
+    alpha_learning_rate: float = 2e-4
+    adversarial_weight: float = 1.0
+    mask_loss_weight: float = 3.0
+    min_foreground_coverage: float = 0.25
+    min_background_coverage: float = 0.0
+    background_coverage_weight: float = 0.0
+    alpha_blocks: int = NUM_BLOCKS
+    segmenter_width: int = 32
+    segmenter_residual_blocks: int = 2
+    segmenter_learning_rate: float = 1e-3
+    distill_on: str = "composite"
+    seed: int = 0
+
+    def __post_init__(self):
+        for name, allowed in (("alpha_discriminator", ALPHA_DISCRIMINATORS), ("distill_on", DISTILL_SOURCES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"tfseg.methods.labels4free.{name} must be one of {allowed}, "
+                                  f"got {getattr(self, name)!r}")
+
+    def build(self):
+        return Labels4Free(self)
 
 
 class Labels4Free(Method):
-    """Labels4Free's networks, optimizers and three stages. See `labels4free` for the args."""
+    """Labels4Free's networks, optimizers and three stages, built from `Labels4FreeSettings`."""
 
-    def __init__(self, resolution, z_dim=512, w_dim=512, mapping_layers=8, channel_base=32768,
-                 max_channels=512, discriminator_channel_base=None,
-                 discriminator_max_channels=None, mbstd_group=4, pretrained_dir=None,
-                 learning_rate=0.002, r1_gamma=10.0, r1_interval=16, ema_decay=0.9978,
-                 truncation=1.0, background_truncation=1.0, zero_4x4="output",
-                 shared_latent=True, alpha_discriminator="fresh", alpha_learning_rate=2e-4,
-                 adversarial_weight=1.0, mask_loss_weight=3.0, min_foreground_coverage=0.25,
-                 min_background_coverage=0.0, background_coverage_weight=0.0,
-                 alpha_blocks=NUM_BLOCKS, segmenter_width=32, segmenter_residual_blocks=2,
-                 segmenter_learning_rate=1e-3, distill_on="composite", seed=0, **kwargs):
-        super().__init__(resolution=resolution, seed=seed, **kwargs)
-        if alpha_discriminator not in ALPHA_DISCRIMINATORS:
-            raise ConfigError(f"tfseg.methods.labels4free.alpha_discriminator must be one of "
-                              f"{ALPHA_DISCRIMINATORS}, got {alpha_discriminator!r}")
-        if distill_on not in DISTILL_SOURCES:
-            raise ConfigError(f"tfseg.methods.labels4free.distill_on must be one of "
-                              f"{DISTILL_SOURCES}, got {distill_on!r}")
-        self.pretrained_dir = pretrained_dir
-        self.r1_gamma = r1_gamma
-        self.r1_interval = r1_interval
-        self.ema_decay = ema_decay
-        self.truncation = truncation
-        self.background_truncation = background_truncation
-        self.zero_4x4 = zero_4x4
-        self.shared_latent = shared_latent
-        self.adversarial_weight = adversarial_weight
-        self.mask_loss_weight = mask_loss_weight
-        self.min_foreground_coverage = min_foreground_coverage
-        self.min_background_coverage = min_background_coverage
-        self.background_coverage_weight = background_coverage_weight
-        self.distill_on = distill_on
-        keras.utils.set_random_seed(seed)
-
-        g_config = dict(resolution=resolution, z_dim=z_dim, w_dim=w_dim,
-                        mapping_layers=mapping_layers, channel_base=channel_base,
-                        max_channels=max_channels)
-        d_config = dict(resolution=resolution,
-                        channel_base=discriminator_channel_base or channel_base,
-                        max_channels=discriminator_max_channels or max_channels,
-                        mbstd_group=mbstd_group)
-        if pretrained_dir:
-            # The converted checkpoint fixes the network sizes; the gin widths are ignored.
-            config = read_pretrained_config(pretrained_dir, resolution)
-            g_config = config["generator"]
-            d_config = config["discriminator"] or d_config
-            if alpha_discriminator == "stylegan2" and not config["discriminator"]:
-                raise ConfigError(f"alpha_discriminator='stylegan2' needs a discriminator in "
-                                  f"{pretrained_dir}; convert the checkpoint with its 'd'")
+    def __init__(self, settings):
+        super().__init__(settings, name="labels4free")
+        s = settings
+        g_config, d_config = self._network_configs()
         self.z_dim = g_config["z_dim"]
         self.generator = sg2.Generator(**g_config, name="generator")
         # The EMA copy is the generator stages 2 and 3 use (and the one published checkpoints hold).
@@ -115,20 +141,39 @@ class Labels4Free(Method):
         # A fresh D is a network of its own (checkpointed apart from stage 1's D); otherwise
         # `alpha_discriminator` is stage 1's D (see the property).
         self.fresh_discriminator = (sg2.Discriminator(**d_config, name="alpha_discriminator")
-                                    if alpha_discriminator == "fresh" else None)
-        self.alpha_network = AlphaNetwork(min(alpha_blocks, len(self.generator.blocks)),
+                                    if s.alpha_discriminator == "fresh" else None)
+        self.alpha_network = AlphaNetwork(min(s.alpha_blocks, len(self.generator.blocks)),
                                           name="alpha_network")
-        self.segmenter = DistilledSegmenter(segmenter_width, segmenter_residual_blocks,
+        self.segmenter = DistilledSegmenter(s.segmenter_width, s.segmenter_residual_blocks,
                                             name="segmenter")
-        r1_ratio = r1_interval / (r1_interval + 1.0) if r1_interval else 1.0
+        r1_ratio = s.r1_interval / (s.r1_interval + 1.0) if s.r1_interval else 1.0
         # Stage 1: no path-length regularisation, hence no lazy ratio on G.
-        self.generator_optimizer = _adam(learning_rate)
-        self.discriminator_optimizer = _adam(learning_rate, ratio=r1_ratio)
+        self.generator_optimizer = gan_adam(s.learning_rate)
+        self.discriminator_optimizer = gan_adam(s.learning_rate, lazy_ratio=r1_ratio)
         # Stage 2: the reference's ratios (4/5 on A is a leftover of g_reg_every = 4, kept).
-        self.alpha_optimizer = _adam(alpha_learning_rate, ratio=4.0 / 5.0)
-        self.alpha_discriminator_optimizer = _adam(alpha_learning_rate, ratio=r1_ratio)
-        self.segmenter_optimizer = _adam(segmenter_learning_rate)
+        self.alpha_optimizer = gan_adam(s.alpha_learning_rate, lazy_ratio=4.0 / 5.0)
+        self.alpha_discriminator_optimizer = gan_adam(s.alpha_learning_rate, lazy_ratio=r1_ratio)
+        self.segmenter_optimizer = gan_adam(s.segmenter_learning_rate)
         self.stage_name = "stylegan2"
+
+    def _network_configs(self):
+        """The generator's and the discriminator's constructor arguments: from the settings, or
+        fixed by a converted checkpoint (`pretrained_dir`, whose sizes override the gin widths)."""
+        s = self.settings
+        g_config = dict(resolution=s.resolution, z_dim=s.z_dim, w_dim=s.w_dim,
+                        mapping_layers=s.mapping_layers, channel_base=s.channel_base,
+                        max_channels=s.max_channels)
+        d_config = dict(resolution=s.resolution,
+                        channel_base=s.discriminator_channel_base or s.channel_base,
+                        max_channels=s.discriminator_max_channels or s.max_channels,
+                        mbstd_group=s.mbstd_group)
+        if not s.pretrained_dir:
+            return g_config, d_config
+        config = read_pretrained_config(s.pretrained_dir, s.resolution)
+        if s.alpha_discriminator == "stylegan2" and not config["discriminator"]:
+            raise ConfigError(f"alpha_discriminator='stylegan2' needs a discriminator in "
+                              f"{s.pretrained_dir}; convert the checkpoint with its 'd'")
+        return config["generator"], config["discriminator"] or d_config
 
     @property
     def alpha_discriminator(self):
@@ -148,16 +193,14 @@ class Labels4Free(Method):
 
     def begin_stage(self, name):
         self.stage_name = name
-        if name != "stylegan2" and not self.pretrained_dir and self.truncation != 1.0:
+        if name != "stylegan2" and not self.settings.pretrained_dir and self.settings.truncation != 1.0:
             # w-bar of a generator trained here: the mean of 4096 mapped z (deterministic, so a
             # resumed run recomputes the same value). Converted checkpoints carry their own.
             self.generator_ema.compute_w_avg(4096, seed=self.base_seed * 1000 + _W_AVG_SEED)
 
     def build_for_training(self, global_batch_size):
         r = self.resolution
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        # The segmenter stage reads no real batch: it draws this many samples per replica.
-        self.segmenter_batch_size = max(1, global_batch_size // replicas)
+        self.segmenter_batch_size = distillation.samples_per_replica(global_batch_size)
         sg2.build_generator(self.generator, 2)
         sg2.build_generator(self.generator_ema, 2)
         images = tf.zeros([2, r, r, 3])
@@ -167,21 +210,17 @@ class Labels4Free(Method):
                                          noise=self._zero_noise())
         self.alpha_network(features)
         self.segmenter(images)
-        if self.pretrained_dir:
+        if self.settings.pretrained_dir:
             self._load_pretrained()
         else:
             # The EMA starts at G's initial weights.
             for ema, source in self._ema_pairs():
                 ema.assign(source)
-        self.generator_optimizer.build(self.generator.trainable_variables)
-        self.discriminator_optimizer.build(self.discriminator.trainable_variables)
-        self.alpha_optimizer.build(self.alpha_network.trainable_variables)
-        self.alpha_discriminator_optimizer.build(self.alpha_discriminator.trainable_variables)
-        self.segmenter_optimizer.build(self.segmenter.trainable_variables)
+        self.build_optimizers()
 
     def _load_pretrained(self):
         """Copies a converted checkpoint into G, its EMA and D (a resumed run then restores its own)."""
-        directory = self.pretrained_dir
+        directory = self.settings.pretrained_dir
         for generator in (self.generator, self.generator_ema):
             generator.load_weights(os.path.join(directory, sg2.GENERATOR_WEIGHTS))
         path = os.path.join(directory, sg2.DISCRIMINATOR_WEIGHTS)
@@ -197,12 +236,13 @@ class Labels4Free(Method):
         assert all(e.shape == g.shape for e, g in pairs)
         return pairs
 
-    def optimizers_by_name(self):
-        return {"generator": self.generator_optimizer,
-                "discriminator": self.discriminator_optimizer,
-                "alpha": self.alpha_optimizer,
-                "alpha_discriminator": self.alpha_discriminator_optimizer,
-                "segmenter": self.segmenter_optimizer}
+    def phase_optimizers(self):
+        return {"generator": (self.generator_optimizer, self.generator.trainable_variables),
+                "discriminator": (self.discriminator_optimizer, self.discriminator.trainable_variables),
+                "alpha": (self.alpha_optimizer, self.alpha_network.trainable_variables),
+                "alpha_discriminator": (self.alpha_discriminator_optimizer,
+                                        self.alpha_discriminator.trainable_variables),
+                "segmenter": (self.segmenter_optimizer, self.segmenter.trainable_variables)}
 
     # -- generation -----------------------------------------------------------------------------
     def _zero_noise(self):
@@ -234,12 +274,12 @@ class Labels4Free(Method):
         seeds = tf.random.experimental.stateless_split(seed, 4)
         z = tf.random.stateless_normal([batch, self.z_dim], seeds[0])
         # Training shares z between fg and bg (the reference); the test script draws them apart.
-        z_bg = z if self.shared_latent else tf.random.stateless_normal([batch, self.z_dim], seeds[1])
+        z_bg = z if self.settings.shared_latent else tf.random.stateless_normal([batch, self.z_dim], seeds[1])
         generator = self.generator_ema
-        fg, features = generator(z, truncation_psi=self.truncation,
+        fg, features = generator(z, truncation_psi=self.settings.truncation,
                                  noise=self.make_noise(batch, seeds[2]), return_features=True)
-        bg = generator(z_bg, truncation_psi=self.background_truncation,
-                       noise=self.make_noise(batch, seeds[3]), zero_4x4=self.zero_4x4)
+        bg = generator(z_bg, truncation_psi=self.settings.background_truncation,
+                       noise=self.make_noise(batch, seeds[3]), zero_4x4=self.settings.zero_4x4)
         fg, bg = tf.stop_gradient(fg), tf.stop_gradient(bg)
         features = tf.nest.map_structure(tf.stop_gradient, features)
         alpha = self.alpha_network(features)
@@ -279,8 +319,8 @@ class Labels4Free(Method):
         fake = tf.stop_gradient(fake)
         b = real.shape[0]
         variables = discriminator.trainable_variables
-        if self.r1_gamma and self.r1_interval:
-            regularize = tf.equal(tf.math.floormod(tf.cast(step, tf.int64), self.r1_interval), 0)
+        if self.settings.r1_gamma and self.settings.r1_interval:
+            regularize = tf.equal(tf.math.floormod(tf.cast(step, tf.int64), self.settings.r1_interval), 0)
         else:
             regularize = tf.constant(False)
         with tf.GradientTape() as tape:
@@ -289,7 +329,7 @@ class Labels4Free(Method):
             adversarial = losses.logistic_discriminator_loss(real_scores, fake_scores)
             r1 = tf.cond(regularize, lambda: losses.r1_penalty(discriminator, real),
                          lambda: tf.zeros([b]))
-            per_example = adversarial + 0.5 * self.r1_gamma * max(self.r1_interval, 1) * r1
+            per_example = adversarial + 0.5 * self.settings.r1_gamma * max(self.settings.r1_interval, 1) * r1
             total = tf.nn.compute_average_loss(per_example)
         grads = tape.gradient(total, variables)
         metrics = {"loss/discriminator": adversarial, "loss/r1": r1,
@@ -317,12 +357,12 @@ class Labels4Free(Method):
         """
         terms = {"adversarial": losses.logistic_generator_loss(scores),
                  "binarization": losses.mask_binarization_loss(alpha),
-                 "min_foreground": losses.mask_size_loss(alpha, self.min_foreground_coverage),
+                 "min_foreground": losses.mask_size_loss(alpha, self.settings.min_foreground_coverage),
                  # L_bg = max(0, phi_bg - (1 - mean alpha)) = max(0, mean alpha - (1 - phi_bg)).
-                 "max_foreground": losses.mask_excess_loss(alpha, 1.0 - self.min_background_coverage)}
-        terms["total"] = (self.adversarial_weight * terms["adversarial"]
-                          + self.mask_loss_weight * (terms["binarization"] + terms["min_foreground"])
-                          + self.background_coverage_weight * terms["max_foreground"])
+                 "max_foreground": losses.mask_excess_loss(alpha, 1.0 - self.settings.min_background_coverage)}
+        terms["total"] = (self.settings.adversarial_weight * terms["adversarial"]
+                          + self.settings.mask_loss_weight * (terms["binarization"] + terms["min_foreground"])
+                          + self.settings.background_coverage_weight * terms["max_foreground"])
         return terms
 
     def _alpha_gradients(self, batch, step):
@@ -339,26 +379,10 @@ class Labels4Free(Method):
 
     def _segmenter_gradients(self, step):
         out = self.render_layers(self.segmenter_batch_size, self.replica_seed(step, _SEGMENTER))
-        images = out[self.distill_on]
-        variables = self.segmenter.trainable_variables
-        with tf.GradientTape() as tape:
-            per_example = self.segmenter.loss(images, out["alpha"])
-            total = tf.nn.compute_average_loss(per_example)
-        grads = tape.gradient(total, variables)
-        return {"loss/segmenter": per_example,
-                "mask/coverage": losses.mask_coverage(out["alpha"]),
-                "mask/binariness": losses.mask_binariness(out["alpha"])}, grads
+        return self.segmenter.gradients(out[self.settings.distill_on], out["alpha"])
 
     def apply_phase(self, phase, grads):
-        optimizer, variables = {
-            "discriminator": (self.discriminator_optimizer, self.discriminator.trainable_variables),
-            "generator": (self.generator_optimizer, self.generator.trainable_variables),
-            "alpha_discriminator": (self.alpha_discriminator_optimizer,
-                                    self.alpha_discriminator.trainable_variables),
-            "alpha": (self.alpha_optimizer, self.alpha_network.trainable_variables),
-            "segmenter": (self.segmenter_optimizer, self.segmenter.trainable_variables),
-        }[phase]
-        optimizer.apply(grads, variables)
+        super().apply_phase(phase, grads)
         if phase == "generator":
             self.update_ema()
 
@@ -370,7 +394,7 @@ class Labels4Free(Method):
         `merge_call` / `extended.update`, as Keras' optimizers do, instead of a replica-context
         assign (which a MirroredVariable without an aggregation refuses).
         """
-        decay = self.ema_decay
+        decay = self.settings.ema_decay
         pairs = [(e.value, g.value) for e, g in self._ema_pairs()]
 
         def update(ema, value):
@@ -418,63 +442,3 @@ def read_pretrained_config(directory, resolution):
                           f"{config['generator']['resolution']} px images, but "
                           f"tfseg.training.TrainConfig.resolution = {resolution}")
     return config
-
-
-@gin.configurable(module="tfseg.methods")
-def labels4free(resolution, z_dim=512, w_dim=512, mapping_layers=8, channel_base=32768,
-                max_channels=512, discriminator_channel_base=None, discriminator_max_channels=None,
-                mbstd_group=4, pretrained_dir=None, learning_rate=0.002, r1_gamma=10.0,
-                r1_interval=16, ema_decay=0.9978, truncation=1.0, background_truncation=1.0,
-                zero_4x4="output", shared_latent=True, alpha_discriminator="fresh",
-                alpha_learning_rate=2e-4, adversarial_weight=1.0, mask_loss_weight=3.0,
-                min_foreground_coverage=0.25, min_background_coverage=0.0,
-                background_coverage_weight=0.0, alpha_blocks=NUM_BLOCKS, segmenter_width=32,
-                segmenter_residual_blocks=2, segmenter_learning_rate=1e-3, distill_on="composite",
-                seed=0):
-    """Builds Labels4Free (gin: `tfseg.methods.labels4free.<arg>`); reference values as defaults.
-
-    Args:
-        resolution: image side S (set by the trainer).
-        z_dim, w_dim, mapping_layers, channel_base, max_channels: StyleGAN2's sizes (config-f:
-            512, 512, 8, 32768, 512); ignored with `pretrained_dir`.
-        discriminator_channel_base, discriminator_max_channels: D's widths (None: as G).
-        mbstd_group: D's minibatch-stddev group.
-        pretrained_dir: a folder written by `tools/convert_stylegan2.py`; its generator (and
-            discriminator) replace stage 1, whose budget should then be 0.
-        learning_rate: stage 1 Adam lr of G and D (StyleGAN2: 0.002).
-        r1_gamma, r1_interval: lazy R1 weight and interval, both stages (10, 16; 0 disables).
-        ema_decay: per-step decay of G's EMA (rosinality: 0.5 ** (32 / 10000) = 0.9978).
-        truncation: psi of G_fg around w-bar (per data set: 1.0, 0.5 cat, 0.3 car).
-        background_truncation: psi of G_bg (1.0 in training).
-        zero_4x4: how G_bg is made: "output" (S = 256, 1024 models) or "input" (S = 512 car).
-        shared_latent: fg and bg from the same z (the reference's training) or independent z.
-        alpha_discriminator: "fresh" (random init, the paper's "weak" D) or "stylegan2" (stage 1's
-            or the converted D: the car recipe's `--use_disc`).
-        alpha_learning_rate: nominal lr of stage 2 (A uses 4/5 of it, D 16/17).
-        adversarial_weight: w_adv (`sat_weight`).
-        mask_loss_weight: lambda on binarization + minimum-foreground hinge (`loss_multiplier`).
-        min_foreground_coverage: phi_fg (0.25).
-        min_background_coverage, background_coverage_weight: phi_bg and w_bg of the optional
-            maximum-foreground hinge (`bg_coverage_wt`; 0 in the paper reproductions).
-        alpha_blocks: how many of the finest synthesis blocks A reads (6).
-        segmenter_width, segmenter_residual_blocks, segmenter_learning_rate: the distilled
-            segmenter (stage 3).
-        distill_on: distil on "composite" images or on the "foreground" G_fg draws.
-        seed: seeds weights and every random draw.
-    """
-    return Labels4Free(
-        resolution, z_dim=z_dim, w_dim=w_dim, mapping_layers=mapping_layers,
-        channel_base=channel_base, max_channels=max_channels,
-        discriminator_channel_base=discriminator_channel_base,
-        discriminator_max_channels=discriminator_max_channels, mbstd_group=mbstd_group,
-        pretrained_dir=pretrained_dir, learning_rate=learning_rate, r1_gamma=r1_gamma,
-        r1_interval=r1_interval, ema_decay=ema_decay, truncation=truncation,
-        background_truncation=background_truncation, zero_4x4=zero_4x4,
-        shared_latent=shared_latent, alpha_discriminator=alpha_discriminator,
-        alpha_learning_rate=alpha_learning_rate, adversarial_weight=adversarial_weight,
-        mask_loss_weight=mask_loss_weight, min_foreground_coverage=min_foreground_coverage,
-        min_background_coverage=min_background_coverage,
-        background_coverage_weight=background_coverage_weight, alpha_blocks=alpha_blocks,
-        segmenter_width=segmenter_width, segmenter_residual_blocks=segmenter_residual_blocks,
-        segmenter_learning_rate=segmenter_learning_rate, distill_on=distill_on, seed=seed,
-        name="labels4free")

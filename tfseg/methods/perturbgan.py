@@ -16,14 +16,18 @@ Validation scores the encoder route during stage 2 and the distilled segmenter d
 the best-on-validation checkpoint records which one it used, so the better route is the one that
 is evaluated on test and exported.
 """
+import dataclasses
+from typing import Optional
+
 import gin
-import keras
 import tensorflow as tf
 from keras import ops
 
 from tfseg import losses
 from tfseg.methods.base import Method, Stage
+from tfseg.methods import distillation
 from tfseg.methods.distillation import DistilledSegmenter
+from tfseg.methods.optimizers import gan_adam
 from tfseg.modeling import perturbation
 from tfseg.modeling.stylegan import LayeredGenerator, ProGANDiscriminator
 
@@ -35,53 +39,94 @@ _E_Z = 9
 _S_Z, _S_SHIFT, _S_JITTER, _S_NOISE = 11, 12, 13, 14
 
 
-def _adam(learning_rate):
-    # The reference's (0, 0.99) for G and D.
-    return keras.optimizers.Adam(learning_rate, beta_1=0.0, beta_2=0.99, epsilon=1e-8)
+@gin.configurable("perturbgan", module="tfseg.methods")
+@dataclasses.dataclass(frozen=True)
+class PerturbGANSettings:
+    """PerturbGAN's hyper-parameters (gin: `tfseg.methods.perturbgan.<field>`); paper values where
+    it gives them. The trainer calls it with `resolution` and `seed`; `build()` makes the method.
+
+    Attributes:
+        resolution: image side R (set by the trainer).
+        min_mask_coverage: eta of the mask size hinge (required; per data set: car 0.25, horse
+            0.20, chair and bird 0.15).
+        z_dim, w_dim: latent and style sizes (paper: 512).
+        mapping_layers: depth of each mapping network (paper: 8).
+        channel_base, max_channels: synthesis widths, min(max_channels, channel_base // r) at
+            resolution r (paper: 16384, 512; CPU default: 1024, 64).
+        discriminator_channel_base, discriminator_max_channels: the same for D and E (None: as G).
+        single_generator: one 7-channel synthesis network (ablation (h)).
+        shared_mapping: one mapping network for background and foreground (`common_style`).
+        shift_fraction: beta; shifts are drawn in [-beta R, beta R] per axis (0 disables: ablation (b)).
+        background_contrast_jitter: s of the contrast factor U[1 - s, 1 + s] (0 disables; paper
+            row (d) uses 0.3).
+        max_mask_coverage: optional upper hinge max(0, mean(m) - max), weighted like the lower one
+            (not in the paper; None disables it).
+        mask_size_weight, binarization_weight: gamma_1 and gamma_2 (2.0 each).
+        gradient_penalty_weight, drift_weight: lambda_GP (10) and epsilon_drift (1e-3).
+        learning_rate: Adam lr of G and D (mapping networks at 0.01x through equalized lr_mul).
+        encoder_learning_rate: Adam lr of the encoder E (stage 2).
+        reconstruction_weight, feature_weight: weights of the two L_auto terms (1, 1).
+        synthetic_latent_weight: extra term regressing the styles of generated images (0: off).
+        segmenter_width, segmenter_residual_blocks, segmenter_learning_rate: the distilled
+            segmenter (stage 3).
+        distill_on_shifted: distil on shifted composites (more object positions) or unshifted ones.
+        seed: seeds weights and every random draw.
+    """
+    resolution: int
+    min_mask_coverage: float = gin.REQUIRED
+    z_dim: int = 128
+    w_dim: int = 128
+    mapping_layers: int = 4
+    channel_base: int = 1024
+    max_channels: int = 64
+    discriminator_channel_base: Optional[int] = None
+    discriminator_max_channels: Optional[int] = None
+    single_generator: bool = False
+    shared_mapping: bool = False
+    shift_fraction: float = 0.125
+    background_contrast_jitter: float = 0.0
+    max_mask_coverage: Optional[float] = None
+    mask_size_weight: float = 2.0
+    binarization_weight: float = 2.0
+    gradient_penalty_weight: float = 10.0
+    drift_weight: float = 1e-3
+    learning_rate: float = 1e-3
+    encoder_learning_rate: float = 1e-4
+    reconstruction_weight: float = 1.0
+    feature_weight: float = 1.0
+    synthetic_latent_weight: float = 0.0
+    segmenter_width: int = 32
+    segmenter_residual_blocks: int = 2
+    segmenter_learning_rate: float = 1e-3
+    distill_on_shifted: bool = True
+    seed: int = 0
+
+    def build(self):
+        return PerturbGAN(self)
 
 
 class PerturbGAN(Method):
-    """PerturbGAN's networks, optimizers and three training stages. See `perturbgan` for the args."""
+    """PerturbGAN's networks, optimizers and three training stages, built from `PerturbGANSettings`."""
 
-    def __init__(self, resolution, z_dim=128, w_dim=128, mapping_layers=4, channel_base=1024,
-                 max_channels=64, discriminator_channel_base=None, discriminator_max_channels=None,
-                 single_generator=False, shared_mapping=False, shift_fraction=0.125,
-                 background_contrast_jitter=0.0, min_mask_coverage=0.05, max_mask_coverage=None,
-                 mask_size_weight=2.0, binarization_weight=2.0, gradient_penalty_weight=10.0, drift_weight=1e-3,
-                 learning_rate=1e-3, encoder_learning_rate=1e-4, reconstruction_weight=1.0,
-                 feature_weight=1.0, synthetic_latent_weight=0.0, segmenter_width=32,
-                 segmenter_residual_blocks=2, segmenter_learning_rate=1e-3,
-                 distill_on_shifted=True, seed=0, **kwargs):
-        super().__init__(resolution=resolution, seed=seed, **kwargs)
-        self.z_dim = z_dim
-        self.shift_fraction = shift_fraction
-        self.background_contrast_jitter = background_contrast_jitter
-        self.min_mask_coverage = min_mask_coverage
-        self.max_mask_coverage = max_mask_coverage
-        self.mask_size_weight = mask_size_weight
-        self.binarization_weight = binarization_weight
-        self.gradient_penalty_weight = gradient_penalty_weight
-        self.drift_weight = drift_weight
-        self.reconstruction_weight = reconstruction_weight
-        self.feature_weight = feature_weight
-        self.synthetic_latent_weight = synthetic_latent_weight
-        self.distill_on_shifted = distill_on_shifted
-        keras.utils.set_random_seed(seed)
-        d_base = discriminator_channel_base or channel_base
-        d_max = discriminator_max_channels or max_channels
-        self.generator = LayeredGenerator(resolution, z_dim, w_dim, mapping_layers, channel_base,
-                                          max_channels, single_generator, shared_mapping,
-                                          name="generator")
-        self.discriminator = ProGANDiscriminator(resolution, d_base, d_max, name="discriminator")
-        self.encoder = ProGANDiscriminator(resolution, d_base, d_max,
-                                           outputs=self.generator.num_styles * w_dim,
+    def __init__(self, settings):
+        super().__init__(settings, name="perturbgan")
+        s = settings
+        self.z_dim = s.z_dim
+        d_base = s.discriminator_channel_base or s.channel_base
+        d_max = s.discriminator_max_channels or s.max_channels
+        self.generator = LayeredGenerator(s.resolution, s.z_dim, s.w_dim, s.mapping_layers,
+                                          s.channel_base, s.max_channels, s.single_generator,
+                                          s.shared_mapping, name="generator")
+        self.discriminator = ProGANDiscriminator(s.resolution, d_base, d_max, name="discriminator")
+        self.encoder = ProGANDiscriminator(s.resolution, d_base, d_max,
+                                           outputs=self.generator.num_styles * s.w_dim,
                                            minibatch_std=False, name="encoder")
-        self.segmenter = DistilledSegmenter(segmenter_width, segmenter_residual_blocks,
+        self.segmenter = DistilledSegmenter(s.segmenter_width, s.segmenter_residual_blocks,
                                             name="segmenter")
-        self.generator_optimizer = _adam(learning_rate)
-        self.discriminator_optimizer = _adam(learning_rate)
-        self.encoder_optimizer = _adam(encoder_learning_rate)
-        self.segmenter_optimizer = _adam(segmenter_learning_rate)
+        self.generator_optimizer = gan_adam(s.learning_rate)
+        self.discriminator_optimizer = gan_adam(s.learning_rate)
+        self.encoder_optimizer = gan_adam(s.encoder_learning_rate)
+        self.segmenter_optimizer = gan_adam(s.segmenter_learning_rate)
         # Which route segments real photos; stored in checkpoints, set by `begin_stage`.
         self.segmentation_route = tf.Variable(DISTILLED_ROUTE, dtype=tf.int32, trainable=False,
                                               name="segmentation_route")
@@ -106,22 +151,19 @@ class PerturbGAN(Method):
 
     def build_for_training(self, global_batch_size):
         r = self.resolution
-        # The segmenter stage reads no real batch: it draws this many samples per replica.
-        self.segmenter_batch_size = max(
-            1, global_batch_size // tf.distribute.get_strategy().num_replicas_in_sync)
+        self.segmenter_batch_size = distillation.samples_per_replica(global_batch_size)
         images = tf.zeros([2, r, r, 3])
         self.generator(tf.zeros([2, self.z_dim]))
         self.discriminator(images)
         self.encoder(images)
         self.segmenter(images)
-        self.generator_optimizer.build(self.generator.trainable_variables)
-        self.discriminator_optimizer.build(self.discriminator.trainable_variables)
-        self.encoder_optimizer.build(self.encoder.trainable_variables)
-        self.segmenter_optimizer.build(self.segmenter.trainable_variables)
+        self.build_optimizers()
 
-    def optimizers_by_name(self):
-        return {"generator": self.generator_optimizer, "discriminator": self.discriminator_optimizer,
-                "encoder": self.encoder_optimizer, "segmenter": self.segmenter_optimizer}
+    def phase_optimizers(self):
+        return {"generator": (self.generator_optimizer, self.generator.trainable_variables),
+                "discriminator": (self.discriminator_optimizer, self.discriminator.trainable_variables),
+                "encoder": (self.encoder_optimizer, self.encoder.trainable_variables),
+                "segmenter": (self.segmenter_optimizer, self.segmenter.trainable_variables)}
 
     # -- generation -----------------------------------------------------------------------------
     def render(self, batch, seeds, perturb=True):
@@ -141,9 +183,9 @@ class PerturbGAN(Method):
         if not perturb:
             out["shifted_mask"], out["shifted_composite"] = out["mask"], out["composite"]
             return out
-        shifts = perturbation.random_shifts(batch, self.resolution, self.shift_fraction, seeds["shift"])
+        shifts = perturbation.random_shifts(batch, self.resolution, self.settings.shift_fraction, seeds["shift"])
         moved = perturbation.shift_layers(ops.concatenate([out["foreground"], out["mask"]], -1), shifts)
-        background = perturbation.contrast_jitter(out["background"], self.background_contrast_jitter,
+        background = perturbation.contrast_jitter(out["background"], self.settings.background_contrast_jitter,
                                                   seeds["jitter"])
         out["shifted_mask"] = moved[..., 3:]
         out["shifted_composite"] = perturbation.composite(moved[..., :3], moved[..., 3:], background)
@@ -194,8 +236,8 @@ class PerturbGAN(Method):
             fake_scores = self.discriminator(fake)
             penalty = losses.gradient_penalty(self.discriminator, losses.interpolate(real, fake, u))
             per_example = (losses.wasserstein_discriminator_loss(real_scores, fake_scores)
-                           + self.gradient_penalty_weight * penalty
-                           + self.drift_weight * losses.drift_loss(real_scores))
+                           + self.settings.gradient_penalty_weight * penalty
+                           + self.settings.drift_weight * losses.drift_loss(real_scores))
             total = tf.nn.compute_average_loss(per_example)
         grads = tape.gradient(total, variables)
         metrics = {"loss/discriminator": per_example, "loss/gradient_penalty": penalty,
@@ -210,14 +252,14 @@ class PerturbGAN(Method):
             scores = self.discriminator(out["shifted_composite"])
             adversarial = losses.wasserstein_generator_loss(scores)
             # Both mask terms on the shifted mask, as in the reference code (docs/methods.md §1.9).
-            size = losses.mask_size_loss(out["shifted_mask"], self.min_mask_coverage)
-            if self.max_mask_coverage is not None:
+            size = losses.mask_size_loss(out["shifted_mask"], self.settings.min_mask_coverage)
+            if self.settings.max_mask_coverage is not None:
                 # Not in the paper: keeps the mask from taking the whole scene (the inverted
                 # solution, background in the mask), like Labels4Free's max-foreground hinge.
-                size = size + losses.mask_excess_loss(out["shifted_mask"], self.max_mask_coverage)
+                size = size + losses.mask_excess_loss(out["shifted_mask"], self.settings.max_mask_coverage)
             binary = losses.mask_binarization_loss(out["shifted_mask"])
-            per_example = (adversarial + self.mask_size_weight * size
-                           + self.binarization_weight * binary)
+            per_example = (adversarial + self.settings.mask_size_weight * size
+                           + self.settings.binarization_weight * binary)
             total = tf.nn.compute_average_loss(per_example)
         grads = tape.gradient(total, variables)
         metrics = {"loss/generator_adversarial": adversarial, "loss/mask_size": size,
@@ -234,9 +276,9 @@ class PerturbGAN(Method):
             feature = ops.mean(ops.square(self.discriminator.features(rebuilt)
                                           - tf.stop_gradient(self.discriminator.features(real))),
                                axis=(1, 2, 3))
-            per_example = self.reconstruction_weight * reconstruction + self.feature_weight * feature
+            per_example = self.settings.reconstruction_weight * reconstruction + self.settings.feature_weight * feature
             latent = tf.zeros_like(per_example)
-            if self.synthetic_latent_weight:
+            if self.settings.synthetic_latent_weight:
                 # Generated images have known styles: regress them too (not in the poster's loss).
                 z = tf.random.stateless_normal([real.shape[0], self.z_dim],
                                                self.replica_seed(step, _E_Z))
@@ -245,7 +287,7 @@ class PerturbGAN(Method):
                 images = perturbation.composite(drawn["foreground"], drawn["mask"], drawn["background"])
                 latent = ops.mean(ops.square(self.styles_of(tf.stop_gradient(images)) - styles),
                                   axis=(1, 2))
-                per_example = per_example + self.synthetic_latent_weight * latent
+                per_example = per_example + self.settings.synthetic_latent_weight * latent
             total = tf.nn.compute_average_loss(per_example)
         grads = tape.gradient(total, variables)
         metrics = {"loss/reconstruction_l1": reconstruction, "loss/discriminator_features": feature,
@@ -253,25 +295,9 @@ class PerturbGAN(Method):
         return metrics, grads
 
     def _segmenter_gradients(self, step):
-        batch = self.segmenter_batch_size
-        out = self.render(batch, self._seeds(step, _S_Z, _S_NOISE, _S_SHIFT, _S_JITTER),
-                          perturb=self.distill_on_shifted)
-        variables = self.segmenter.trainable_variables
-        with tf.GradientTape() as tape:
-            per_example = self.segmenter.loss(out["shifted_composite"], out["shifted_mask"])
-            total = tf.nn.compute_average_loss(per_example)
-        grads = tape.gradient(total, variables)
-        return {"loss/segmenter": per_example,
-                "mask/coverage": losses.mask_coverage(out["shifted_mask"])}, grads
-
-    def apply_phase(self, phase, grads):
-        optimizer, variables = {
-            "discriminator": (self.discriminator_optimizer, self.discriminator.trainable_variables),
-            "generator": (self.generator_optimizer, self.generator.trainable_variables),
-            "encoder": (self.encoder_optimizer, self.encoder.trainable_variables),
-            "segmenter": (self.segmenter_optimizer, self.segmenter.trainable_variables),
-        }[phase]
-        optimizer.apply(grads, variables)
+        out = self.render(self.segmenter_batch_size, self._seeds(step, _S_Z, _S_NOISE, _S_SHIFT, _S_JITTER),
+                          perturb=self.settings.distill_on_shifted)
+        return self.segmenter.gradients(out["shifted_composite"], out["shifted_mask"])
 
     # -- summaries ------------------------------------------------------------------------------
     def summary_images(self, images, step):
@@ -288,61 +314,3 @@ class PerturbGAN(Method):
                 named["reconstruction"] = self.reconstruct(images)["composite"]
             named["real_mask"] = self.region_masks(images)[..., :1]
         return named
-
-
-@gin.configurable(module="tfseg.methods")
-def perturbgan(resolution, z_dim=128, w_dim=128, mapping_layers=4, channel_base=1024,
-               max_channels=64, discriminator_channel_base=None, discriminator_max_channels=None,
-               single_generator=False, shared_mapping=False, shift_fraction=0.125,
-               background_contrast_jitter=0.0, min_mask_coverage=gin.REQUIRED,
-               max_mask_coverage=None, mask_size_weight=2.0, binarization_weight=2.0,
-               gradient_penalty_weight=10.0,
-               drift_weight=1e-3, learning_rate=1e-3, encoder_learning_rate=1e-4,
-               reconstruction_weight=1.0, feature_weight=1.0, synthetic_latent_weight=0.0,
-               segmenter_width=32, segmenter_residual_blocks=2, segmenter_learning_rate=1e-3,
-               distill_on_shifted=True, seed=0):
-    """Builds PerturbGAN (gin: `tfseg.methods.perturbgan.<arg>`); paper values where it gives them.
-
-    Args:
-        resolution: image side R (set by the trainer).
-        z_dim, w_dim: latent and style sizes (paper: 512).
-        mapping_layers: depth of each mapping network (paper: 8).
-        channel_base, max_channels: synthesis widths, min(max_channels, channel_base // r) at
-            resolution r (paper: 16384, 512; CPU default: 1024, 64).
-        discriminator_channel_base, discriminator_max_channels: the same for D and E (None: as G).
-        single_generator: one 7-channel synthesis network (ablation (h)).
-        shared_mapping: one mapping network for background and foreground (`common_style`).
-        shift_fraction: beta; shifts are drawn in [-beta R, beta R] per axis (0 disables: ablation (b)).
-        background_contrast_jitter: s of the contrast factor U[1 - s, 1 + s] (0 disables; paper
-            row (d) uses 0.3).
-        min_mask_coverage: eta of the mask size hinge (per data set: car 0.25, horse 0.20,
-            chair and bird 0.15).
-        max_mask_coverage: optional upper hinge max(0, mean(m) - max), weighted like the lower one
-            (not in the paper; None disables it).
-        mask_size_weight, binarization_weight: gamma_1 and gamma_2 (2.0 each).
-        gradient_penalty_weight, drift_weight: lambda_GP (10) and epsilon_drift (1e-3).
-        learning_rate: Adam lr of G and D (mapping networks at 0.01x through equalized lr_mul).
-        encoder_learning_rate: Adam lr of the encoder E (stage 2).
-        reconstruction_weight, feature_weight: weights of the two L_auto terms (1, 1).
-        synthetic_latent_weight: extra term regressing the styles of generated images (0: off).
-        segmenter_width, segmenter_residual_blocks, segmenter_learning_rate: the distilled
-            segmenter (stage 3).
-        distill_on_shifted: distil on shifted composites (more object positions) or unshifted ones.
-        seed: seeds weights and every random draw.
-    """
-    return PerturbGAN(
-        resolution, z_dim=z_dim, w_dim=w_dim, mapping_layers=mapping_layers,
-        channel_base=channel_base, max_channels=max_channels,
-        discriminator_channel_base=discriminator_channel_base,
-        discriminator_max_channels=discriminator_max_channels, single_generator=single_generator,
-        shared_mapping=shared_mapping, shift_fraction=shift_fraction,
-        background_contrast_jitter=background_contrast_jitter, min_mask_coverage=min_mask_coverage,
-        max_mask_coverage=max_mask_coverage,
-        mask_size_weight=mask_size_weight, binarization_weight=binarization_weight,
-        gradient_penalty_weight=gradient_penalty_weight, drift_weight=drift_weight,
-        learning_rate=learning_rate, encoder_learning_rate=encoder_learning_rate,
-        reconstruction_weight=reconstruction_weight, feature_weight=feature_weight,
-        synthetic_latent_weight=synthetic_latent_weight, segmenter_width=segmenter_width,
-        segmenter_residual_blocks=segmenter_residual_blocks,
-        segmenter_learning_rate=segmenter_learning_rate, distill_on_shifted=distill_on_shifted,
-        seed=seed, name="perturbgan")

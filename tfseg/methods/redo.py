@@ -6,66 +6,112 @@ regions keep their real pixels, so F cannot ignore x; a discriminator must not t
 images; an encoder recovers z from y (information conservation), so the redrawn region cannot be
 empty. F, the G_k and the encoder are trained together on one loss; D on the hinge loss.
 """
+import dataclasses
+from typing import Optional
+
 import gin
-import keras
 import tensorflow as tf
 from keras import ops
 
 from tfseg import losses
 from tfseg.methods.base import Method
+from tfseg.methods.optimizers import gan_adam
 from tfseg.modeling.mask_network import MaskNetwork
 from tfseg.modeling.redo_discriminator import Discriminator
 from tfseg.modeling.redo_generator import RegionGenerator
 
 
+@gin.configurable("redo", module="tfseg.methods")
+@dataclasses.dataclass(frozen=True)
+class ReDOSettings:
+    """ReDO's hyper-parameters (gin: `tfseg.methods.redo.<field>`); defaults are the paper's
+    CUB/Flowers settings. The trainer calls it with `resolution` and `seed`; `build()` makes the method.
+
+    Attributes:
+        resolution: image side R (set by the trainer).
+        num_regions: n (2: object and background).
+        z_dim: nz, size of each region code.
+        mask_width: width nf of the mask network (64 in the paper).
+        mask_residual_blocks: residual blocks in the mask network.
+        generator_width: ch of each region generator (32 for CUB/Flowers, 64 for LFW).
+        generator_max_width: optional cap on generator block widths.
+        generator_self_attention: the generators' self-attention block (§2.3).
+        generator_norm_offset: gamma offset of the generators' conditional norms (reference: 0).
+        discriminator_width, discriminator_max_width: D's first and maximal widths.
+        discriminator_self_attention: D's self-attention block (§2.3).
+        shared_encoder_trunk: the z-encoder is a head on D's trunk (InfoGAN); False = its own net.
+        info_weight: lambda_z.
+        learning_rate: Adam lr of G, D and the encoder.
+        mask_learning_rate: Adam lr of F.
+        mask_weight_decay: coupled L2 on F.
+        init_gain: orthogonal init gain (0.8; 0.2 and 1.4 fail).
+        seed: seeds initial weights and the codes z.
+    """
+    resolution: int
+    num_regions: int = 2
+    z_dim: int = 32
+    mask_width: int = 64
+    mask_residual_blocks: int = 3
+    generator_width: int = 32
+    generator_max_width: Optional[int] = None
+    generator_self_attention: bool = True
+    generator_norm_offset: float = 0.0
+    discriminator_width: int = 64
+    discriminator_max_width: int = 1024
+    discriminator_self_attention: bool = True
+    shared_encoder_trunk: bool = True
+    info_weight: float = 5.0
+    learning_rate: float = 1e-4
+    mask_learning_rate: float = 1e-5
+    mask_weight_decay: float = 1e-4
+    init_gain: float = 0.8
+    seed: int = 0
+
+    def build(self):
+        return ReDO(self)
+
+
 def _adam(learning_rate):
-    # beta_1 = 0: the reference's GAN setting for every network.
-    return keras.optimizers.Adam(learning_rate, beta_1=0.0, beta_2=0.9)
+    # beta_2 = 0.9: the reference's setting for every network.
+    return gan_adam(learning_rate, beta_2=0.9, epsilon=1e-7)
 
 
 class ReDO(Method):
     """ReDO's networks, optimizers and two-phase training step ("generator", "discriminator").
 
-    Call `build_for_training` before use. See `build_redo` for the arguments.
+    Built from a `ReDOSettings`; call `build_for_training` before use.
     """
 
     phases = ("generator", "discriminator")
     batches_per_step = 2
 
-    def __init__(self, resolution, num_regions=2, z_dim=32, mask_width=64, mask_residual_blocks=3,
-                 generator_width=32, generator_max_width=None, generator_self_attention=True,
-                 generator_norm_offset=0.0, discriminator_width=64, discriminator_max_width=1024,
-                 discriminator_self_attention=True, shared_encoder_trunk=True, info_weight=5.0,
-                 learning_rate=1e-4, mask_learning_rate=1e-5, mask_weight_decay=1e-4,
-                 init_gain=0.8, seed=0, **kwargs):
-        super().__init__(resolution=resolution, seed=seed, **kwargs)
-        self.num_regions = num_regions
-        self.z_dim = z_dim
-        self.info_weight = info_weight
-        self.mask_weight_decay = mask_weight_decay
-        self.shared_encoder_trunk = shared_encoder_trunk
-        keras.utils.set_random_seed(seed)  # initial weights follow the seed
-        self.mask_network = MaskNetwork(num_regions, mask_width, mask_residual_blocks,
-                                        gain=init_gain, name="mask_network")
+    def __init__(self, settings):
+        super().__init__(settings, name="redo")
+        s = settings
+        self.num_regions = s.num_regions
+        self.z_dim = s.z_dim
+        self.mask_network = MaskNetwork(s.num_regions, s.mask_width, s.mask_residual_blocks,
+                                        gain=s.init_gain, name="mask_network")
         self.generators = [
-            RegionGenerator(resolution, generator_width, generator_max_width,
-                            generator_self_attention, z_dim, gain=init_gain,
-                            norm_offset=generator_norm_offset, name=f"generator_{k}")
-            for k in range(num_regions)]
-        self.discriminator = Discriminator(resolution, discriminator_width, discriminator_max_width,
-                                           discriminator_self_attention, num_regions, z_dim,
-                                           with_encoder_head=shared_encoder_trunk, gain=init_gain,
-                                           name="discriminator")
-        self.encoder = None
-        if not shared_encoder_trunk:
-            # A separate trunk for delta, as in the reference code (two networks of D's shape).
-            self.encoder = Discriminator(resolution, discriminator_width, discriminator_max_width,
-                                         False, num_regions, z_dim, with_encoder_head=True,
-                                         gain=init_gain, name="encoder")
-        self.mask_optimizer = _adam(mask_learning_rate)
-        self.generator_optimizer = _adam(learning_rate)
-        self.encoder_optimizer = _adam(learning_rate)
-        self.discriminator_optimizer = _adam(learning_rate)
+            RegionGenerator(s.resolution, s.generator_width, s.generator_max_width,
+                            s.generator_self_attention, s.z_dim, gain=s.init_gain,
+                            norm_offset=s.generator_norm_offset, name=f"generator_{k}")
+            for k in range(s.num_regions)]
+        self.discriminator = self._discriminator_shaped(
+            s.discriminator_self_attention, with_encoder_head=s.shared_encoder_trunk, name="discriminator")
+        # Without the shared trunk the z-encoder is a network of D's shape, as in the reference code.
+        self.encoder = (None if s.shared_encoder_trunk else
+                        self._discriminator_shaped(False, with_encoder_head=True, name="encoder"))
+        self.mask_optimizer = _adam(s.mask_learning_rate)
+        self.generator_optimizer = _adam(s.learning_rate)
+        self.encoder_optimizer = _adam(s.learning_rate)
+        self.discriminator_optimizer = _adam(s.learning_rate)
+
+    def _discriminator_shaped(self, self_attention, with_encoder_head, name):
+        s = self.settings
+        return Discriminator(s.resolution, s.discriminator_width, s.discriminator_max_width,
+                             self_attention, s.num_regions, s.z_dim,
+                             with_encoder_head=with_encoder_head, gain=s.init_gain, name=name)
 
     # -- variables ------------------------------------------------------------------------------
     def _encoder_variables(self):
@@ -163,9 +209,9 @@ class ReDO(Method):
             predicted = tf.gather(codes, regions, axis=1, batch_dims=1)
             adversarial = losses.hinge_generator_loss(logits)
             info = losses.information_conservation_loss(predicted, z)
-            per_example = adversarial + self.info_weight * info
+            per_example = adversarial + self.settings.info_weight * info
             total = tf.nn.compute_average_loss(per_example)
-            info_total = tf.nn.compute_average_loss(self.info_weight * info)
+            info_total = tf.nn.compute_average_loss(self.settings.info_weight * info)
         # F and the G_k descend the whole loss; the encoder only the information term (in the
         # shared-trunk arrangement the adversarial term must not train D's trunk from G's side).
         # Two backward passes, not three: F and the G_k share the one through D and G.
@@ -208,7 +254,7 @@ class ReDO(Method):
             mask_grads, gen_grads, enc_grads = grads
             mask_vars = self.mask_network.trainable_variables
             # Coupled L2 (PyTorch Adam weight_decay), not AdamW: gradient += wd * theta.
-            mask_grads = [g + self.mask_weight_decay * v for g, v in zip(mask_grads, mask_vars)]
+            mask_grads = [g + self.settings.mask_weight_decay * v for g, v in zip(mask_grads, mask_vars)]
             self.mask_optimizer.apply(mask_grads, mask_vars)
             self.generator_optimizer.apply(gen_grads, self._generator_variables())
             self.encoder_optimizer.apply(enc_grads, self._encoder_variables())
@@ -228,43 +274,3 @@ class ReDO(Method):
             out[f"region_{k}_mask"] = m
             out[f"region_{k}_redrawn"] = generator(m, z) + (1.0 - m) * images
         return out
-
-
-@gin.configurable(module="tfseg.methods")
-def redo(resolution, num_regions=2, z_dim=32, mask_width=64, mask_residual_blocks=3,
-         generator_width=32, generator_max_width=None, generator_self_attention=True,
-         generator_norm_offset=0.0, discriminator_width=64, discriminator_max_width=1024,
-         discriminator_self_attention=True,
-         shared_encoder_trunk=True, info_weight=5.0, learning_rate=1e-4, mask_learning_rate=1e-5,
-         mask_weight_decay=1e-4, init_gain=0.8, seed=0):
-    """Builds a ReDO method (gin: `tfseg.methods.redo.<arg>`); defaults are the paper's CUB/Flowers settings.
-
-    Args:
-        resolution: image side R (set by the trainer).
-        num_regions: n (2: object and background).
-        z_dim: nz, size of each region code.
-        mask_width: width nf of the mask network (64 in the paper).
-        mask_residual_blocks: residual blocks in the mask network.
-        generator_width: ch of each region generator (32 for CUB/Flowers, 64 for LFW).
-        generator_max_width: optional cap on generator block widths.
-        generator_self_attention / discriminator_self_attention: the SA blocks of §2.3.
-        generator_norm_offset: gamma offset of the generators' conditional norms (reference: 0).
-        discriminator_width, discriminator_max_width: D's first and maximal widths.
-        shared_encoder_trunk: the z-encoder is a head on D's trunk (InfoGAN); False = its own net.
-        info_weight: lambda_z.
-        learning_rate: Adam lr of G, D and the encoder; mask_learning_rate: of F.
-        mask_weight_decay: coupled L2 on F.
-        init_gain: orthogonal init gain (0.8; 0.2 and 1.4 fail).
-        seed: seeds initial weights and the codes z.
-    """
-    return ReDO(resolution, num_regions=num_regions, z_dim=z_dim, mask_width=mask_width,
-                mask_residual_blocks=mask_residual_blocks, generator_width=generator_width,
-                generator_max_width=generator_max_width,
-                generator_self_attention=generator_self_attention,
-                generator_norm_offset=generator_norm_offset,
-                discriminator_width=discriminator_width,
-                discriminator_max_width=discriminator_max_width,
-                discriminator_self_attention=discriminator_self_attention,
-                shared_encoder_trunk=shared_encoder_trunk, info_weight=info_weight,
-                learning_rate=learning_rate, mask_learning_rate=mask_learning_rate,
-                mask_weight_decay=mask_weight_decay, init_gain=init_gain, seed=seed, name="redo")

@@ -32,7 +32,8 @@ class TrainConfig:
     """Every knob of a run that is not a network's or the data's (gin: `tfseg.training.TrainConfig.<arg>`).
 
     Args:
-        method: a method factory, e.g. `@tfseg.methods.redo`.
+        method: a method's settings class, e.g. `@tfseg.methods.redo` (`ReDOSettings`); called with
+            `resolution` and `seed`, its `build()` makes the method.
         resolution: image side R used by data and networks.
         batch_size: global batch, split across replicas.
         num_steps: length of the run in training steps (of each stage not in `stage_steps`).
@@ -197,7 +198,8 @@ def make_train_step(model, strategy, jit_compile, phases=None, batches_per_step=
 
 def build_method(config, restarts=0):
     """The method of `config`, seeded anew for every automatic restart, with gin's mask refinement."""
-    method = config.method(resolution=config.resolution, seed=config.seed + 1000 * restarts)
+    settings = config.method(resolution=config.resolution, seed=config.seed + 1000 * restarts)
+    method = settings.build()
     method.mask_refinement = refinement.mask_refinement()
     return method
 
