@@ -7,14 +7,13 @@ import re
 import gin
 from absl import logging
 
+# ConfigError lives in the leaf module tfseg.errors; the name stays importable from here.
+from tfseg.errors import ConfigError  # noqa: F401
+
 GIN_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "gin_configs")
 
 SMOKE_CONFIG = os.path.join(GIN_CONFIG_DIR, "smoke.gin")
-
-
-class ConfigError(ValueError):
-    """A gin file, binding or run directory that cannot work; the message says the fix."""
 
 
 def register_all():

@@ -35,6 +35,7 @@ def main(argv):
     from tfseg import console  # pylint: disable=import-outside-toplevel
     console.quiet_tensorflow(FLAGS.verbosity)
     from tfseg import config  # pylint: disable=import-outside-toplevel
+    from tfseg.errors import ConfigError  # pylint: disable=import-outside-toplevel
     from tfseg.serving import export_module  # pylint: disable=import-outside-toplevel
 
     if not FLAGS.model_dir or not FLAGS.export_dir:
@@ -48,7 +49,7 @@ def main(argv):
     try:
         path, checkpoint, metadata = export_module.export_run(FLAGS.model_dir, FLAGS.export_dir, FLAGS.version,
                                                               FLAGS.checkpoint, invert=FLAGS.invert)
-    except (config.ConfigError, FileExistsError, ValueError) as err:
+    except (ConfigError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"exported {checkpoint} ({metadata['checkpoint_selection']}) to {path}; foreground region "

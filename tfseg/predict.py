@@ -44,6 +44,7 @@ def main(argv):
         print(f"error: --images={FLAGS.images} is not a folder", file=sys.stderr)
         return 2
     from tfseg import config  # pylint: disable=import-outside-toplevel
+    from tfseg.errors import ConfigError  # pylint: disable=import-outside-toplevel
     from tfseg.serving import inference  # pylint: disable=import-outside-toplevel
 
     if not inference.list_images(FLAGS.images):
@@ -55,7 +56,7 @@ def main(argv):
             segment, metadata = inference.load_exported(FLAGS.export_dir)
         else:
             segment, metadata = inference.load_from_run(FLAGS.model_dir, FLAGS.checkpoint)
-    except (config.ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if FLAGS.invert:

@@ -119,7 +119,7 @@ def main(argv):
         print(f"error: {problem}. See --help.", file=sys.stderr)
         return 2
     # Imported after the flags are checked, so that --help and flag errors are quick.
-    from tfseg.data import DataError  # pylint: disable=import-outside-toplevel
+    from tfseg.errors import DataError  # pylint: disable=import-outside-toplevel
     from tfseg.data import tfrecord  # pylint: disable=import-outside-toplevel
 
     command = " ".join(shlex.quote(arg) for arg in ["python", *sys.argv])

@@ -34,7 +34,8 @@ import tensorflow as tf
 
 from tfseg.data import decode
 from tfseg.data import pipeline
-from tfseg.data.pipeline import DataError, SPLITS, SplitUnavailableError
+from tfseg.data.pipeline import SPLITS
+from tfseg.errors import DataError, SplitUnavailableError
 
 IMAGE_EXTENSIONS = decode.IMAGE_EXTENSIONS
 MASK_FORMATS = ("binary", "flowers", "lfw")

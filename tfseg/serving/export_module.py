@@ -379,7 +379,7 @@ def export_run(model_dir, export_dir, version=None, which="best", invert=False):
         `(path of the version folder, checkpoint path, metadata dict)`.
 
     Raises:
-        tfseg.config.ConfigError: `model_dir` has no config.gin or no checkpoint.
+        tfseg.errors.ConfigError: `model_dir` has no config.gin or no checkpoint.
         FileExistsError: the version exists already.
     """
     from tfseg.training import loading, trainer  # pylint: disable=import-outside-toplevel

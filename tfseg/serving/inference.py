@@ -90,7 +90,7 @@ def load_from_run(model_dir, which="best"):
         `(segment, metadata)` as in `load_exported`.
 
     Raises:
-        tfseg.config.ConfigError: `model_dir` has no config.gin or no checkpoint.
+        tfseg.errors.ConfigError: `model_dir` has no config.gin or no checkpoint.
     """
     from tfseg.training import loading  # pylint: disable=import-outside-toplevel
 

@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfseg.config import ConfigError
 from tfseg.data import decode, pipeline
+from tfseg.errors import ConfigError, DataError, SplitUnavailableError
 from tfseg.evaluation import evaluator, grids, metrics
 from tfseg.modeling import refinement
 from tfseg.training import checkpointing, nonfinite, progress, run_dir, signals
@@ -565,10 +565,10 @@ def run_split_evaluation(model, config, model_dir, split):
     """
     try:
         labelled = pipeline.dataset_has_masks(split)
-    except pipeline.SplitUnavailableError:
+    except SplitUnavailableError:
         labelled = False
     if not labelled:
-        raise pipeline.DataError(
+        raise DataError(
             f"this run's data have no masks for the {split!r} split, so there is nothing to score. To see "
             f"the masks of your photos: python -m tfseg.export --model_dir={model_dir} --export_dir=serving/"
             f"{os.path.basename(os.path.normpath(model_dir))}, then python -m tfseg.predict --export_dir=serving/"
