@@ -18,7 +18,7 @@ import tensorflow as tf
 from absl import flags
 from PIL import Image
 
-from tfseg import config, export, predict
+from tfseg import config, export, predict, registry
 from tfseg.data import augment, procedural
 from tfseg.evaluation import evaluator, metrics
 from tfseg.serving import export_module, inference
@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tf_serving_fixture  # noqa: E402  pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+registry.import_configurables()  # these tests parse configs, as the entry points do
 SIZES = [(16, 16), (40, 24), (23, 57)]
 
 

@@ -43,9 +43,10 @@ def main(argv):
     if not os.path.isdir(FLAGS.images):
         print(f"error: --images={FLAGS.images} is not a folder", file=sys.stderr)
         return 2
-    from tfseg import config  # pylint: disable=import-outside-toplevel
+    from tfseg import registry  # pylint: disable=import-outside-toplevel
     from tfseg.errors import ConfigError  # pylint: disable=import-outside-toplevel
     from tfseg.serving import inference  # pylint: disable=import-outside-toplevel
+    registry.import_configurables()  # a run's config.gin (--model_dir) may name any configurable
 
     if not inference.list_images(FLAGS.images):
         print(f"error: {FLAGS.images} holds no image files ({', '.join(inference.IMAGE_EXTENSIONS)})",

@@ -34,7 +34,7 @@ def main(argv):
     from tfseg import console  # pylint: disable=import-outside-toplevel
     console.quiet_tensorflow(FLAGS.verbosity)
     import gin  # pylint: disable=import-outside-toplevel
-    from tfseg import config  # pylint: disable=import-outside-toplevel
+    from tfseg import config, registry  # pylint: disable=import-outside-toplevel
     from tfseg.errors import ConfigError, DataError, RunDirError  # pylint: disable=import-outside-toplevel
     from tfseg.data import decode, pipeline  # pylint: disable=import-outside-toplevel
     from tfseg.training import nonfinite, run_dir, signals, trainer  # pylint: disable=import-outside-toplevel
@@ -47,6 +47,7 @@ def main(argv):
             raise ConfigError("no --gin_file given. Start with "
                               "--gin_file=gin_configs/demo.gin (ReDO on the embedded data set).")
         gin_files = list(FLAGS.gin_file) + ([config.SMOKE_CONFIG] if FLAGS.smoke else [])
+        registry.import_configurables()
         config.parse(gin_files, FLAGS.gin_bindings)
         config.check_numeric_bindings()
         train_config = trainer.TrainConfig()

@@ -1,5 +1,5 @@
 """Rebuilds a trained method from its run directory (for evaluation, export and prediction)."""
-from tfseg import config
+from tfseg import config, registry
 from tfseg.errors import ConfigError
 from tfseg.training import checkpointing, trainer
 
@@ -10,6 +10,7 @@ def load_trained(model_dir, which="best", extra_bindings=()):
     Raises:
         ConfigError: no config or no checkpoint in `model_dir`.
     """
+    registry.import_configurables()  # a run's config may name any configurable
     config.load_run_config(model_dir, extra_bindings)
     path = checkpointing.latest_checkpoint(model_dir, which)
     if path is None:
