@@ -348,6 +348,11 @@ def test_client_and_predict_keep_outputs_of_same_named_files_apart():
     assert inference.output_names(files) == ["a_jpg", "a_png", "b", "sub/a"]
 
 
+def test_client_lists_photos_as_predict_and_the_folder_source_do():
+    from tfseg import image_files  # pylint: disable=import-outside-toplevel
+    assert serving_client.list_images is image_files.list_images
+
+
 def test_error_text_of_an_in_process_graph_error_is_the_decoder_message_not_the_stack():
     message = ("Graph execution error:\n\nDetected at node DecodeImage defined at (most recent call last):\n"
                '  File "<frozen runpy>", line 198, in _run_module_as_main\n\n  File "x.py", line 3, in f\n\n'

@@ -45,11 +45,12 @@ def main(argv):
         return 2
     from tfseg import registry  # pylint: disable=import-outside-toplevel
     from tfseg.errors import ConfigError  # pylint: disable=import-outside-toplevel
+    from tfseg.image_files import IMAGE_EXTENSIONS, list_images  # pylint: disable=import-outside-toplevel
     from tfseg.serving import inference  # pylint: disable=import-outside-toplevel
     registry.import_configurables()  # a run's config.gin (--model_dir) may name any configurable
 
-    if not inference.list_images(FLAGS.images):
-        print(f"error: {FLAGS.images} holds no image files ({', '.join(inference.IMAGE_EXTENSIONS)})",
+    if not list_images(FLAGS.images):
+        print(f"error: {FLAGS.images} holds no image files ({', '.join(IMAGE_EXTENSIONS)})",
               file=sys.stderr)
         return 2
     try:

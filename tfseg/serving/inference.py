@@ -29,14 +29,13 @@ import tensorflow as tf
 
 from tfseg.data import decode
 from tfseg.evaluation import grids
+from tfseg.image_files import list_images
 from tfseg.modeling import refinement
 from tfseg.serving import export_module
 
-# One list of photo formats, one listing (links followed once) and one "unreadable" error for the
-# package: the training sources' (tfseg.data.decode).
-IMAGE_EXTENSIONS = decode.IMAGE_EXTENSIONS
+# One "unreadable" error for the package: the training sources' (tfseg.data.decode). The photo
+# formats and the folder listing are tfseg.image_files'.
 UnreadableImage = decode.UnreadableImage
-list_images = decode.list_images
 
 
 # --------------------------------------------------------------------------------------------------
