@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from tfseg.data import augment
 from tfseg.modeling import refinement
+from tfseg.serving.versions import next_version
 
 SIGNATURE_BYTES = "serving_default"
 SIGNATURE_TENSOR = "serve_image_tensor"
@@ -262,14 +263,6 @@ def serving_functions_from_run(model, train_config):
     return ServingFunctions(model, train_config.resolution,
                             image_resize_method=_gin_value(pipeline.make_dataset, "image_resize_method"),
                             square_resize=_gin_value(pipeline.make_dataset, "square_resize"))
-
-
-def next_version(export_dir):
-    """The next free integer version under `export_dir`: 1 + the largest integer folder, or 1."""
-    if not tf.io.gfile.isdir(export_dir):
-        return 1
-    versions = [int(name.rstrip("/")) for name in tf.io.gfile.listdir(export_dir) if name.rstrip("/").isdigit()]
-    return max(versions, default=0) + 1
 
 
 def _method_reference(config_path):

@@ -32,6 +32,7 @@ from tfseg.evaluation import grids
 from tfseg.image_files import list_images
 from tfseg.modeling import refinement
 from tfseg.serving import export_module
+from tfseg.serving.versions import latest_saved_model
 
 # One "unreadable" error for the package: the training sources' (tfseg.data.decode). The photo
 # formats and the folder listing are tfseg.image_files'.
@@ -58,14 +59,7 @@ def load_exported(version_dir):
     Raises:
         FileNotFoundError: `version_dir` holds no SavedModel.
     """
-    if not tf.saved_model.contains_saved_model(version_dir):
-        names = os.listdir(version_dir) if os.path.isdir(version_dir) else []
-        versions = sorted(int(n) for n in names if n.isdigit()
-                          and tf.saved_model.contains_saved_model(os.path.join(version_dir, n)))
-        if not versions:
-            raise FileNotFoundError(f"'{version_dir}' holds no SavedModel. Export one with python -m tfseg.export "
-                                    "--model_dir=<training run> --export_dir=serving/tfseg")
-        version_dir = os.path.join(version_dir, str(versions[-1]))
+    version_dir = latest_saved_model(version_dir)
     loaded = tf.saved_model.load(version_dir)
     signature = loaded.signatures[export_module.SIGNATURE_BYTES]
 
