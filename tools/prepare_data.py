@@ -79,13 +79,13 @@ def _flag_problem():
 
 
 class _ThrottledBar:
-    """Feeds the shared progress bar at most twice a second (a line per update off a terminal)."""
+    """Feeds tfseg.progress.ProgressBar at most twice a second (a line per update off a terminal)."""
 
     def __init__(self):
         self.bar, self.last = None, time.time()
 
     def __call__(self, done, total):
-        from tfseg.serving.inference import ProgressBar  # pylint: disable=import-outside-toplevel
+        from tfseg.progress import ProgressBar  # pylint: disable=import-outside-toplevel
         if self.bar is None:
             self.bar = ProgressBar(total)
         now = time.time()

@@ -20,8 +20,6 @@ import io
 import json
 import os
 import re
-import sys
-import time
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -31,6 +29,7 @@ from tfseg.data import decode
 from tfseg.evaluation import grids
 from tfseg.image_files import list_images
 from tfseg.modeling import refinement
+from tfseg.progress import ProgressBar
 from tfseg.serving import export_module
 from tfseg.serving.versions import latest_saved_model
 
@@ -218,43 +217,6 @@ def error_text(err, with_index=True):
     useful = [line for line in lines if not line.startswith(("Graph execution error", "Detected at node", "<stack",
                                                              "[[{{"))]
     return (useful or lines or [message])[0].split(" [[{{")[0].split(" [Op:")[0]
-
-
-# --------------------------------------------------------------------------------------------------
-# Progress.
-# --------------------------------------------------------------------------------------------------
-
-
-class ProgressBar:
-    """`[#####.....] k/N images | x img/s | ETA mm:ss` on one rewritten line (a line per update off a tty)."""
-
-    def __init__(self, total, stream=None, width=30):
-        self.total = total
-        self.stream = stream or sys.stderr
-        self.width = width
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start = time.time()
-
-    def update(self, done):
-        elapsed = max(time.time() - self.start, 1e-9)
-        rate = done / elapsed
-        eta = (self.total - done) / rate if rate > 0 else 0
-        filled = int(self.width * done / max(self.total, 1))
-        bar = "#" * filled + "." * (self.width - filled)
-        line = (f"[{bar}] {done}/{self.total} images | {rate:.1f} img/s | "
-                f"ETA {int(eta) // 60:02d}:{int(eta) % 60:02d}")
-        self.stream.write(("\r" + line) if self.tty else (line + "\n"))
-        self.stream.flush()
-
-    def message(self, text):
-        """A line of its own above the bar."""
-        self.stream.write(("\r\033[K" if self.tty else "") + text + "\n")
-        self.stream.flush()
-
-    def close(self):
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from tfseg.data import decode, pipeline
 from tfseg.errors import ConfigError, DataError, SplitUnavailableError
 from tfseg.evaluation import evaluator, grids, metrics
 from tfseg.modeling import refinement
-from tfseg.training import checkpointing, nonfinite, progress, run_dir, signals
+from tfseg import progress
+from tfseg.training import checkpointing, nonfinite, run_dir, signals
 from tfseg.training import strategy as strategy_lib
 
 CONFIG_FILE = "config.gin"
@@ -316,8 +317,8 @@ class Trainer:
         if self.guard is not None:
             self.guard.sync()
         step = int(self.state.step.numpy())
-        display = progress.Progress(self.total_steps, step,
-                                    cfg.batch_size * max(1, self.model.batches_per_step), self.stream)
+        display = progress.TrainingProgress(self.total_steps, step,
+                                            cfg.batch_size * max(1, self.model.batches_per_step), self.stream)
         if resumed and step >= self.total_steps:
             display.message(f"already finished: {resumed} is at step {step} of {self.total_steps}; "
                             "scoring it again (raise the step budget to train more)")
