@@ -6,7 +6,7 @@ import sys
 
 import gin
 
-import tfseg.data  # noqa: F401  (registers tfseg.data.make_dataset with gin)
+import tfseg.data.pipeline  # noqa: F401  (registers tfseg.data.make_dataset with gin)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))

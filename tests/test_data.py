@@ -17,6 +17,7 @@ from tfseg.data import augment
 from tfseg.data import decode
 from tfseg.data import folder
 from tfseg.data import procedural
+from tfseg import image_files
 
 R = 32
 
@@ -419,7 +420,13 @@ def test_folder_listing_follows_a_link_loop_once(tmp_path):
     _save(str(root / "sub" / "b.png"), _photo(1))
     os.symlink(root, root / "sub" / "loop")  # photos/sub/loop -> photos
     os.symlink(root / "sub", root / "again")  # a second way into sub/
-    assert decode.list_images(str(root)) == ["a.png", "sub/b.png"]
+    assert image_files.list_images(str(root)) == ["a.png", "sub/b.png"]
+
+
+def test_photo_listing_takes_every_decodable_extension_in_any_case_and_nothing_else(tmp_path):
+    for name in ["a.JPG", "b.jpeg", "c.webp", "d.tiff", "e.Gif", "notes.txt", "model.gin", "noext"]:
+        (tmp_path / name).write_bytes(b"x")
+    assert image_files.list_images(str(tmp_path)) == ["a.JPG", "b.jpeg", "c.webp", "d.tiff", "e.Gif"]
 
 
 def test_decode_reads_16_bit_grey_webp_and_gif(tmp_path):

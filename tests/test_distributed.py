@@ -10,8 +10,9 @@ SCRIPT = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from tfseg import config
+    from tfseg import config, registry
     from tfseg.training import nonfinite, trainer
+    registry.import_configurables()
     config.parse(["gin_configs/demo.gin", "gin_configs/smoke.gin"], [])
     cfg = trainer.TrainConfig()
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

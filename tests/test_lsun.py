@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tfseg import config, data
+from tfseg import config, data, registry
 from tfseg.data import decode, lsun
 from tfseg.training import checkpointing, trainer
 
@@ -16,6 +16,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import lsun_fixture  # noqa: E402  pylint: disable=wrong-import-position
 from test_training import REPO, run_module, run_train  # noqa: E402  pylint: disable=wrong-import-position
+
+registry.import_configurables()  # these tests parse configs, as the entry points do
 
 HORSE_URL = "http://dl.yf.io/lsun/objects/horse.zip"
 BINDING = "tfseg.data.lsun_source.lmdb_dir"

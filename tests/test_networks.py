@@ -7,6 +7,7 @@ from tfseg.modeling import layers as L
 from tfseg.modeling.mask_network import MaskNetwork
 from tfseg.modeling.redo_discriminator import Discriminator
 from tfseg.modeling.redo_generator import RegionGenerator
+from tfseg.modeling.resolutions import power_of_two_log2
 
 
 @pytest.mark.parametrize("num_regions", [2, 3])
@@ -27,6 +28,17 @@ def test_region_generator_draws_only_inside_its_mask(resolution, attention):
     assert out.shape == (3, resolution, resolution, 3)
     assert np.all(out[:, resolution // 2:] == 0.0)
     assert np.abs(out).max() <= 1.0
+
+
+@pytest.mark.parametrize("resolution,log", [(4, 2), (8, 3), (128, 7), (256.0, 8)])
+def test_power_of_two_resolutions_give_their_log2(resolution, log):
+    assert power_of_two_log2(resolution, 4, "net") == log
+
+
+@pytest.mark.parametrize("resolution", [0, -8, 2, 48, 100, 4.5])
+def test_other_resolutions_are_refused_naming_the_network_and_the_value(resolution):
+    with pytest.raises(ValueError, match=f"^net resolution must be a power of two >= 4, got {resolution}$"):
+        power_of_two_log2(resolution, 4, "net")
 
 
 def test_region_generator_rejects_non_power_of_two():

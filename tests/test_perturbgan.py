@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfseg import config
+from tfseg import config, registry
 from tfseg.methods import perturbgan as pg
 from tfseg.modeling import equalized as E
 from tfseg.modeling import stylegan
 from tfseg.training import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+registry.import_configurables()  # these tests parse configs, as the entry points do
 TINY = dict(z_dim=8, w_dim=8, mapping_layers=1, channel_base=64, max_channels=8,
             segmenter_width=8, segmenter_residual_blocks=1, min_mask_coverage=0.2)
 

@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfseg import config
+from tfseg import config, registry
 from tfseg.evaluation import evaluator
 from tfseg.evaluation.metrics import per_image_iou
 from tfseg.modeling import refinement
 from tfseg.serving import export_module
 from tfseg.training import checkpointing, loading, trainer
 from test_training import REPO
+
+registry.import_configurables()  # these tests parse configs, as the entry points do
 
 
 def _two_colour_image(size=32, seed=0):

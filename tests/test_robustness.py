@@ -199,11 +199,11 @@ def test_a_run_prints_tfseg_lines_only(tmp_path):
 
 def test_the_eta_covers_every_remaining_step_at_the_pace_since_the_first_step(monkeypatch):
     import io  # pylint: disable=import-outside-toplevel
-    from tfseg.training import progress  # pylint: disable=import-outside-toplevel
+    from tfseg import progress  # pylint: disable=import-outside-toplevel
     clock = {"now": 100.0}
     monkeypatch.setattr(progress.time, "time", lambda: clock["now"])
     stream = io.StringIO()
-    bar = progress.Progress(total_steps=100, start_step=0, images_per_step=10, stream=stream)
+    bar = progress.TrainingProgress(total_steps=100, start_step=0, images_per_step=10, stream=stream)
     clock["now"] = 160.0  # the first step took a minute of tracing
     bar.first_step_done(1)
     bar.update(1, {})

@@ -18,7 +18,7 @@ import tensorflow as tf
 from absl import flags
 from PIL import Image
 
-from tfseg import config, export, predict
+from tfseg import config, export, predict, registry
 from tfseg.data import augment, procedural
 from tfseg.evaluation import evaluator, metrics
 from tfseg.serving import export_module, inference
@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tf_serving_fixture  # noqa: E402  pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+registry.import_configurables()  # these tests parse configs, as the entry points do
 SIZES = [(16, 16), (40, 24), (23, 57)]
 
 
@@ -345,6 +346,11 @@ def test_client_and_predict_keep_outputs_of_same_named_files_apart():
     files = ["a.jpg", "a.png", "b.png", "sub/a.jpg"]
     assert serving_client.output_stems(files) == ["a_jpg", "a_png", "b", "sub/a"]
     assert inference.output_names(files) == ["a_jpg", "a_png", "b", "sub/a"]
+
+
+def test_client_lists_photos_as_predict_and_the_folder_source_do():
+    from tfseg import image_files  # pylint: disable=import-outside-toplevel
+    assert serving_client.list_images is image_files.list_images
 
 
 def test_error_text_of_an_in_process_graph_error_is_the_decoder_message_not_the_stack():

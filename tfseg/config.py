@@ -7,30 +7,14 @@ import re
 import gin
 from absl import logging
 
+# ConfigError lives in the leaf module tfseg.errors; the name stays importable from here.
+from tfseg import registry
+from tfseg.errors import ConfigError  # noqa: F401
+
 GIN_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "gin_configs")
 
 SMOKE_CONFIG = os.path.join(GIN_CONFIG_DIR, "smoke.gin")
-
-
-class ConfigError(ValueError):
-    """A gin file, binding or run directory that cannot work; the message says the fix."""
-
-
-def register_all():
-    """Imports every module that registers gin configurables, so bindings can be checked."""
-    # pylint: disable=import-outside-toplevel,unused-import
-    import tfseg.data.pipeline  # noqa: F401
-    import tfseg.data.procedural  # noqa: F401
-    import tfseg.data.folder  # noqa: F401
-    import tfseg.data.tfds_sources  # noqa: F401
-    import tfseg.data.tfrecord  # noqa: F401
-    import tfseg.methods.labels4free  # noqa: F401
-    import tfseg.methods.perturbgan  # noqa: F401
-    import tfseg.methods.redo  # noqa: F401
-    import tfseg.modeling.refinement  # noqa: F401
-    import tfseg.training.strategy  # noqa: F401
-    import tfseg.training.trainer  # noqa: F401
 
 
 def _registry():
@@ -52,6 +36,10 @@ def _suggest(message):
     if match:
         close = difflib.get_close_matches(match.group(1), _configurable_names(), n=3, cutoff=0.6)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        if not registry.configurables_imported():
+            return (f"unknown gin configurable '{match.group(1)}': tfseg's configurables are not registered "
+                    "in this process. Call tfseg.registry.import_configurables() before tfseg.config.parse "
+                    "(the entry points do).")
         return (f"unknown gin configurable '{match.group(1)}'.{hint} "
                 "List the configurables with `python -m tfseg.train --helpfull` or see README.md.")
     match = re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", message)
@@ -74,10 +62,12 @@ def _suggest(message):
 def parse(gin_files=(), gin_bindings=()):
     """Parses gin files then bindings (later ones win) and finalizes the config.
 
+    The configurables the files name must be registered first: the entry points call
+    `tfseg.registry.import_configurables()` before this.
+
     Raises:
         ConfigError: a missing file, an unknown configurable or parameter, a syntax error.
     """
-    register_all()
     gin.clear_config()
     for path in gin_files:
         if not os.path.exists(path):
@@ -174,7 +164,7 @@ def save_config(model_dir, name="config.gin"):
 
 
 def load_run_config(model_dir, extra_bindings=()):
-    """Parses the config a training run saved in `model_dir`."""
+    """Parses the config a training run saved in `model_dir` (after `registry.import_configurables()`)."""
     path = os.path.join(model_dir, "config.gin")
     if not os.path.exists(path):
         raise ConfigError(f"'{model_dir}' holds no config.gin: it is not a tfseg training run. "

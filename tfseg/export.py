@@ -34,8 +34,10 @@ def main(argv):
     del argv
     from tfseg import console  # pylint: disable=import-outside-toplevel
     console.quiet_tensorflow(FLAGS.verbosity)
-    from tfseg import config  # pylint: disable=import-outside-toplevel
+    from tfseg import registry  # pylint: disable=import-outside-toplevel
+    from tfseg.errors import ConfigError  # pylint: disable=import-outside-toplevel
     from tfseg.serving import export_module  # pylint: disable=import-outside-toplevel
+    registry.import_configurables()  # the run's config.gin may name any configurable
 
     if not FLAGS.model_dir or not FLAGS.export_dir:
         print("error: --model_dir (a folder written by python -m tfseg.train) and --export_dir (e.g. "
@@ -48,7 +50,7 @@ def main(argv):
     try:
         path, checkpoint, metadata = export_module.export_run(FLAGS.model_dir, FLAGS.export_dir, FLAGS.version,
                                                               FLAGS.checkpoint, invert=FLAGS.invert)
-    except (config.ConfigError, FileExistsError, ValueError) as err:
+    except (ConfigError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"exported {checkpoint} ({metadata['checkpoint_selection']}) to {path}; foreground region "

@@ -43,11 +43,14 @@ def main(argv):
     if not os.path.isdir(FLAGS.images):
         print(f"error: --images={FLAGS.images} is not a folder", file=sys.stderr)
         return 2
-    from tfseg import config  # pylint: disable=import-outside-toplevel
+    from tfseg import registry  # pylint: disable=import-outside-toplevel
+    from tfseg.errors import ConfigError  # pylint: disable=import-outside-toplevel
+    from tfseg.image_files import IMAGE_EXTENSIONS, list_images  # pylint: disable=import-outside-toplevel
     from tfseg.serving import inference  # pylint: disable=import-outside-toplevel
+    registry.import_configurables()  # a run's config.gin (--model_dir) may name any configurable
 
-    if not inference.list_images(FLAGS.images):
-        print(f"error: {FLAGS.images} holds no image files ({', '.join(inference.IMAGE_EXTENSIONS)})",
+    if not list_images(FLAGS.images):
+        print(f"error: {FLAGS.images} holds no image files ({', '.join(IMAGE_EXTENSIONS)})",
               file=sys.stderr)
         return 2
     try:
@@ -55,7 +58,7 @@ def main(argv):
             segment, metadata = inference.load_exported(FLAGS.export_dir)
         else:
             segment, metadata = inference.load_from_run(FLAGS.model_dir, FLAGS.checkpoint)
-    except (config.ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if FLAGS.invert:

@@ -34,8 +34,8 @@ def main(argv):
     from tfseg import console  # pylint: disable=import-outside-toplevel
     console.quiet_tensorflow(FLAGS.verbosity)
     import gin  # pylint: disable=import-outside-toplevel
-    from tfseg import config  # pylint: disable=import-outside-toplevel
-    from tfseg.data import DataError  # pylint: disable=import-outside-toplevel
+    from tfseg import config, registry  # pylint: disable=import-outside-toplevel
+    from tfseg.errors import ConfigError, DataError, RunDirError  # pylint: disable=import-outside-toplevel
     from tfseg.data import decode, pipeline  # pylint: disable=import-outside-toplevel
     from tfseg.training import nonfinite, run_dir, signals, trainer  # pylint: disable=import-outside-toplevel
 
@@ -44,9 +44,10 @@ def main(argv):
     model_dir = FLAGS.model_dir or default_model_dir(FLAGS.gin_file)
     try:
         if not FLAGS.gin_file:
-            raise config.ConfigError("no --gin_file given. Start with "
-                                     "--gin_file=gin_configs/demo.gin (ReDO on the embedded data set).")
+            raise ConfigError("no --gin_file given. Start with "
+                              "--gin_file=gin_configs/demo.gin (ReDO on the embedded data set).")
         gin_files = list(FLAGS.gin_file) + ([config.SMOKE_CONFIG] if FLAGS.smoke else [])
+        registry.import_configurables()
         config.parse(gin_files, FLAGS.gin_bindings)
         config.check_numeric_bindings()
         train_config = trainer.TrainConfig()
@@ -60,7 +61,7 @@ def main(argv):
         clash = None
         try:
             run_dir.check_config_fits(model_dir, gin.config_str())
-        except run_dir.RunDirError as err:
+        except RunDirError as err:
             if not FLAGS.dry_run:
                 raise
             clash = err
@@ -69,7 +70,7 @@ def main(argv):
             schedule = trainer.stage_schedule(trainer.build_method(train_config), train_config)
         else:
             config.prepare_model_dir(model_dir)
-    except (config.ConfigError, DataError, run_dir.RunDirError) as err:
+    except (ConfigError, DataError, RunDirError) as err:
         print(f"error: {config.without_gin_context(err)}", file=sys.stderr)
         return 2
     except (ValueError, TypeError) as err:  # e.g. a required gin parameter left unset
@@ -100,7 +101,7 @@ def main(argv):
             print(pipeline.format_data_summary(data_info))
             trainer.Trainer(model_dir, train_config, data_info=data_info).train()
             config.save_config(model_dir, "operative_config.gin")
-    except run_dir.RunDirError as err:
+    except RunDirError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except signals.Stopped as stopped:

@@ -78,11 +78,12 @@ def train_row(row, gin_file, out, generator_steps, segmenter_steps, extra=(), sm
 def full_mask_baseline(gin_file, smoke=False):
     """Scores of the full-image mask on the test split of `gin_file`'s data (no training)."""
     sys.path.insert(0, REPO)
-    from tfseg import config  # pylint: disable=import-outside-toplevel
+    from tfseg import config, registry  # pylint: disable=import-outside-toplevel
     from tfseg.data import pipeline  # pylint: disable=import-outside-toplevel
     from tfseg.evaluation.metrics import MaskMetrics  # pylint: disable=import-outside-toplevel
     from tfseg.training import trainer  # pylint: disable=import-outside-toplevel
 
+    registry.import_configurables()
     config.parse([gin_file] + ([config.SMOKE_CONFIG] if smoke else []))
     train_config = trainer.TrainConfig()
     metric = MaskMetrics(0.5)

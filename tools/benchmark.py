@@ -183,13 +183,14 @@ def format_consumption_table(rows, slowest_input):
 
 def main(argv):
     del argv
-    from tfseg import config  # pylint: disable=import-outside-toplevel
-    from tfseg.data import DataError  # pylint: disable=import-outside-toplevel
+    from tfseg import config, registry  # pylint: disable=import-outside-toplevel
+    from tfseg.errors import ConfigError, DataError  # pylint: disable=import-outside-toplevel
     from tfseg.training import strategy as strategy_lib, trainer  # pylint: disable=import-outside-toplevel
 
+    registry.import_configurables()
     try:
         config.parse(FLAGS.gin_file, FLAGS.gin_bindings)
-    except config.ConfigError as err:
+    except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     input_rates = {}

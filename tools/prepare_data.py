@@ -79,13 +79,13 @@ def _flag_problem():
 
 
 class _ThrottledBar:
-    """Feeds the shared progress bar at most twice a second (a line per update off a terminal)."""
+    """Feeds tfseg.progress.ProgressBar at most twice a second (a line per update off a terminal)."""
 
     def __init__(self):
         self.bar, self.last = None, time.time()
 
     def __call__(self, done, total):
-        from tfseg.serving.inference import ProgressBar  # pylint: disable=import-outside-toplevel
+        from tfseg.progress import ProgressBar  # pylint: disable=import-outside-toplevel
         if self.bar is None:
             self.bar = ProgressBar(total)
         now = time.time()
@@ -119,7 +119,7 @@ def main(argv):
         print(f"error: {problem}. See --help.", file=sys.stderr)
         return 2
     # Imported after the flags are checked, so that --help and flag errors are quick.
-    from tfseg.data import DataError  # pylint: disable=import-outside-toplevel
+    from tfseg.errors import DataError  # pylint: disable=import-outside-toplevel
     from tfseg.data import tfrecord  # pylint: disable=import-outside-toplevel
 
     command = " ".join(shlex.quote(arg) for arg in ["python", *sys.argv])

@@ -23,9 +23,9 @@ FLAGS = flags.FLAGS
 
 def pairs(pred_dir, truth_dir):
     """`([(prediction path, truth path)], [truth paths without a prediction])`, sorted."""
-    from tfseg.data import decode  # pylint: disable=import-outside-toplevel
+    from tfseg import image_files  # pylint: disable=import-outside-toplevel
     found, missing = [], []
-    for rel in decode.list_images(truth_dir):
+    for rel in image_files.list_images(truth_dir):
         pred = os.path.join(pred_dir, os.path.splitext(rel)[0] + "_mask.png")
         truth = os.path.join(truth_dir, rel)
         if os.path.exists(pred):

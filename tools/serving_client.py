@@ -20,7 +20,8 @@ image's size) plus `predictions.json`. Requests are batched (`--batch_size`), ti
 client then sends that batch's images one by one, reports the server's error for each bad one and
 carries on with the rest.
 
-Standard library and pillow only (no TensorFlow), so it runs on any machine that can reach the server.
+Standard library, pillow and tfseg's stdlib-only `tfseg.image_files` (no TensorFlow), so it runs on any
+machine with this repository that can reach the server.
 """
 from __future__ import annotations
 
@@ -37,8 +38,13 @@ import urllib.request
 
 from absl import app, flags
 
+# Run as a script from anywhere in the repository.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# The photo formats and the folder listing (links followed once) of every tfseg program.
+from tfseg.image_files import list_images  # noqa: E402  pylint: disable=wrong-import-position
+
 INPUT_NAME = "image_bytes"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
 RETRY_STATUSES = (429, 502, 503, 504)
 
 
@@ -230,16 +236,6 @@ class ServingClient:
             except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
                 last = str(getattr(err, "reason", err))
         raise Unreachable(f"{self.url}: no answer after {self.retries + 1} attempts ({last})")
-
-
-def list_images(root):
-    """Relative paths of the image files under `root` (recursively, by extension), sorted."""
-    found = []
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.append(os.path.relpath(os.path.join(dirpath, name), root))
-    return sorted(found)
 
 
 def output_stems(relative_paths):

@@ -12,32 +12,51 @@ unbatched `{"image": uint8 [h, w, 3], "mask": uint8 [h, w, 1] in {0, 1}}`:
 
 `make_dataset` batches and pre-processes the bound source; `validate_data_config` checks it before
 training. Configuration problems raise `DataError`.
-"""
 
-from tfseg.data.pipeline import DataError
-from tfseg.data.pipeline import SPLITS
-from tfseg.data.pipeline import SplitInfo
-from tfseg.data.pipeline import SplitUnavailableError
-from tfseg.data.pipeline import bound_source
-from tfseg.data.pipeline import dataset_has_masks
-from tfseg.data.pipeline import fake_source
-from tfseg.data.pipeline import has_masks
-from tfseg.data.pipeline import make_dataset
-from tfseg.data.pipeline import validate_data_config
-from tfseg.data.pipeline import format_data_summary
-from tfseg.data.pipeline import describe
-from tfseg.data import decode
-from tfseg.data.augment import preprocess
-from tfseg.data import procedural
-from tfseg.data.procedural import procedural_source
-from tfseg.data import folder
-from tfseg.data.folder import image_folder_source
-from tfseg.data.decode import reset_skipped_files
-from tfseg.data.decode import skipped_count
-from tfseg.data.decode import skipped_files
-from tfseg.data import lsun
-from tfseg.data.lsun import lsun_source
-from tfseg.data import tfds_sources
-from tfseg.data.tfds_sources import tfds_source
-from tfseg.data import tfrecord
-from tfseg.data.tfrecord import tfrecord_source
+Importing this package imports no source (nor TensorFlow): each source registers its gin configurable
+when its own module is imported, and `tfseg.registry.import_configurables()` imports them all for
+the entry points. The names below are looked up on first use, so `tfseg.data.make_dataset` and
+`from tfseg.data import lsun_source` work as before.
+"""
+import importlib
+
+from tfseg.errors import DataError, SplitUnavailableError  # noqa: F401
+
+#: Public name -> the module that defines it, imported when the name is first used.
+_HOMES = {
+    "SPLITS": "tfseg.data.pipeline",
+    "SplitInfo": "tfseg.data.pipeline",
+    "bound_source": "tfseg.data.pipeline",
+    "dataset_has_masks": "tfseg.data.pipeline",
+    "fake_source": "tfseg.data.pipeline",
+    "has_masks": "tfseg.data.pipeline",
+    "make_dataset": "tfseg.data.pipeline",
+    "validate_data_config": "tfseg.data.pipeline",
+    "format_data_summary": "tfseg.data.pipeline",
+    "describe": "tfseg.data.pipeline",
+    "preprocess": "tfseg.data.augment",
+    "procedural_source": "tfseg.data.procedural",
+    "image_folder_source": "tfseg.data.folder",
+    "reset_skipped_files": "tfseg.data.decode",
+    "skipped_count": "tfseg.data.decode",
+    "skipped_files": "tfseg.data.decode",
+    "lsun_source": "tfseg.data.lsun",
+    "tfds_source": "tfseg.data.tfds_sources",
+    "tfrecord_source": "tfseg.data.tfrecord",
+}
+
+_SUBMODULES = ("augment", "decode", "folder", "lsun", "pipeline", "procedural", "tfds_sources", "tfrecord")
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_HOMES) | set(_SUBMODULES))

@@ -1,4 +1,4 @@
-"""Photo bytes -> RGB pixels, photo listing, and the record of files skipped as unreadable.
+"""Photo bytes -> RGB pixels, and the record of files skipped as unreadable.
 
 Every source that reads encoded photos (a folder, an LSUN LMDB, `tools/prepare_data.py`) decodes
 them here, so that they all agree on what a photo is: JPEG, PNG (8- and 16-bit, grey, palette,
@@ -19,15 +19,12 @@ sources::
 from __future__ import annotations
 
 import io
-import os
 import threading
 
 from absl import logging
 import numpy as np
 from PIL import Image
 
-# Lower-case file extensions of the photos a folder source reads.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".gif", ".tif", ".tiff")
 
 _skip_lock = threading.Lock()
 _skipped: dict[str, str] = {}
@@ -116,34 +113,3 @@ def decode_or_skip(data: bytes, name: str) -> tuple[np.ndarray, bool]:
         return np.zeros((1, 1, 3), np.uint8), False
 
 
-def list_images(root: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[str]:
-    """Relative posix paths of the image files under `root`, recursively, sorted.
-
-    Symbolic links to folders are followed once: a folder already visited (by its real path) is
-    not entered again, so a link loop or two links to one folder cannot list a photo twice.
-    """
-    if "://" in root:  # gs://, s3://, ...: no links there; tf.io.gfile lists them.
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
-        walk = tf.io.gfile.walk(root)
-    else:
-        walk = os.walk(root, followlinks=True)
-    found, seen_dirs, seen_files = [], set(), set()
-    for dirpath, dirnames, files in walk:
-        real = dirpath if "://" in root else os.path.realpath(dirpath)
-        if real in seen_dirs:
-            dirnames[:] = []
-            continue
-        seen_dirs.add(real)
-        # Real folders before links, so a photo is listed under its own path where possible.
-        dirnames.sort(key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d))
-        rel_dir = os.path.relpath(dirpath, root)
-        for name in sorted(files):
-            if os.path.splitext(name)[1].lower() not in extensions:
-                continue
-            real_file = os.path.join(real, name) if "://" in root else os.path.realpath(os.path.join(dirpath, name))
-            if real_file in seen_files:
-                continue
-            seen_files.add(real_file)
-            rel = name if rel_dir == "." else os.path.join(rel_dir, name)
-            found.append(rel.replace(os.sep, "/"))
-    return sorted(found)

@@ -34,9 +34,10 @@ import tensorflow as tf
 
 from tfseg.data import decode
 from tfseg.data import pipeline
-from tfseg.data.pipeline import DataError, SPLITS, SplitUnavailableError
+from tfseg.data.pipeline import SPLITS
+from tfseg.errors import DataError, SplitUnavailableError
+from tfseg.image_files import IMAGE_EXTENSIONS, list_images
 
-IMAGE_EXTENSIONS = decode.IMAGE_EXTENSIONS
 MASK_FORMATS = ("binary", "flowers", "lfw")
 
 # Kept here for callers of the folder source; the record itself lives in tfseg.data.decode.
@@ -163,7 +164,7 @@ def assign_splits(image_dir: str, mask_dir: str | None = None, validation_fracti
         raise DataError(f"mask_format {mask_format!r} is not one of {MASK_FORMATS}. "
                         "Fix the gin binding tfseg.data.image_folder_source.mask_format.")
     _check_fractions(validation_fraction, test_fraction)
-    files = decode.list_images(image_dir)
+    files = list_images(image_dir)
     if not files:
         raise DataError(f"image_dir {image_dir!r} contains no images ({', '.join(IMAGE_EXTENSIONS)}, searched "
                         "recursively). Set the gin binding tfseg.data.image_folder_source.image_dir to a folder of "
@@ -176,7 +177,7 @@ def assign_splits(image_dir: str, mask_dir: str | None = None, validation_fracti
                             "named like the images, or to None to train without masks.")
         if mask_stem_replace is None and mask_format == "flowers":
             mask_stem_replace = ("image_", "segmim_")
-        lookup = _mask_lookup(mask_dir, decode.list_images(mask_dir), mask_stem_replace)
+        lookup = _mask_lookup(mask_dir, list_images(mask_dir), mask_stem_replace)
         masks_of = {rel: lookup(rel) for rel in files}
         masks_of = {rel: path for rel, path in masks_of.items() if path is not None}
         if not masks_of:

@@ -22,7 +22,8 @@ import tensorflow as tf
 
 from tfseg.data import decode
 from tfseg.data import pipeline
-from tfseg.data.pipeline import DataError, SPLITS, SplitUnavailableError
+from tfseg.data.pipeline import SPLITS
+from tfseg.errors import DataError, SplitUnavailableError
 
 DOWNLOAD_URL = "http://dl.yf.io/lsun/objects/{category}.zip"
 DATA_FILE = "data.mdb"

@@ -1,4 +1,4 @@
-"""Batched input pipelines, the data errors, and a fake source for smoke tests.
+"""Batched input pipelines and a fake source for smoke tests.
 
 A *source* is any callable ``source(split, resolution) -> tf.data.Dataset`` of unbatched examples
 ``{"image": uint8 [h, w, 3], "mask": uint8 [h, w, 1] in {0, 1}}`` ("mask" only where the source has
@@ -25,23 +25,12 @@ import numpy as np
 import tensorflow as tf
 
 from tfseg.data import augment
+# The data errors live in tfseg.errors; re-exported here, where sources have always found them.
+from tfseg.errors import DataError, SplitUnavailableError  # noqa: F401
 
 SPLITS = ("train", "validation", "test")
 
 Source = Callable[[str, int], tf.data.Dataset]
-
-
-# --------------------------------------------------------------------------------------------------
-# Errors.
-# --------------------------------------------------------------------------------------------------
-
-
-class DataError(ValueError):
-    """The data configuration cannot work; the message names the bad setting and the fix."""
-
-
-class SplitUnavailableError(DataError):
-    """The source has no such split (e.g. LSUN has no validation split). Fatal for "train" only."""
 
 
 # --------------------------------------------------------------------------------------------------

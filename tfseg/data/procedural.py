@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfseg.data import pipeline
-from tfseg.data.pipeline import DataError, SplitUnavailableError
+from tfseg.errors import DataError, SplitUnavailableError
 
 SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 

@@ -18,7 +18,8 @@ import gin
 import tensorflow as tf
 
 from tfseg.data import lsun
-from tfseg.data.pipeline import DataError, SPLITS, SplitUnavailableError
+from tfseg.data.pipeline import SPLITS
+from tfseg.errors import DataError, SplitUnavailableError
 
 # TFDS split expressions per tfseg split; a data set not listed maps each split to its own name.
 DEFAULT_SPLIT_MAPS = {

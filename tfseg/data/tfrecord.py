@@ -44,7 +44,8 @@ from tfseg.data import decode
 from tfseg.data import folder
 from tfseg.data import lsun
 from tfseg.data import pipeline
-from tfseg.data.pipeline import DataError, SPLITS, SplitUnavailableError
+from tfseg.data.pipeline import SPLITS
+from tfseg.errors import DataError, SplitUnavailableError
 
 FORMATS = ("jpeg", "png")
 DATASET_JSON = "dataset.json"

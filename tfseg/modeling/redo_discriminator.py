@@ -4,12 +4,12 @@ Sharing the trunk is the InfoGAN arrangement: the adversarial head is trained by
 discriminator loss, the code head (and, through it, the trunk) by the information-conservation
 loss. A separate encoder is available with `shared_trunk=False` in the method.
 """
-import math
 
 import keras
 from keras import ops
 
 from tfseg.modeling import layers as L
+from tfseg.modeling.resolutions import power_of_two_log2
 
 
 class DownResBlock(keras.layers.Layer):
@@ -55,9 +55,7 @@ class DiscriminatorTrunk(keras.Model):
     def __init__(self, resolution=128, width=64, max_width=1024, self_attention=True, gain=0.8,
                  **kwargs):
         super().__init__(**kwargs)
-        num_down = int(round(math.log2(resolution / 4)))
-        if 4 * 2**num_down != resolution:
-            raise ValueError(f"discriminator resolution must be a power of two >= 8, got {resolution}")
+        num_down = power_of_two_log2(resolution, 8, "discriminator") - 2  # down to 4x4
         widths = [min(width * 2**i, max_width) for i in range(num_down)]
         self.blocks = [DownResBlock(widths[0], preactivation=False, gain=gain)]
         self.attention = L.SelfAttention(gain=gain) if self_attention else None

@@ -4,12 +4,12 @@ One independent network per region. It draws the pixels of region k from a code 
 region's mask, which is concatenated (average-pooled to the current scale) at every block, so
 the texture it paints follows the mask's shape. Its output is already multiplied by the mask.
 """
-import math
 
 import keras
 from keras import ops
 
 from tfseg.modeling import layers as L
+from tfseg.modeling.resolutions import power_of_two_log2
 
 
 class UpResBlock(keras.layers.Layer):
@@ -52,9 +52,7 @@ class RegionGenerator(keras.Model):
     def __init__(self, resolution=128, width=32, max_width=None, self_attention=True, z_dim=32,
                  gain=0.8, norm_offset=0.0, **kwargs):
         super().__init__(**kwargs)
-        num_blocks = int(round(math.log2(resolution / 4)))
-        if 4 * 2**num_blocks != resolution:
-            raise ValueError(f"RegionGenerator resolution must be a power of two >= 8, got {resolution}")
+        num_blocks = power_of_two_log2(resolution, 8, "RegionGenerator") - 2  # up from 4x4
         widths = [width * 2 ** (num_blocks - 1 - i) for i in range(num_blocks)]
         if max_width:
             widths = [min(w, max_width) for w in widths]

@@ -12,7 +12,6 @@ Widths follow channels(r) = min(max_channels, channel_base // r): the paper's ne
 channel_base 16384, max_channels 512; a CPU fits channel_base 1024, max_channels 64.
 Images are NHWC in about [-1, 1].
 """
-import math
 
 import keras
 import tensorflow as tf
@@ -21,12 +20,11 @@ from keras import ops
 from tfseg.modeling import equalized as E
 from tfseg.modeling.equalized import channels_at
 from tfseg.modeling.layers import upsample_nearest
+from tfseg.modeling.resolutions import power_of_two_log2
 
 
 def _resolutions(resolution):
-    log2 = int(round(math.log2(resolution)))
-    if 2**log2 != resolution or resolution < 8:
-        raise ValueError(f"StyleGAN resolution must be a power of two >= 8, got {resolution}")
+    log2 = power_of_two_log2(resolution, 8, "StyleGAN")
     return [2**k for k in range(2, log2 + 1)]
 
 

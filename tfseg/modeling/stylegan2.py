@@ -34,16 +34,14 @@ from keras import ops
 
 from tfseg.modeling.equalized import (EqualConv2D, EqualDense, channels_at, minibatch_stddev,
                                       pixel_norm)
+from tfseg.modeling.resolutions import power_of_two_log2
 
 SQRT2 = math.sqrt(2.0)
 _FIR = (1.0, 3.0, 3.0, 1.0)
 
 
 def _log2(resolution):
-    log = int(round(math.log2(resolution)))
-    if resolution < 4 or 2**log != resolution:
-        raise ValueError(f"StyleGAN2 resolution must be a power of two >= 4, got {resolution}")
-    return log
+    return power_of_two_log2(resolution, 4, "StyleGAN2")
 
 
 # -- FIR filtering (upfirdn2d with the [1,3,3,1] kernel) -------------------------------------------

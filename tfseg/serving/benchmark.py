@@ -11,7 +11,6 @@ Loading the SavedModel and the first call are excluded. HTTP and JSON overheads 
 """
 from __future__ import annotations
 
-import os
 import statistics
 import time
 
@@ -19,18 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfseg.serving import export_module
-
-
-def _version_dir(export_dir):
-    """`export_dir` itself if it is a SavedModel, else its latest integer version folder."""
-    if tf.saved_model.contains_saved_model(export_dir):
-        return export_dir
-    versions = [int(n) for n in tf.io.gfile.listdir(export_dir) if n.rstrip("/").isdigit()] \
-        if tf.io.gfile.isdir(export_dir) else []
-    if not versions:
-        raise FileNotFoundError(f"'{export_dir}' is neither a SavedModel nor a folder of integer versions; "
-                                "export one with python -m tfseg.export.")
-    return os.path.join(export_dir, str(max(versions)))
+from tfseg.serving.versions import latest_saved_model
 
 
 def _median_rate(fn, images_per_call, repeats, min_seconds):
@@ -64,7 +52,7 @@ def savedmodel_rates(export_dir, resolution, batch_sizes=(1, 32), image_size=Non
     Returns:
         dict `{"savedmodel_<bytes|tensor>_b<batch>": images per second}`.
     """
-    loaded = tf.saved_model.load(_version_dir(export_dir))
+    loaded = tf.saved_model.load(latest_saved_model(export_dir))
     by_bytes = loaded.signatures[export_module.SIGNATURE_BYTES]
     by_tensor = loaded.signatures[export_module.SIGNATURE_TENSOR]
     h, w = image_size or (resolution, resolution)

@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from tfseg.data import augment
 from tfseg.modeling import refinement
+from tfseg.serving.versions import next_version
 
 SIGNATURE_BYTES = "serving_default"
 SIGNATURE_TENSOR = "serve_image_tensor"
@@ -264,14 +265,6 @@ def serving_functions_from_run(model, train_config):
                             square_resize=_gin_value(pipeline.make_dataset, "square_resize"))
 
 
-def next_version(export_dir):
-    """The next free integer version under `export_dir`: 1 + the largest integer folder, or 1."""
-    if not tf.io.gfile.isdir(export_dir):
-        return 1
-    versions = [int(name.rstrip("/")) for name in tf.io.gfile.listdir(export_dir) if name.rstrip("/").isdigit()]
-    return max(versions, default=0) + 1
-
-
 def _method_reference(config_path):
     """The gin reference of the run's method factory in its config.gin, e.g. "@tfseg.methods.redo"."""
     with open(config_path) as f:
@@ -379,7 +372,7 @@ def export_run(model_dir, export_dir, version=None, which="best", invert=False):
         `(path of the version folder, checkpoint path, metadata dict)`.
 
     Raises:
-        tfseg.config.ConfigError: `model_dir` has no config.gin or no checkpoint.
+        tfseg.errors.ConfigError: `model_dir` has no config.gin or no checkpoint.
         FileExistsError: the version exists already.
     """
     from tfseg.training import loading, trainer  # pylint: disable=import-outside-toplevel

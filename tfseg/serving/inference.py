@@ -20,8 +20,6 @@ import io
 import json
 import os
 import re
-import sys
-import time
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -29,14 +27,15 @@ import tensorflow as tf
 
 from tfseg.data import decode
 from tfseg.evaluation import grids
+from tfseg.image_files import list_images
 from tfseg.modeling import refinement
+from tfseg.progress import ProgressBar
 from tfseg.serving import export_module
+from tfseg.serving.versions import latest_saved_model
 
-# One list of photo formats, one listing (links followed once) and one "unreadable" error for the
-# package: the training sources' (tfseg.data.decode).
-IMAGE_EXTENSIONS = decode.IMAGE_EXTENSIONS
+# One "unreadable" error for the package: the training sources' (tfseg.data.decode). The photo
+# formats and the folder listing are tfseg.image_files'.
 UnreadableImage = decode.UnreadableImage
-list_images = decode.list_images
 
 
 # --------------------------------------------------------------------------------------------------
@@ -59,14 +58,7 @@ def load_exported(version_dir):
     Raises:
         FileNotFoundError: `version_dir` holds no SavedModel.
     """
-    if not tf.saved_model.contains_saved_model(version_dir):
-        names = os.listdir(version_dir) if os.path.isdir(version_dir) else []
-        versions = sorted(int(n) for n in names if n.isdigit()
-                          and tf.saved_model.contains_saved_model(os.path.join(version_dir, n)))
-        if not versions:
-            raise FileNotFoundError(f"'{version_dir}' holds no SavedModel. Export one with python -m tfseg.export "
-                                    "--model_dir=<training run> --export_dir=serving/tfseg")
-        version_dir = os.path.join(version_dir, str(versions[-1]))
+    version_dir = latest_saved_model(version_dir)
     loaded = tf.saved_model.load(version_dir)
     signature = loaded.signatures[export_module.SIGNATURE_BYTES]
 
@@ -90,7 +82,7 @@ def load_from_run(model_dir, which="best"):
         `(segment, metadata)` as in `load_exported`.
 
     Raises:
-        tfseg.config.ConfigError: `model_dir` has no config.gin or no checkpoint.
+        tfseg.errors.ConfigError: `model_dir` has no config.gin or no checkpoint.
     """
     from tfseg.training import loading  # pylint: disable=import-outside-toplevel
 
@@ -225,43 +217,6 @@ def error_text(err, with_index=True):
     useful = [line for line in lines if not line.startswith(("Graph execution error", "Detected at node", "<stack",
                                                              "[[{{"))]
     return (useful or lines or [message])[0].split(" [[{{")[0].split(" [Op:")[0]
-
-
-# --------------------------------------------------------------------------------------------------
-# Progress.
-# --------------------------------------------------------------------------------------------------
-
-
-class ProgressBar:
-    """`[#####.....] k/N images | x img/s | ETA mm:ss` on one rewritten line (a line per update off a tty)."""
-
-    def __init__(self, total, stream=None, width=30):
-        self.total = total
-        self.stream = stream or sys.stderr
-        self.width = width
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start = time.time()
-
-    def update(self, done):
-        elapsed = max(time.time() - self.start, 1e-9)
-        rate = done / elapsed
-        eta = (self.total - done) / rate if rate > 0 else 0
-        filled = int(self.width * done / max(self.total, 1))
-        bar = "#" * filled + "." * (self.width - filled)
-        line = (f"[{bar}] {done}/{self.total} images | {rate:.1f} img/s | "
-                f"ETA {int(eta) // 60:02d}:{int(eta) % 60:02d}")
-        self.stream.write(("\r" + line) if self.tty else (line + "\n"))
-        self.stream.flush()
-
-    def message(self, text):
-        """A line of its own above the bar."""
-        self.stream.write(("\r\033[K" if self.tty else "") + text + "\n")
-        self.stream.flush()
-
-    def close(self):
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Rebuilds a trained method from its run directory (for evaluation, export and prediction)."""
-from tfseg import config
+from tfseg import config, registry
+from tfseg.errors import ConfigError
 from tfseg.training import checkpointing, trainer
 
 
@@ -9,11 +10,12 @@ def load_trained(model_dir, which="best", extra_bindings=()):
     Raises:
         ConfigError: no config or no checkpoint in `model_dir`.
     """
+    registry.import_configurables()  # a run's config may name any configurable
     config.load_run_config(model_dir, extra_bindings)
     path = checkpointing.latest_checkpoint(model_dir, which)
     if path is None:
-        raise config.ConfigError(f"'{model_dir}' has no checkpoint yet. Train first (python -m "
-                                 f"tfseg.train --model_dir={model_dir} ...) or check the path.")
+        raise ConfigError(f"'{model_dir}' has no checkpoint yet. Train first (python -m "
+                          f"tfseg.train --model_dir={model_dir} ...) or check the path.")
     train_config = trainer.TrainConfig()
     model = trainer.build_method(train_config, restarts=checkpointing.saved_restarts(path))
     model.build_for_training(train_config.batch_size)

@@ -16,16 +16,15 @@ import os
 import shutil
 import socket
 
+# RunDirError lives in the leaf module tfseg.errors; the name stays importable from here.
+from tfseg.errors import RunDirError  # noqa: F401
+
 LOCK_FILE = ".tfseg.lock"
 
 #: Bindings that may change between a run and its resumption (length and cadence, not the model).
 RESUMABLE_CHANGES = ("num_steps", "stage_steps", "log_every", "eval_every", "checkpoint_every",
                      "eval_examples", "eval_batch_size", "keep_checkpoints", "max_restarts",
                      "collapse_before_step", "image_dir", "mask_dir", "lmdb_dir", "file_pattern", "data_dir")
-
-
-class RunDirError(RuntimeError):
-    """The model_dir cannot be used for this run; the message names the reason and the fix."""
 
 
 def _alive(pid):

@@ -15,11 +15,12 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfseg.config import ConfigError
 from tfseg.data import decode, pipeline
+from tfseg.errors import ConfigError, DataError, SplitUnavailableError
 from tfseg.evaluation import evaluator, grids, metrics
 from tfseg.modeling import refinement
-from tfseg.training import checkpointing, nonfinite, progress, run_dir, signals
+from tfseg import progress
+from tfseg.training import checkpointing, nonfinite, run_dir, signals
 from tfseg.training import strategy as strategy_lib
 
 CONFIG_FILE = "config.gin"
@@ -318,8 +319,8 @@ class Trainer:
         if self.guard is not None:
             self.guard.sync()
         step = int(self.state.step.numpy())
-        display = progress.Progress(self.total_steps, step,
-                                    cfg.batch_size * max(1, self.model.batches_per_step), self.stream)
+        display = progress.TrainingProgress(self.total_steps, step,
+                                            cfg.batch_size * max(1, self.model.batches_per_step), self.stream)
         if resumed and step >= self.total_steps:
             display.message(f"already finished: {resumed} is at step {step} of {self.total_steps}; "
                             "scoring it again (raise the step budget to train more)")
@@ -567,10 +568,10 @@ def run_split_evaluation(model, config, model_dir, split):
     """
     try:
         labelled = pipeline.dataset_has_masks(split)
-    except pipeline.SplitUnavailableError:
+    except SplitUnavailableError:
         labelled = False
     if not labelled:
-        raise pipeline.DataError(
+        raise DataError(
             f"this run's data have no masks for the {split!r} split, so there is nothing to score. To see "
             f"the masks of your photos: python -m tfseg.export --model_dir={model_dir} --export_dir=serving/"
             f"{os.path.basename(os.path.normpath(model_dir))}, then python -m tfseg.predict --export_dir=serving/"
