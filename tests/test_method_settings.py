@@ -6,10 +6,11 @@ import os
 import pytest
 import tensorflow as tf
 
-from tfseg import config
+from tfseg import config, registry
 from tfseg.methods import distillation, labels4free, perturbgan, redo
 from tfseg.training import trainer
 
+registry.import_configurables()  # these tests parse configs, as the entry points do
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (gin name, settings class, config that trains it, a binding of a network size and its value)

@@ -34,7 +34,7 @@ from absl import logging
 from keras import ops
 
 from tfseg import losses
-from tfseg.config import ConfigError
+from tfseg.errors import ConfigError
 from tfseg.methods.base import Method, Stage
 from tfseg.methods import distillation
 from tfseg.methods.distillation import DistilledSegmenter
@@ -391,8 +391,9 @@ class Labels4Free(Method):
 
         Runs in replica context after G's optimizer step. G's variables are mirrored and equal on
         every replica after the all-reduced update, so the update is done once per device through
-        `merge_call` / `extended.update`, as Keras' optimizers do, instead of a replica-context
-        assign (which a MirroredVariable without an aggregation refuses).
+        the public `ReplicaContext.merge_call` and `extended.update`, as Keras' optimizers do,
+        instead of a replica-context assign (which a MirroredVariable without an aggregation
+        refuses). Outside any replica context (a cross-replica call) the merge function runs as is.
         """
         decay = self.settings.ema_decay
         pairs = [(e.value, g.value) for e, g in self._ema_pairs()]
@@ -404,8 +405,11 @@ class Labels4Free(Method):
             for ema, value in pairs:
                 strategy.extended.update(ema, update, args=(value,), group=False)
 
-        tf.__internal__.distribute.interim.maybe_merge_call(
-            merge_fn, tf.distribute.get_strategy(), pairs)
+        context = tf.distribute.get_replica_context()
+        if context is None:
+            merge_fn(tf.distribute.get_strategy(), pairs)
+        else:
+            context.merge_call(merge_fn, args=(pairs,))
 
     # -- summaries ------------------------------------------------------------------------------
     def summary_images(self, images, step):

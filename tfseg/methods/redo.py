@@ -226,7 +226,6 @@ class ReDO(Method):
             "loss/information": info,
             "loss/generator_total": per_example,
             "mask/coverage": coverage,
-            "mask/smaller_region": tf.minimum(coverage, 1.0 - coverage),
             "mask/binariness": losses.mask_binariness(masks[..., :1]),
         }
         return metrics, (mask_grads, gen_grads, enc_grads)

@@ -422,6 +422,10 @@ class Trainer:
 
     def _log(self, step, values, display):
         arrays = {name: value.numpy() for name, value in values.items()}
+        if "mask/coverage" in arrays:
+            # Every method reports its masks' coverage; the smaller region's share is what collapse
+            # detection reads, so it works for any method.
+            arrays["mask/smaller_region"] = np.minimum(arrays["mask/coverage"], 1.0 - arrays["mask/coverage"])
         scalars = {name: float(np.mean(array)) for name, array in arrays.items()}
         for name, array in arrays.items():
             if name.startswith(("mask/coverage", "mask/smaller")):
