@@ -12,7 +12,6 @@ import os
 import gin
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from tfseg import config, registry

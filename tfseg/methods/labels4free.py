@@ -359,7 +359,8 @@ class Labels4Free(Method):
                  "binarization": losses.mask_binarization_loss(alpha),
                  "min_foreground": losses.mask_size_loss(alpha, self.settings.min_foreground_coverage),
                  # L_bg = max(0, phi_bg - (1 - mean alpha)) = max(0, mean alpha - (1 - phi_bg)).
-                 "max_foreground": losses.mask_excess_loss(alpha, 1.0 - self.settings.min_background_coverage)}
+                 "max_foreground": losses.mask_excess_loss(alpha,
+                                                           1.0 - self.settings.min_background_coverage)}
         terms["total"] = (self.settings.adversarial_weight * terms["adversarial"]
                           + self.settings.mask_loss_weight * (terms["binarization"] + terms["min_foreground"])
                           + self.settings.background_coverage_weight * terms["max_foreground"])

@@ -183,7 +183,8 @@ class PerturbGAN(Method):
         if not perturb:
             out["shifted_mask"], out["shifted_composite"] = out["mask"], out["composite"]
             return out
-        shifts = perturbation.random_shifts(batch, self.resolution, self.settings.shift_fraction, seeds["shift"])
+        shifts = perturbation.random_shifts(batch, self.resolution, self.settings.shift_fraction,
+                                            seeds["shift"])
         moved = perturbation.shift_layers(ops.concatenate([out["foreground"], out["mask"]], -1), shifts)
         background = perturbation.contrast_jitter(out["background"], self.settings.background_contrast_jitter,
                                                   seeds["jitter"])
@@ -276,7 +277,8 @@ class PerturbGAN(Method):
             feature = ops.mean(ops.square(self.discriminator.features(rebuilt)
                                           - tf.stop_gradient(self.discriminator.features(real))),
                                axis=(1, 2, 3))
-            per_example = self.settings.reconstruction_weight * reconstruction + self.settings.feature_weight * feature
+            per_example = (self.settings.reconstruction_weight * reconstruction
+                           + self.settings.feature_weight * feature)
             latent = tf.zeros_like(per_example)
             if self.settings.synthetic_latent_weight:
                 # Generated images have known styles: regress them too (not in the poster's loss).

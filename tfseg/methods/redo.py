@@ -11,7 +11,6 @@ from typing import Optional
 
 import gin
 import tensorflow as tf
-from keras import ops
 
 from tfseg import losses
 from tfseg.methods.base import Method

@@ -8,12 +8,10 @@ context, where Keras all-reduces the gradients (XLA cannot compile that merge).
 import json
 import os
 import sys
-import time
 
 import gin
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from tfseg.data import decode, pipeline
 from tfseg.errors import ConfigError, DataError, SplitUnavailableError
