@@ -46,3 +46,66 @@ def test_train_step_runs_on_two_replicas_and_gathers_the_global_batch():
     assert "examples 4" in result.stdout  # the smoke global batch, split 2 + 2 and gathered
     assert "changed True" in result.stdout
     assert "finite True" in result.stdout and "shadow kept True" in result.stdout  # the non-finite guard, mirrored
+
+
+class _Resolver:
+    def __init__(self, task_type, task_id, cluster):
+        self.task_type, self.task_id, self._cluster = task_type, task_id, cluster
+
+    def cluster_spec(self):
+        import tensorflow as tf
+        return tf.train.ClusterSpec(self._cluster)
+
+
+class _Strategy:
+    def __init__(self, resolver):
+        self.cluster_resolver = resolver
+
+
+def test_one_writer_per_run_the_chief_or_else_worker_zero():
+    from tfseg.training.strategy import is_chief
+    workers = {"worker": ["a:1", "b:1"]}
+    with_chief = {"chief": ["c:1"], "worker": ["a:1", "b:1"]}
+    assert is_chief(object())  # a single-machine strategy has no cluster resolver
+    assert is_chief(_Strategy(_Resolver(None, None, {})))
+    assert is_chief(_Strategy(_Resolver("worker", 0, workers)))
+    assert not is_chief(_Strategy(_Resolver("worker", 1, workers)))
+    assert is_chief(_Strategy(_Resolver("chief", 0, with_chief)))
+    assert not is_chief(_Strategy(_Resolver("worker", 0, with_chief)))
+
+
+def _free_ports(n):
+    import socket
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_local_workers_train_one_run_and_only_the_chief_writes(tmp_path):
+    import json
+    model_dir = tmp_path / "run"
+    cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
+    workers = []
+    for index in range(2):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "tfseg.train", "--gin_file=gin_configs/demo.gin", "--smoke",
+             f"--model_dir={model_dir}", "--gin_bindings=tfseg.training.make_strategy.name='multi_worker'"],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [w.communicate(timeout=600) for w in workers]
+    for worker, (out, err) in zip(workers, outputs):
+        assert worker.returncode == 0, err[-3000:]
+        assert "step 2/2" in out
+    # Both workers ran the same synchronous steps: the same losses and the same test scores.
+    last_step = [[line for line in out.splitlines() if line.startswith("step 2/2")][0].split("|")[1]
+                 for out, _ in outputs]
+    assert last_step[0] == last_step[1]
+    assert "this worker writes nothing there" in outputs[1][0]
+    with open(model_dir / "eval_test.json") as f:
+        assert json.load(f)["num_images"] == 8
+    assert sorted(os.listdir(model_dir / "checkpoints"))[-1].startswith("ckpt-2")

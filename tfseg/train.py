@@ -4,7 +4,9 @@ Flags go to gin; gin goes to the trainer. Re-running the same command resumes fr
 checkpoint in --model_dir. Bad bindings, missing data and unwritable folders fail here, before
 training, with the fix in the message.
 """
+import contextlib
 import os
+import shutil
 import sys
 
 from absl import flags
@@ -38,6 +40,7 @@ def main(argv):
     from tfseg.errors import ConfigError, DataError, RunDirError  # pylint: disable=import-outside-toplevel
     from tfseg.data import decode, pipeline  # pylint: disable=import-outside-toplevel
     from tfseg.training import nonfinite, run_dir, signals, trainer  # pylint: disable=import-outside-toplevel
+    from tfseg.training import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
 
     # Counts of skipped files are per run, also when one process runs several (tests, notebooks).
     decode.reset_skipped_files()
@@ -51,6 +54,9 @@ def main(argv):
         config.parse(gin_files, FLAGS.gin_bindings)
         config.check_numeric_bindings()
         train_config = trainer.TrainConfig()
+        # Before any TensorFlow op: a multi-worker strategy configures collective ops, which
+        # TensorFlow accepts only at program start-up.
+        strategy = None if FLAGS.dry_run else strategy_lib.make_strategy()
         data_problem, data_info = None, None
         try:
             data_info = pipeline.validate_data_config()
@@ -92,15 +98,24 @@ def main(argv):
         else:
             print("# dry run: config resolved, data found; not training.")
         return 0
+    chief = strategy_lib.is_chief(strategy)
     try:
-        with run_dir.Lock(model_dir):
+        # The other workers of a cluster neither lock nor write model_dir: the chief does.
+        with run_dir.Lock(model_dir) if chief else contextlib.nullcontext():
             run_dir.check_config_fits(model_dir, gin.config_str())  # again, now that we hold the lock
-            config.save_config(model_dir)
+            if chief:
+                config.save_config(model_dir)
             print(f"training in {model_dir} (TensorBoard: tensorboard --logdir "
-                  f"{os.path.dirname(model_dir) or model_dir})")
+                  f"{os.path.dirname(model_dir) or model_dir})" + ("" if chief else "; this worker writes nothing there"))
             print(pipeline.format_data_summary(data_info))
-            trainer.Trainer(model_dir, train_config, data_info=data_info).train()
-            config.save_config(model_dir, "operative_config.gin")
+            job = trainer.Trainer(model_dir, train_config, strategy=strategy, data_info=data_info)
+            try:
+                job.train()
+            finally:
+                if not job.is_chief:
+                    shutil.rmtree(job.write_dir, ignore_errors=True)
+            if chief:
+                config.save_config(model_dir, "operative_config.gin")
     except RunDirError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

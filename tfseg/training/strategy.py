@@ -26,6 +26,22 @@ def make_strategy(name="mirrored", device=None):
                      f"{', '.join(STRATEGIES)}")
 
 
+def is_chief(strategy):
+    """Whether this process writes the run's files (checkpoints, summaries, scores).
+
+    One writer per run: in a multi-worker cluster the "chief" task, or worker 0 when the cluster
+    has no chief (TensorFlow's multi-worker rule); every single-machine strategy is its own chief.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if task_type is None:
+        return True
+    if task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
 def resolve_jit_compile(jit_compile):
     """`auto|true|false` -> bool. auto: XLA on GPU/TPU only.
 

@@ -6,6 +6,7 @@ replica, compiled with XLA when asked; the optimizer update runs outside XLA in 
 context, where Keras all-reduces the gradients (XLA cannot compile that merge).
 """
 import json
+import tempfile
 import os
 import sys
 
@@ -231,7 +232,13 @@ class Trainer:
         self.strategy = strategy or strategy_lib.make_strategy()
         self.jit = strategy_lib.resolve_jit_compile(self.config.jit_compile)
         self.stream = stream
-        self.writers = {name: tf.summary.create_file_writer(os.path.join(model_dir, name))
+        # Only the chief writes into model_dir. Other workers of a cluster resume from its
+        # checkpoints but write theirs (saving takes part in the same steps) to a private
+        # temporary folder, and their summaries nowhere.
+        self.is_chief = strategy_lib.is_chief(self.strategy)
+        self.write_dir = model_dir if self.is_chief else tempfile.mkdtemp(prefix="tfseg_worker_")
+        self.writers = {name: (tf.summary.create_file_writer(os.path.join(model_dir, name)) if self.is_chief
+                               else tf.summary.create_noop_writer())
                         for name in ("train", "validation")}
 
     # -- construction ---------------------------------------------------------------------------
@@ -248,8 +255,11 @@ class Trainer:
             if self.config.skip_nonfinite:
                 optimizer_variables = [v for o in self.model.optimizers_by_name().values() for v in o.variables]
                 self.guard = nonfinite.Guard(list(self.model.variables) + optimizer_variables)
-        self.latest, self.best = checkpointing.managers(self.checkpoint, self.model_dir,
+        self.latest, self.best = checkpointing.managers(self.checkpoint, self.write_dir,
                                                         self.config.keep_checkpoints)
+        # Where a resumed run reads from: the chief's checkpoints, on every worker.
+        self.resume_from = (self.latest if self.is_chief else
+                            checkpointing.managers(self.checkpoint, self.model_dir, self.config.keep_checkpoints)[0])
         self.schedule = stage_schedule(self.model, self.config)
         self.total_steps = self.schedule[-1][2]
         self.stage = None
@@ -304,7 +314,7 @@ class Trainer:
             self.data_info = pipeline.validate_data_config()
             say(pipeline.format_data_summary(self.data_info))
         self.labelled = {split: info.available and info.has_masks for split, info in self.data_info.items()}
-        for path in run_dir.remove_partial_checkpoints(self.model_dir):
+        for path in run_dir.remove_partial_checkpoints(self.model_dir) if self.is_chief else ():
             say(f"removed a half-written checkpoint: {path}")
         say("building the networks and tracing the training step (the first step takes longer) ...")
         self._build(self._saved_restarts() if restarts is None else restarts)
@@ -379,7 +389,7 @@ class Trainer:
 
     def _restore_latest(self, say):
         """Restores the newest readable checkpoint (falling back past corrupt ones); its path or None."""
-        candidates = list(reversed(self.latest.checkpoints))
+        candidates = list(reversed(self.resume_from.checkpoints))
         for i, path in enumerate(candidates):
             try:
                 checkpointing.restore(self.checkpoint, path)
@@ -491,8 +501,8 @@ class Trainer:
     def _record_foreground(self, step, rule, why, display, quiet=False):
         """Writes foreground.json; says so on the console when the choice changes (unless `quiet`)."""
         region = int(self.model.foreground_region.numpy())
-        path = os.path.join(self.model_dir, FOREGROUND_FILE)
-        previous = read_foreground(self.model_dir)
+        path = os.path.join(self.write_dir, FOREGROUND_FILE)
+        previous = read_foreground(self.write_dir)
         record = {"region": region, "rule": rule, "why": why, "step": step}
         with open(path, "w") as f:
             json.dump(record, f, indent=2)
@@ -530,7 +540,7 @@ class Trainer:
         display.message(f"masks collapsed at step {step} (smaller region {train_smaller:.3f} < "
                         f"{cfg.collapse_threshold}): restarting from scratch, restart {restarts + 1}")
         for folder in ("checkpoints", "best"):
-            path = os.path.join(self.model_dir, folder)
+            path = os.path.join(self.write_dir, folder)
             if tf.io.gfile.exists(path):
                 tf.io.gfile.rmtree(path)
         return True
@@ -545,7 +555,7 @@ class Trainer:
                 "no labelled test split: nothing to score. Masks of your images: see the "
                 "TensorBoard image grids, or export the model and run tfseg.predict.")
             return {}
-        results = run_split_evaluation(self.model, self.config, self.model_dir, "test")
+        results = run_split_evaluation(self.model, self.config, self.write_dir, "test")
         text = metrics.format_table(results)
         (display.message if display else print)(
             f"test split, checkpoint {best or self.latest.latest_checkpoint}:\n{text}")
