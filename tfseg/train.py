@@ -112,7 +112,7 @@ def main(argv):
             try:
                 job.train()
             finally:
-                if not job.is_chief:
+                if not chief:
                     shutil.rmtree(job.write_dir, ignore_errors=True)
             if chief:
                 config.save_config(model_dir, "operative_config.gin")

@@ -34,9 +34,7 @@ def is_chief(strategy):
     """
     resolver = getattr(strategy, "cluster_resolver", None)
     task_type = getattr(resolver, "task_type", None)
-    if task_type is None:
-        return True
-    if task_type == "chief":
+    if task_type in (None, "chief"):
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return task_type == "worker" and resolver.task_id == 0 and not has_chief

@@ -6,9 +6,9 @@ replica, compiled with XLA when asked; the optimizer update runs outside XLA in 
 context, where Keras all-reduces the gradients (XLA cannot compile that merge).
 """
 import json
-import tempfile
 import os
 import sys
+import tempfile
 
 import gin
 import numpy as np
