@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfseg import config, registry
-from tfseg.methods.base import Method
+from tfseg.methods.base import Method, PhaseMetrics
 from tfseg.methods.optimizers import gan_adam
 from tfseg.training import checkpointing, trainer
 
@@ -79,8 +79,8 @@ class TwoColourMethod(Method):
             per_example = tf.reduce_mean(tf.square(rebuilt - images), axis=(1, 2, 3))
             total = tf.nn.compute_average_loss(per_example)
         grads = tape.gradient(total, self.mask_network.trainable_variables)
-        return {"loss/rebuild": per_example,
-                "mask/coverage": tf.reduce_mean(mask, axis=(1, 2, 3))}, grads
+        return PhaseMetrics(losses={"rebuild": per_example},
+                            mask_coverage=tf.reduce_mean(mask, axis=(1, 2, 3))), grads
 
     def summary_images(self, images, step):
         return {"image": images, "mask": self.region_masks(images)[..., :1]}

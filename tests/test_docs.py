@@ -12,7 +12,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = "docs/methods.md"
-SCANNED_DIRS = ("tfseg", "gin_configs", "tools", "tests")
+SCANNED_DIRS = ("tfseg", "gin_configs", "tools", "tests", "docs", ".ci")
 SCANNED_FILES = ("README.md", "setup.py")
 
 # Built from parts so that this file does not trip its own check.
@@ -88,6 +88,14 @@ def test_no_reference_to_the_old_specification():
         for match in _OLD_SHORT_RE.finditer(text):
             offenders.append(f"{rel}:{_line_of(text, match.start())}: {match.group()!r}")
     assert not offenders, f"cite {DOC} instead:\n" + "\n".join(offenders)
+
+
+def test_nothing_points_outside_the_repository():
+    """A clone has no sibling folders: no file names a path in the developers' shared folder."""
+    outside = re.compile(r"\.\./" + "sha" + r"red/")  # built from parts, not to match itself
+    offenders = [f"{rel}:{_line_of(text, m.start())}" for rel, text in _repository_files()
+                 for m in outside.finditer(text)]
+    assert not offenders, "name a placeholder path (/path/to/...) instead:\n" + "\n".join(offenders)
 
 
 def test_doc_has_the_numbered_sections():

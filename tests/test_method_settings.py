@@ -62,5 +62,5 @@ def test_distillation_gradients_train_the_segmenter_only():
     metrics, grads = segmenter.gradients(images, masks)
     assert len(grads) == len(segmenter.trainable_variables)
     assert all(g is not None and float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads)
-    assert set(metrics) == {"loss/segmenter", "mask/coverage", "mask/binariness"}
-    assert metrics["loss/segmenter"].shape == (2,)
+    assert set(metrics.flat()) == {"loss/segmenter", "mask/coverage", "mask/binariness"}
+    assert metrics.losses["segmenter"].shape == (2,)

@@ -110,8 +110,8 @@ def test_mask_losses_push_the_mask_up_when_it_is_too_small():
     model = _method(min_mask_coverage=0.99)
     metrics, _ = model.phase_gradients("generator", ({"image": tf.zeros([4, 16, 16, 3])},),
                                        tf.constant(0, tf.int64))
-    coverage = metrics["mask/coverage"].numpy()
-    assert (metrics["loss/mask_size"].numpy() > 0.99 - coverage - 0.15).all()
+    coverage = metrics.mask_coverage.numpy()
+    assert (metrics.losses["mask_size"].numpy() > 0.99 - coverage - 0.15).all()
 
 
 def test_stages_set_the_segmentation_route():

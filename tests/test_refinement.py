@@ -11,7 +11,7 @@ from tfseg.evaluation import evaluator
 from tfseg.evaluation.metrics import per_image_iou
 from tfseg.modeling import refinement
 from tfseg.serving import export_module
-from tfseg.training import checkpointing, loading, trainer
+from tfseg.training import checkpointing, duties, loading, trainer
 from test_training import REPO
 
 registry.import_configurables()  # these tests parse configs, as the entry points do
@@ -94,13 +94,13 @@ def test_evaluation_and_the_export_refine_and_evaluation_scores_the_refined_disc
     _write_refining_run(model_dir)
     model, cfg, _ = loading.load_trained(model_dir)
     assert model.mask_refinement is not None
-    images = next(iter(trainer._eval_dataset(cfg, "test")))["image"]  # pylint: disable=protected-access
+    images = next(iter(duties.eval_dataset(cfg, "test")))["image"]
     raw = model.region_masks(images)[..., :1].numpy()
     refined = model.mask_refinement(images, raw).numpy()
     assert np.abs(refined - raw).max() > 0.1  # the refinement changes these masks
     np.testing.assert_allclose(model.final_region_masks(images)[..., :1].numpy(), refined, atol=1e-5)
 
-    results, _ = evaluator.evaluate(model, trainer._eval_dataset(cfg, "test"))  # pylint: disable=protected-access
+    results, _ = evaluator.evaluate(model, duties.eval_dataset(cfg, "test"))
     assert evaluator.REFINED_DISC in results["baselines"]
     assert set(results["baselines"][evaluator.REFINED_DISC]) == {"fg_iou", "miou", "accuracy"}
 

@@ -22,7 +22,7 @@ from tfseg import config, export, predict, registry
 from tfseg.data import augment, procedural
 from tfseg.evaluation import evaluator, metrics
 from tfseg.serving import export_module, inference
-from tfseg.training import checkpointing, loading, trainer
+from tfseg.training import checkpointing, duties, loading, trainer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tf_serving_fixture  # noqa: E402  pylint: disable=wrong-import-position
@@ -315,7 +315,7 @@ def test_predict_masks_score_the_same_fg_iou_as_the_evaluation(exported, run_dir
 
     model, cfg, _ = loading.load_trained(run_dir, extra_bindings=[
         "tfseg.data.make_dataset.source = @tfseg.data.procedural_source"])
-    evaluated, _ = evaluator.evaluate(model, trainer._eval_dataset(cfg, "test"),  # pylint: disable=protected-access
+    evaluated, _ = evaluator.evaluate(model, duties.eval_dataset(cfg, "test"),
                                       max_examples=len(names))
     assert evaluated["num_images"] == len(names)
     assert abs(served.result()["fg_iou"] - evaluated["fg_iou"]) <= 0.01

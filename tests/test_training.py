@@ -2,10 +2,10 @@
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
-import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -34,8 +34,29 @@ def run_train(*args):
     return train.main([])
 
 
+#: One config per method trains for real (two smoke steps per stage); every config resolves.
+TRAINED = [os.path.join(REPO, "gin_configs", name)
+           for name in ("demo.gin", "demo_perturbgan.gin", "demo_labels4free.gin")]
+
+
 @pytest.mark.parametrize("gin_file", SHIPPED, ids=os.path.basename)
-def test_every_shipped_config_trains_two_steps_on_fake_data(gin_file, tmp_path, capsys):
+def test_every_shipped_config_resolves_and_builds_its_networks(gin_file, tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    assert run_train(f"--gin_file={gin_file}", "--smoke", "--dry_run", f"--model_dir={model_dir}") == 0
+    out = capsys.readouterr().out
+    assert "# dry run: config resolved, data found; not training." in out
+    cfg = trainer.TrainConfig()
+    stages = [stage.name for stage, _, _ in trainer.stage_schedule(trainer.build_method(cfg), cfg)]
+    assert "# stages: " + ", ".join(f"{name} steps" for name in stages) in re.sub(r" steps \d+-\d+", " steps", out)
+    model = trainer.build_method(cfg)
+    model.build_for_training(cfg.batch_size)  # every variable, at the smoke sizes the config resolves to
+    masks = model.region_masks(tf.zeros([2, cfg.resolution, cfg.resolution, 3]))
+    assert masks.shape[:3] == (2, cfg.resolution, cfg.resolution)
+    assert not os.path.exists(model_dir)  # a dry run writes nothing
+
+
+@pytest.mark.parametrize("gin_file", TRAINED, ids=os.path.basename)
+def test_one_config_per_method_trains_two_steps_per_stage_and_scores_test(gin_file, tmp_path, capsys):
     model_dir = str(tmp_path / "run")
     assert run_train(f"--gin_file={gin_file}", "--smoke", f"--model_dir={model_dir}") == 0
     out = capsys.readouterr().out
@@ -46,7 +67,7 @@ def test_every_shipped_config_trains_two_steps_on_fake_data(gin_file, tmp_path, 
     assert checkpointing.latest_checkpoint(model_dir, "latest").endswith(f"ckpt-{total}")
     with open(os.path.join(model_dir, "eval_test.json")) as f:
         results = json.load(f)
-    assert 0.0 <= results["fg_iou"] <= 1.0 and results["num_images"] == 8
+    assert results["num_images"] == 8 and "test split, checkpoint" in out
     assert os.path.exists(os.path.join(model_dir, "config.gin"))
     assert os.path.exists(os.path.join(model_dir, "eval_test.png"))
 
@@ -87,6 +108,28 @@ def test_rerunning_a_finished_run_does_not_train_again_and_evaluate_rescores_it(
         rescored = json.load(f)
     assert rescored["fg_iou"] == pytest.approx(trained["fg_iou"])
     assert rescored["foreground_region"] == trained["foreground_region"]
+
+
+def test_the_test_split_is_scored_on_the_best_validation_checkpoint_not_the_latest(tmp_path, monkeypatch):
+    cfg = _smoke_config(tmp_path, "tfseg.training.TrainConfig.num_steps = 4",
+                        "tfseg.training.TrainConfig.eval_every = 1")
+    real_evaluate, validated, scored = evaluator.evaluate, {}, []
+
+    def evaluate(model, dataset, max_examples=None, choose_region=False):
+        results, sample = real_evaluate(model, dataset, max_examples=max_examples, choose_region=choose_region)
+        if max_examples is not None:  # validation: scores that only get worse, so step 2 stays the best
+            step = len(validated) + 1
+            validated[step] = _weights(model)
+            results = {**results, "fg_iou": 0.5 if step == 2 else 0.1 / step}
+        else:                         # the test split
+            scored.append(_weights(model))
+        return results, sample
+
+    monkeypatch.setattr(evaluator, "evaluate", evaluate)
+    trainer.Trainer(str(tmp_path), cfg).train()
+    assert sorted(validated) == [1, 2, 3, 4] and len(scored) == 1
+    assert all(np.array_equal(a, b) for a, b in zip(scored[0], validated[2]))
+    assert not all(np.array_equal(a, b) for a, b in zip(scored[0], validated[4]))
 
 
 def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path):

@@ -18,6 +18,9 @@ SMOKE_CONFIG = os.path.join(GIN_CONFIG_DIR, "smoke.gin")
 
 
 def _registry():
+    """gin's registry of configurables: the one private API tfseg reads (for "did you mean" hints
+    and numeric-binding checks). gin-config 0.5.0 has no public way to list configurables;
+    tests/test_robustness.py and tests/test_training.py fail if its shape changes."""
     from gin import config as gin_config  # gin keeps its registry there
     return gin_config._REGISTRY  # pylint: disable=protected-access
 

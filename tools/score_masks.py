@@ -1,6 +1,6 @@
 """Score the masks `tfseg.predict` wrote against hand-made masks.
 
-    python tools/score_masks.py --pred=my_masks --truth=../shared/data/flowers17/masks [--json=scores.json]
+    python tools/score_masks.py --pred=my_masks --truth=/path/to/flowers17/masks [--json=scores.json]
 
 For every truth mask `<truth>/<rel>/<stem>.png` the prediction `<pred>/<rel>/<stem>_mask.png` is read
 (truth without a prediction is counted and reported, never scored as empty). Both are binarised

@@ -7,10 +7,38 @@ which runs outside XLA (optimizer updates under a strategy cannot be compiled: t
 replicas). Losses are scaled by the *global* batch so that summing gradients over replicas
 gives the global mean.
 """
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import keras
 import tensorflow as tf
+
+#: TensorBoard and console names of what a phase reports (`PhaseMetrics.flat`), defined once here.
+LOSS_PREFIX = "loss/"
+MASK_COVERAGE = "mask/coverage"
+
+
+class PhaseMetrics(NamedTuple):
+    """What one phase reports, typed by what the trainer does with it; every value is per example `[b]`.
+
+    Attributes:
+        losses: `{name: [b]}`; the console shows them (names ending in "total" only in TensorBoard),
+            TensorBoard files them under `loss/<name>`.
+        mask_coverage: `[b]` share of each image in the object region (region 0), or None. Shown as
+            `mask/coverage`; collapse detection reads the smaller region's share from it, so it
+            works for every method that reports it.
+        diagnostics: `{name: [b]}` for TensorBoard only, under their own names ("mask/binariness").
+    """
+    losses: dict
+    mask_coverage: Optional[tf.Tensor] = None
+    diagnostics: Optional[dict] = None
+
+    def flat(self):
+        """`{name: [b]}` under the TensorBoard names: what a compiled step returns from a replica."""
+        out = {LOSS_PREFIX + name: value for name, value in self.losses.items()}
+        if self.mask_coverage is not None:
+            out[MASK_COVERAGE] = self.mask_coverage
+        out.update(self.diagnostics or {})
+        return out
 
 
 class Stage(NamedTuple):
@@ -81,8 +109,8 @@ class Method(keras.Model):
             batches: tuple of `batches_per_step` dicts with "image" `[b, R, R, 3]` in [-1, 1].
             step: int64 scalar, the global step (seeds the method's randomness).
         Returns:
-            `(metrics, grads)`: metrics maps names to per-example `[b]` tensors; grads is the
-            structure `apply_phase` expects.
+            `(metrics, grads)`: a `PhaseMetrics` of per-example `[b]` tensors, and the structure
+            `apply_phase` expects.
         """
         raise NotImplementedError
 

@@ -9,6 +9,7 @@ import tensorflow as tf
 from keras import ops
 
 from tfseg import losses
+from tfseg.methods.base import PhaseMetrics
 from tfseg.modeling.mask_network import MaskNetwork
 
 
@@ -42,7 +43,8 @@ class DistilledSegmenter(keras.layers.Layer):
         return ops.sigmoid(self.network.logits(images))
 
     # Plain tensor code, kept out of autograph: in some pytest orders and runs autograph resolved
-    # this bound method of a sub-layer to the layer's `call`.
+    # this bound method of a sub-layer to the layer's `call` (seen with TF 2.16-2.21 and Keras 3;
+    # root cause not found). The decorator is public API; it only skips conversion.
     @tf.autograph.experimental.do_not_convert
     def loss(self, images, target_masks):
         """Per-example binary cross-entropy `[b]` between the predicted and the generated masks.
@@ -61,12 +63,12 @@ class DistilledSegmenter(keras.layers.Layer):
     def gradients(self, images, target_masks):
         """One distillation phase: `(metrics, grads)` of the mean `loss` over the global batch.
 
-        Metrics: "loss/segmenter", and the generated masks' "mask/coverage" and "mask/binariness".
+        Metrics: the loss "segmenter", and the generated masks' coverage and "mask/binariness".
         """
         with tf.GradientTape() as tape:
             per_example = self.loss(images, target_masks)
             total = tf.nn.compute_average_loss(per_example)
         grads = tape.gradient(total, self.trainable_variables)
-        return {"loss/segmenter": per_example,
-                "mask/coverage": losses.mask_coverage(target_masks),
-                "mask/binariness": losses.mask_binariness(target_masks)}, grads
+        return PhaseMetrics(losses={"segmenter": per_example},
+                            mask_coverage=losses.mask_coverage(target_masks),
+                            diagnostics={"mask/binariness": losses.mask_binariness(target_masks)}), grads

@@ -35,7 +35,7 @@ from keras import ops
 
 from tfseg import losses
 from tfseg.errors import ConfigError
-from tfseg.methods.base import Method, Stage
+from tfseg.methods.base import Method, PhaseMetrics, Stage
 from tfseg.methods import distillation
 from tfseg.methods.distillation import DistilledSegmenter
 from tfseg.methods.optimizers import gan_adam
@@ -332,8 +332,9 @@ class Labels4Free(Method):
             per_example = adversarial + 0.5 * self.settings.r1_gamma * max(self.settings.r1_interval, 1) * r1
             total = tf.nn.compute_average_loss(per_example)
         grads = tape.gradient(total, variables)
-        metrics = {"loss/discriminator": adversarial, "loss/r1": r1,
-                   "discriminator/real": real_scores, "discriminator/fake": fake_scores}
+        metrics = PhaseMetrics(losses={"discriminator": adversarial, "r1": r1},
+                               diagnostics={"discriminator/real": real_scores,
+                                            "discriminator/fake": fake_scores})
         return metrics, grads
 
     def _generator_gradients(self, batch, step):
@@ -343,7 +344,7 @@ class Labels4Free(Method):
             per_example = losses.logistic_generator_loss(self.discriminator(fake))
             total = tf.nn.compute_average_loss(per_example)
         grads = tape.gradient(total, variables)
-        return {"loss/generator": per_example}, grads
+        return PhaseMetrics(losses={"generator": per_example}), grads
 
     def alpha_losses(self, alpha, scores):
         """Per-example terms of A's objective (docs/methods.md §3.4).
@@ -373,9 +374,9 @@ class Labels4Free(Method):
             terms = self.alpha_losses(out["alpha"], self.alpha_discriminator(out["composite"]))
             total = tf.nn.compute_average_loss(terms["total"])
         grads = tape.gradient(total, variables)
-        metrics = {f"loss/alpha_{name}": value for name, value in terms.items()}
-        metrics["mask/coverage"] = losses.mask_coverage(out["alpha"])
-        metrics["mask/binariness"] = losses.mask_binariness(out["alpha"])
+        metrics = PhaseMetrics(losses={f"alpha_{name}": value for name, value in terms.items()},
+                               mask_coverage=losses.mask_coverage(out["alpha"]),
+                               diagnostics={"mask/binariness": losses.mask_binariness(out["alpha"])})
         return metrics, grads
 
     def _segmenter_gradients(self, step):

@@ -24,7 +24,7 @@ import tensorflow as tf
 from keras import ops
 
 from tfseg import losses
-from tfseg.methods.base import Method, Stage
+from tfseg.methods.base import Method, PhaseMetrics, Stage
 from tfseg.methods import distillation
 from tfseg.methods.distillation import DistilledSegmenter
 from tfseg.methods.optimizers import gan_adam
@@ -241,9 +241,10 @@ class PerturbGAN(Method):
                            + self.settings.drift_weight * losses.drift_loss(real_scores))
             total = tf.nn.compute_average_loss(per_example)
         grads = tape.gradient(total, variables)
-        metrics = {"loss/discriminator": per_example, "loss/gradient_penalty": penalty,
-                   "discriminator/real": real_scores, "discriminator/fake": fake_scores,
-                   "discriminator/wasserstein_distance": real_scores - fake_scores}
+        metrics = PhaseMetrics(
+            losses={"discriminator": per_example, "gradient_penalty": penalty},
+            diagnostics={"discriminator/real": real_scores, "discriminator/fake": fake_scores,
+                         "discriminator/wasserstein_distance": real_scores - fake_scores})
         return metrics, grads
 
     def _generator_gradients(self, batch, step):
@@ -263,10 +264,11 @@ class PerturbGAN(Method):
                            + self.settings.binarization_weight * binary)
             total = tf.nn.compute_average_loss(per_example)
         grads = tape.gradient(total, variables)
-        metrics = {"loss/generator_adversarial": adversarial, "loss/mask_size": size,
-                   "loss/mask_binarization": binary, "loss/generator_total": per_example,
-                   "mask/coverage": losses.mask_coverage(out["mask"]),
-                   "mask/binariness": losses.mask_binariness(out["mask"])}
+        metrics = PhaseMetrics(
+            losses={"generator_adversarial": adversarial, "mask_size": size,
+                    "mask_binarization": binary, "generator_total": per_example},
+            mask_coverage=losses.mask_coverage(out["mask"]),
+            diagnostics={"mask/binariness": losses.mask_binariness(out["mask"])})
         return metrics, grads
 
     def _encoder_gradients(self, real, step):
@@ -292,8 +294,8 @@ class PerturbGAN(Method):
                 per_example = per_example + self.settings.synthetic_latent_weight * latent
             total = tf.nn.compute_average_loss(per_example)
         grads = tape.gradient(total, variables)
-        metrics = {"loss/reconstruction_l1": reconstruction, "loss/discriminator_features": feature,
-                   "loss/synthetic_latent": latent, "loss/encoder_total": per_example}
+        metrics = PhaseMetrics(losses={"reconstruction_l1": reconstruction, "discriminator_features": feature,
+                                       "synthetic_latent": latent, "encoder_total": per_example})
         return metrics, grads
 
     def _segmenter_gradients(self, step):

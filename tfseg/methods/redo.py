@@ -13,7 +13,7 @@ import gin
 import tensorflow as tf
 
 from tfseg import losses
-from tfseg.methods.base import Method
+from tfseg.methods.base import Method, PhaseMetrics
 from tfseg.methods.optimizers import gan_adam
 from tfseg.modeling.mask_network import MaskNetwork
 from tfseg.modeling.redo_discriminator import Discriminator
@@ -220,13 +220,11 @@ class ReDO(Method):
         enc_grads = tape.gradient(info_total, enc_vars)
         del tape
         coverage = losses.mask_coverage(masks[..., :1])
-        metrics = {
-            "loss/generator_adversarial": adversarial,
-            "loss/information": info,
-            "loss/generator_total": per_example,
-            "mask/coverage": coverage,
-            "mask/binariness": losses.mask_binariness(masks[..., :1]),
-        }
+        metrics = PhaseMetrics(
+            losses={"generator_adversarial": adversarial, "information": info,
+                    "generator_total": per_example},
+            mask_coverage=coverage,
+            diagnostics={"mask/binariness": losses.mask_binariness(masks[..., :1])})
         return metrics, (mask_grads, gen_grads, enc_grads)
 
     def _discriminator_gradients(self, images, real_images, step):
@@ -243,8 +241,9 @@ class ReDO(Method):
             per_example = losses.hinge_discriminator_loss(real_logits, fake_logits)
             total = tf.nn.compute_average_loss(per_example)
         grads = tape.gradient(total, d_vars)
-        metrics = {"loss/discriminator": per_example, "discriminator/real": real_logits,
-                   "discriminator/fake": fake_logits}
+        metrics = PhaseMetrics(losses={"discriminator": per_example},
+                               diagnostics={"discriminator/real": real_logits,
+                                            "discriminator/fake": fake_logits})
         return metrics, grads
 
     def apply_phase(self, phase, grads):

@@ -375,11 +375,11 @@ def export_run(model_dir, export_dir, version=None, which="best", invert=False):
         tfseg.errors.ConfigError: `model_dir` has no config.gin or no checkpoint.
         FileExistsError: the version exists already.
     """
-    from tfseg.training import loading, trainer  # pylint: disable=import-outside-toplevel
+    from tfseg.training import duties, loading  # pylint: disable=import-outside-toplevel
     import tfseg  # pylint: disable=import-outside-toplevel
 
     model, train_config, checkpoint = loading.load_trained(model_dir, which)
-    foreground = trainer.read_foreground(model_dir) or {"rule": "initial value (never chosen)"}
+    foreground = duties.read_foreground(model_dir) or {"rule": "initial value (never chosen)"}
     if invert:
         invert_foreground(model)
         foreground = {"rule": "--invert", "why": f"inverted at export; the run's choice: {foreground}"}

@@ -1,4 +1,7 @@
-"""The custom training loop shared by every method.
+"""The custom training loop shared by every method: steps, stages, resuming, restarts.
+
+What the loop does between steps (progress, validation and the best checkpoint, collapse
+detection, checkpoints) are duties, one class each in `tfseg.training.duties`.
 
 Not `model.fit`: fit breaks under MultiWorkerMirroredStrategy (keras-team/keras#20585), and a GAN
 step is several optimizer phases anyway. Each phase's losses-and-gradients function runs per
@@ -20,11 +23,10 @@ from tfseg.evaluation import evaluator, grids, metrics
 from tfseg.modeling import refinement
 from tfseg import progress
 from tfseg.training import checkpointing, nonfinite, run_dir, signals
+from tfseg.training import duties as duties_lib
 from tfseg.training import strategy as strategy_lib
 
 CONFIG_FILE = "config.gin"
-#: Written into model_dir whenever the foreground region is chosen: which region, by what rule, why.
-FOREGROUND_FILE = "foreground.json"
 
 
 @gin.configurable(module="tfseg.training")
@@ -158,8 +160,8 @@ def make_train_step(model, strategy, jit_compile, phases=None, batches_per_step=
 
     Each phase's gradient function is compiled per replica (with XLA if `jit_compile`); the
     optimizer update runs outside XLA, in the replica context, where Keras all-reduces the
-    gradients. Metrics are per-example values gathered from all replicas, plus
-    `nonfinite.FINITE_METRIC`. With a `nonfinite.Guard`, a step with any non-finite loss or gradient
+    gradients. Metrics are every phase's `PhaseMetrics.flat()`, per-example values gathered from
+    all replicas, plus `nonfinite.FINITE_METRIC`. With a `nonfinite.Guard`, a step with any non-finite loss or gradient
     is undone after it ran.
     """
     phases = tuple(model.phases if phases is None else phases)
@@ -177,6 +179,7 @@ def make_train_step(model, strategy, jit_compile, phases=None, batches_per_step=
         for phase in phases:
             def replica_fn(batches, step, phase=phase):
                 phase_metrics, grads = gradient_fns[phase](batches, step)
+                phase_metrics = phase_metrics.flat()
                 model.apply_phase(phase, grads)
                 ok = nonfinite.all_finite(phase_metrics, grads)
                 return {**phase_metrics, nonfinite.FINITE_METRIC: nonfinite.finite_metric(phase_metrics, ok)}
@@ -218,17 +221,15 @@ def _training_dataset(config, strategy, skip_batches=0):
     return iter(strategy.experimental_distribute_dataset(dataset))
 
 
-def _eval_dataset(config, split):
-    return pipeline.make_dataset(split, config.eval_batch_size, resolution=config.resolution)
-
-
 class Trainer:
     """Runs one training job in `model_dir`; re-running the same job resumes it."""
 
-    def __init__(self, model_dir, config=None, strategy=None, stream=None, data_info=None):
+    def __init__(self, model_dir, config=None, strategy=None, stream=None, data_info=None, duties=None):
         self.model_dir = model_dir
         self.data_info = data_info
         self.config = config or TrainConfig()
+        #: What the loop does after each step besides training, in order (`tfseg.training.duties`).
+        self.duties = list(duties) if duties is not None else duties_lib.default_duties(self.config)
         self.strategy = strategy or strategy_lib.make_strategy()
         self.jit = strategy_lib.resolve_jit_compile(self.config.jit_compile)
         self.stream = stream
@@ -345,7 +346,8 @@ class Trainer:
             display.message(f"advancing the data stream past the {skip} batches already trained on "
                             "(exact resume; tfseg.training.TrainConfig.exact_resume = False skips this)")
         iterator = _training_dataset(cfg, self.strategy, skip)
-        last_metrics, self.nonfinite_total, in_a_row, restores = None, 0, 0, 0
+        self.display, self.last_metrics, self.last_validation = display, None, None
+        self.nonfinite_total, self.nonfinite_in_a_row, restores = 0, 0, 0
         with signals.StopRequests() as stop:
             while step < self.total_steps:
                 self._enter_stage(step, display)
@@ -357,23 +359,19 @@ class Trainer:
                     display.first_step_done(step)
                 if not finite:
                     self.nonfinite_total += 1
-                    in_a_row += 1
-                    if in_a_row >= cfg.max_nonfinite_steps:
+                    self.nonfinite_in_a_row += 1
+                    if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
                         restores += 1
-                        in_a_row = 0
+                        self.nonfinite_in_a_row = 0
                         step = self._recover_from_nonfinite(restores, display)
                         continue
                 else:
-                    in_a_row = 0
+                    self.nonfinite_in_a_row = 0
+                self.values, self.stop_requested = values, stop.signum
                 stage_end = self._stage_at(step - 1)[2] == step
-                if step % cfg.log_every == 0 or stage_end:
-                    last_metrics = self._log(step, values, display)
-                if (step % cfg.eval_every == 0 or stage_end) and in_a_row == 0:
-                    if self._validate(step, last_metrics, display):
-                        # Collapsed: a fresh run, reseeded.
+                for duty in self.duties:
+                    if duty.due(self, step, stage_end) and duty.run(self, step) == duties_lib.RESTART:
                         return self.train(restarts=int(self.state.restarts.numpy()) + 1)
-                if step % cfg.checkpoint_every == 0 or stage_end or stop.signum:
-                    self.latest.save(checkpoint_number=step)
                 if stop.signum:
                     message = (f"stopped by {stop.name} at step {step}: checkpoint written; run the same "
                                "command again to resume")
@@ -428,123 +426,6 @@ class Trainer:
         path = tf.train.latest_checkpoint(os.path.join(self.model_dir, "checkpoints"))
         return checkpointing.saved_restarts(path) if path else 0
 
-    def _log(self, step, values, display):
-        arrays = {name: value.numpy() for name, value in values.items()}
-        if "mask/coverage" in arrays:
-            # Every method reports its masks' coverage; the smaller region's share is what collapse
-            # detection reads, so it works for any method.
-            arrays["mask/smaller_region"] = np.minimum(arrays["mask/coverage"], 1.0 - arrays["mask/coverage"])
-        scalars = {name: float(np.mean(array)) for name, array in arrays.items()}
-        for name, array in arrays.items():
-            if name.startswith(("mask/coverage", "mask/smaller")):
-                scalars[name + "_min"] = float(np.min(array))
-        rate = display.update(step, {k: v for k, v in scalars.items() if k.startswith("loss/")
-                                     and not k.endswith("total")})
-        with self.writers["train"].as_default(step=step):
-            for name, value in scalars.items():
-                tf.summary.scalar(name, value)
-            tf.summary.scalar("perf/images_per_second", rate)
-            tf.summary.scalar("health/nonfinite_steps", getattr(self, "nonfinite_total", 0))
-            for name, optimizer in self.model.optimizers_by_name().items():
-                tf.summary.scalar(f"learning_rate/{name}", float(optimizer.learning_rate.numpy()))
-        return scalars
-
-    def _validate(self, step, last_metrics, display):
-        """Scores validation, keeps the best checkpoint, writes grids; True if the run collapsed."""
-        cfg = self.config
-        if not self.labelled.get("validation") or not self.stage.evaluates:
-            # No labelled validation split (e.g. LSUN, a photo folder without masks), or a stage
-            # without a segmenter of real images yet: image grids only.
-            batch = next(iter(_eval_dataset(cfg, "train")))
-            if self.stage.evaluates:
-                self._choose_foreground_without_labels(step, batch["image"], display)
-            self._image_summaries(step, batch["image"].numpy()[:8])
-            return self._collapsed(step, {}, last_metrics, display)
-        choose = cfg.foreground_region is None
-        results, sample = evaluator.evaluate(self.model, _eval_dataset(cfg, "validation"),
-                                             max_examples=cfg.eval_examples, choose_region=choose)
-        if choose:
-            self._record_foreground(step, "validation", "best fg IoU on the labelled validation split",
-                                    display, quiet=True)
-        else:
-            self._record_foreground(step, "binding", "tfseg.training.TrainConfig.foreground_region", display)
-        score = results["fg_iou"]
-        with self.writers["validation"].as_default(step=step):
-            for key in ("fg_iou", "miou", "accuracy", "best_perm_fg_iou", "best_perm_accuracy",
-                        "confusion_miou"):
-                tf.summary.scalar(f"eval/{key}", results[key])
-            tf.summary.image("eval/image_truth_prediction_overlay",
-                             evaluator.prediction_grid(sample)[None].astype(np.float32) / 255.0)
-        self._image_summaries(step, sample["image"][:8])
-        display.message(f"step {step}: validation fg IoU {score:.3f}  mIoU {results['miou']:.3f}  "
-                        f"acc {results['accuracy']:.3f}  (region {results['foreground_region']})")
-        if np.isfinite(score) and score > float(self.state.best_score.numpy()):
-            self.state.best_score.assign(score)
-            self.best.save(checkpoint_number=step)
-        return self._collapsed(step, results, last_metrics, display)
-
-    def _choose_foreground_without_labels(self, step, images, display):
-        """Picks the object region with no labels: the binding, the method's construction, or the border rule."""
-        if self.config.foreground_region is not None:
-            self._record_foreground(step, "binding", "tfseg.training.TrainConfig.foreground_region", display)
-        elif self.model.foreground_by_construction:
-            self.model.foreground_region.assign(0)
-            self._record_foreground(step, "construction", "the segmenter predicts the foreground layer's mask",
-                                    display)
-        else:
-            region, coverage = evaluator.border_region(self.model, images)
-            self.model.foreground_region.assign(region)
-            shares = ", ".join(f"region {k} {c:.2f}" for k, c in enumerate(coverage))
-            self._record_foreground(step, "border", f"it covers the image border least ({shares}; "
-                                    f"{len(images)} training photos, no labelled validation split)", display)
-
-    def _record_foreground(self, step, rule, why, display, quiet=False):
-        """Writes foreground.json; says so on the console when the choice changes (unless `quiet`)."""
-        region = int(self.model.foreground_region.numpy())
-        path = os.path.join(self.write_dir, FOREGROUND_FILE)
-        previous = read_foreground(self.write_dir)
-        record = {"region": region, "rule": rule, "why": why, "step": step}
-        with open(path, "w") as f:
-            json.dump(record, f, indent=2)
-        previous = previous or {}
-        if not quiet and (previous.get("region"), previous.get("rule")) != (region, rule):
-            display.message(f"foreground: region {region}, chosen by the {rule} rule: {why}")
-
-    def _image_summaries(self, step, images):
-        named = self.model.summary_images(tf.constant(images), step)
-        columns = []
-        for name, batch in named.items():
-            batch = np.asarray(batch)
-            columns.append(grids.masks_to_uint8(batch) if batch.shape[-1] == 1
-                           else grids.images_to_uint8(batch))
-        with self.writers["train"].as_default(step=step):
-            tf.summary.image("samples/" + "|".join(named),
-                             grids.tensorboard_grid(columns))
-
-    def _collapsed(self, step, results, last_metrics, display):
-        cfg = self.config
-        if not cfg.collapse_threshold or step > cfg.collapse_before_step or last_metrics is None:
-            return False
-        train_smaller = last_metrics.get("mask/smaller_region")
-        if train_smaller is None or not np.isfinite(train_smaller):
-            return False
-        coverage = results.get("prediction_coverage")  # absent without a labelled validation split
-        val_smaller = min(coverage, 1 - coverage) if coverage is not None else train_smaller
-        if train_smaller >= cfg.collapse_threshold or val_smaller >= cfg.collapse_threshold:
-            return False
-        restarts = int(self.state.restarts.numpy())
-        if restarts >= cfg.max_restarts:
-            display.message(f"masks collapsed at step {step} but {restarts} restarts were "
-                            "already made (tfseg.training.TrainConfig.max_restarts); going on")
-            return False
-        display.message(f"masks collapsed at step {step} (smaller region {train_smaller:.3f} < "
-                        f"{cfg.collapse_threshold}): restarting from scratch, restart {restarts + 1}")
-        for folder in ("checkpoints", "best"):
-            path = os.path.join(self.write_dir, folder)
-            if tf.io.gfile.exists(path):
-                tf.io.gfile.rmtree(path)
-        return True
-
     def final_evaluation(self, display=None):
         """Restores the validation-best checkpoint and scores it on the test split."""
         best = self.best.latest_checkpoint
@@ -560,15 +441,6 @@ class Trainer:
         (display.message if display else print)(
             f"test split, checkpoint {best or self.latest.latest_checkpoint}:\n{text}")
         return results
-
-
-def read_foreground(model_dir):
-    """The run's foreground.json (region, rule, why, step) as a dict, or None before any choice."""
-    path = os.path.join(model_dir, FOREGROUND_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def run_split_evaluation(model, config, model_dir, split):
@@ -589,7 +461,7 @@ def run_split_evaluation(model, config, model_dir, split):
             f"{os.path.basename(os.path.normpath(model_dir))}, then python -m tfseg.predict --export_dir=serving/"
             f"{os.path.basename(os.path.normpath(model_dir))}/1 --images=DIR --out=DIR. To score, bind a mask "
             "folder (tfseg.data.image_folder_source.mask_dir) when training.")
-    results, sample = evaluator.evaluate(model, _eval_dataset(config, split))
+    results, sample = evaluator.evaluate(model, duties_lib.eval_dataset(config, split))
     results = {k: (v.item() if hasattr(v, "item") else v) for k, v in results.items()}
     with open(os.path.join(model_dir, f"eval_{split}.json"), "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)

@@ -1,0 +1,76 @@
+"""ReDO's redraw and phases at tiny sizes: one region redrawn, each loss trains only its networks."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfseg.methods import redo
+
+TINY = dict(z_dim=4, mask_width=4, mask_residual_blocks=1, generator_width=4, generator_self_attention=False,
+            discriminator_width=4, discriminator_self_attention=False)
+
+
+def _method(**overrides):
+    model = redo.ReDOSettings(16, **{**TINY, **overrides}).build()
+    model.build_for_training(4)
+    return model
+
+
+def _half_masks(batch):
+    """Region 0 the left half, region 1 the right half: hard masks `[b, 16, 16, 2]`."""
+    left = np.zeros([batch, 16, 16, 1], np.float32)
+    left[:, :, :8] = 1.0
+    return tf.constant(np.concatenate([left, 1.0 - left], -1))
+
+
+def test_redraw_changes_exactly_one_region_per_image_and_keeps_the_other():
+    model = _method()
+    images = tf.random.uniform([4, 16, 16, 3], -1, 1, seed=1)
+    masks = _half_masks(4)
+    composites, regions = model.redraw(images, masks, tf.random.normal([4, 4], seed=2), training=False)
+    composites, images = composites.numpy(), images.numpy()
+    assert regions.numpy().tolist() == [0, 0, 1, 1]  # stratified: each region redrawn for half the batch
+    for i, region in enumerate(regions.numpy()):
+        inside = masks.numpy()[i, :, :, region] > 0.5
+        np.testing.assert_array_equal(composites[i][~inside], images[i][~inside])  # the other region: kept
+        assert np.abs(composites[i][inside] - images[i][inside]).mean() > 1e-3     # this one: redrawn
+
+
+def _groups(model):
+    """Named groups of trainable variables; D's trunk and heads apart (the code head is the z-encoder)."""
+    d = model.discriminator
+    groups = {"mask_network": model.mask_network, "generator_0": model.generators[0],
+              "generator_1": model.generators[1], "d_trunk": d.trunk, "d_adversarial_head": d.adversarial_head}
+    if getattr(d, "code_head", None) is not None:
+        groups["d_code_head"] = d.code_head
+    if model.encoder is not None:
+        groups["encoder"] = model.encoder
+    return {name: layer.trainable_variables for name, layer in groups.items()}
+
+
+def _networks_changed(model, phase, batches):
+    """The groups the phase's optimizer update moves.
+
+    Measured from after the forward passes: Keras' SpectralNormalization rescales a kernel in place
+    on every training call, so a network that only runs forward in a phase (D in the generator
+    phase, F and G in D's) moves a little without being trained.
+    """
+    groups = _groups(model)
+    _, grads = model.phase_gradients(phase, batches, tf.constant(3, tf.int64))
+    before = {name: [v.numpy().copy() for v in variables] for name, variables in groups.items()}
+    model.apply_phase(phase, grads)
+    return {name for name, variables in groups.items()
+            if any(not np.array_equal(b, v.numpy()) for b, v in zip(before[name], variables))}
+
+
+@pytest.mark.parametrize("shared_trunk,phase,networks", [
+    # Generator phase: F and the G_k descend the whole loss; the z-encoder only the information term.
+    (False, "generator", {"mask_network", "generator_0", "generator_1", "encoder"}),
+    (False, "discriminator", {"d_trunk", "d_adversarial_head"}),
+    # Shared trunk (InfoGAN): the encoder is D's trunk plus its code head.
+    (True, "generator", {"mask_network", "generator_0", "generator_1", "d_trunk", "d_code_head"}),
+    (True, "discriminator", {"d_trunk", "d_adversarial_head"}),
+])
+def test_each_phase_trains_only_its_networks(shared_trunk, phase, networks):
+    model = _method(shared_encoder_trunk=shared_trunk)
+    batches = tuple({"image": tf.random.uniform([4, 16, 16, 3], -1, 1, seed=s)} for s in (3, 4))
+    assert _networks_changed(model, phase, batches) == networks
