@@ -12,6 +12,7 @@ import os
 import gin
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tfseg import config, registry
@@ -93,6 +94,7 @@ def _parse(*bindings):
     return trainer.TrainConfig()
 
 
+@pytest.mark.slow
 def test_a_method_written_outside_the_package_trains_validates_and_scores(tmp_path):
     cfg = _parse("tests.two_colours.width = 4")
     stream = io.StringIO()
@@ -111,6 +113,7 @@ def test_a_method_written_outside_the_package_trains_validates_and_scores(tmp_pa
     assert not np.allclose(job.model.region_masks(images), fresh.region_masks(images))
 
 
+@pytest.mark.slow
 def test_collapse_detection_works_for_any_method_that_reports_coverage(tmp_path):
     # The smaller region can never reach 0.6 of the image: every evaluation looks collapsed.
     cfg = _parse("tfseg.training.TrainConfig.collapse_threshold = 0.6",

@@ -4,6 +4,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = textwrap.dedent("""
@@ -85,6 +87,7 @@ def _free_ports(n):
     return ports
 
 
+@pytest.mark.slow
 def test_two_local_workers_train_one_run_and_only_the_chief_writes(tmp_path):
     import json
     model_dir = tmp_path / "run"

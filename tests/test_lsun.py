@@ -157,6 +157,7 @@ def _smoke_total_steps(gin_file, bindings):
     return 2 * len(trainer.stage_schedule(trainer.build_method(train_config), train_config))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gin_file", ["gin_configs/lsun_horse.gin", "gin_configs/labels4free_lsun_horse.gin"])
 def test_smoke_run_on_an_lsun_lmdb_reports_images_found_and_skipped(horse, tmp_path, gin_file):
     folder = horse[0]

@@ -141,6 +141,7 @@ def test_stage_schedule_counts_steps_and_rejects_unknown_or_missing_budgets():
         trainer.stage_schedule(model, cfg)
 
 
+@pytest.mark.slow
 def test_a_run_stopped_in_the_generator_stage_resumes_into_the_later_stages(tmp_path, capsys):
     from test_training import run_train  # noqa: PLC0415  (absl flags are defined there)
     model_dir = str(tmp_path / "run")

@@ -88,6 +88,7 @@ def _write_refining_run(model_dir):
     best.save(checkpoint_number=0)
 
 
+@pytest.mark.slow
 def test_evaluation_and_the_export_refine_and_evaluation_scores_the_refined_disc(tmp_path):
     model_dir = str(tmp_path / "run")
     os.makedirs(model_dir)

@@ -49,6 +49,7 @@ def _train_and_signal(model_dir, steps, signum, after_step, env=None):
     return process.returncode, "".join(lines) + out, err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_writes_a_consistent_checkpoint_and_exits_with_the_conventional_status(tmp_path, signum):
     code, out, err = _train_and_signal(str(tmp_path / "run"), 200, signum, after_step=3)
@@ -67,6 +68,7 @@ def test_a_signal_writes_a_consistent_checkpoint_and_exits_with_the_conventional
     assert iterations and all(i == step for i in iterations)  # every optimizer agrees with the step
 
 
+@pytest.mark.slow
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
     straight = str(tmp_path / "straight")
     code, _, err = _train_and_signal(straight, 12, None, None, env=REPRODUCIBLE_ENV)
@@ -83,6 +85,7 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
         np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7, err_msg=key)
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_busy_model_dir_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys):
     model_dir = tmp_path / "run"
     model_dir.mkdir()
@@ -117,6 +120,7 @@ def test_guard_reverts_every_variable_after_a_non_finite_step():
     assert nonfinite.all_finite({"loss": tf.constant([1.0])}, [tf.constant([np.nan])]).numpy() == False  # noqa: E712
 
 
+@pytest.mark.slow
 def test_non_finite_losses_are_undone_restored_then_stop_the_run_with_finite_checkpoints(tmp_path, capsys):
     model_dir = str(tmp_path / "run")
     code = run_train(*SMOKE, f"--model_dir={model_dir}", "--gin_bindings=tfseg.training.TrainConfig.num_steps=40",
@@ -136,6 +140,7 @@ def test_non_finite_losses_are_undone_restored_then_stop_the_run_with_finite_che
     assert not os.path.exists(os.path.join(model_dir, "best"))  # a non-finite model is never selected
 
 
+@pytest.mark.slow
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
     model_dir = tmp_path / "run"
     bindings = ["--gin_bindings=tfseg.training.TrainConfig.checkpoint_every=1"]
@@ -154,6 +159,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     assert "resumed from" in out and "at step 2" in out and "step 5/5" in out
 
 
+@pytest.mark.slow
 def test_smoke_never_overwrites_a_run_of_another_config_and_dry_run_reports_it(tmp_path, capsys):
     model_dir = tmp_path / "run"
     assert run_train(*SMOKE, f"--model_dir={model_dir}") == 0
@@ -183,6 +189,7 @@ def test_a_bad_number_is_a_one_line_error_naming_the_binding(tmp_path, capsys, b
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_run_prints_tfseg_lines_only(tmp_path):
     result = subprocess.run([sys.executable, "-m", "tfseg.train", *SMOKE, f"--model_dir={tmp_path / 'run'}"],
                             cwd=REPO, capture_output=True, text=True, timeout=600,

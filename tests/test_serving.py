@@ -42,13 +42,13 @@ def _load_client():
 serving_client = _load_client()
 
 
-def _write_run(model_dir):
+def _write_run(model_dir, gin_name="demo.gin"):
     """A run directory as `tfseg.train --smoke` leaves it (config.gin, latest and best checkpoints).
 
     The weights are the initial ones: serving only needs a checkpoint, and skipping the two training
     steps saves their tracing (a minute on a busy 2-core machine).
     """
-    config.parse([os.path.join(REPO, "gin_configs", "demo.gin"), config.SMOKE_CONFIG])
+    config.parse([os.path.join(REPO, "gin_configs", gin_name), config.SMOKE_CONFIG])
     config.save_config(model_dir)
     cfg = trainer.TrainConfig()
     model = trainer.build_method(cfg)
@@ -105,10 +105,11 @@ def _encode(image, fmt):
     return buffer.getvalue()
 
 
-def _in_process_masks(model, files, resolution=16):
+def _in_process_masks(model, files, resolution=16, image_resize_method="nearest", square_resize=False):
     """model.segment after the evaluation pre-processing of each decoded file."""
     views = [augment.preprocess({"image": tf.io.decode_image(data, channels=3, expand_animations=False)},
-                                resolution, training=False, image_resize_method="nearest")["image"]
+                                resolution, training=False, image_resize_method=image_resize_method,
+                                square_resize=square_resize)["image"]
              for data in files]
     return model.segment(tf.stack(views)).numpy()
 
@@ -170,6 +171,28 @@ def test_tensor_signature_gives_the_in_process_masks(loaded, model):
     expected = _in_process_masks(model, [_encode(image, "PNG") for image in images])
     np.testing.assert_allclose(out["mask"].numpy(), expected, atol=1e-5, rtol=0)
     assert [tf.io.decode_png(p).shape for p in out["mask_png_bytes"].numpy()] == [(40, 24, 1)] * 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gin_name", ["demo_perturbgan.gin", "demo_labels4free.gin"])
+def test_the_other_methods_export_serve_and_predict_their_in_process_masks(gin_name, tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    os.makedirs(model_dir)
+    _write_run(model_dir, gin_name)
+    path, _, meta = export_module.export_run(model_dir, str(tmp_path / "serving"))
+    model, train_config, _ = loading.load_trained(model_dir)
+    assert meta["method"] == type(model).__name__ != "ReDO"
+    loaded = tf.saved_model.load(path)
+    files = [_encode(_random_image(h, w, i), "PNG") for i, (h, w) in enumerate(SIZES)]
+    out = loaded.signatures[export_module.SIGNATURE_BYTES](**{export_module.INPUT_BYTES: tf.constant(files)})
+    serving = export_module.serving_functions_from_run(model, train_config)  # the run's pre-processing
+    expected = _in_process_masks(model, files, train_config.resolution, serving.image_resize_method,
+                                 serving.square_resize)
+    np.testing.assert_allclose(out["mask"].numpy(), expected, atol=1e-5, rtol=0)
+    images = _image_folder(str(tmp_path / "images"))
+    assert _run_entry(predict, f"--export_dir={path}", f"--images={images}", f"--out={tmp_path / 'masks'}") == 0
+    for i, (h, w) in enumerate(SIZES):
+        assert Image.open(tmp_path / "masks" / f"img{i}_mask.png").size == (w, h)
 
 
 def test_mask_png_puts_the_crop_back_where_it_was_taken():

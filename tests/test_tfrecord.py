@@ -224,6 +224,7 @@ def test_prepare_data_cli_writes_shards_and_explains_its_errors(tmp_path):
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
 
+@pytest.mark.slow
 def test_training_on_shards_scores_validation_and_test_and_evaluate_reads_them(tmp_path):
     images, masks = _photo_folder(tmp_path, n=24, resolution=16, unlabelled=())
     tfrecord.prepare_folder(str(tmp_path / "shards"), 16, images, masks, num_shards=2)

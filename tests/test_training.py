@@ -55,6 +55,7 @@ def test_every_shipped_config_resolves_and_builds_its_networks(gin_file, tmp_pat
     assert not os.path.exists(model_dir)  # a dry run writes nothing
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gin_file", TRAINED, ids=os.path.basename)
 def test_one_config_per_method_trains_two_steps_per_stage_and_scores_test(gin_file, tmp_path, capsys):
     model_dir = str(tmp_path / "run")
@@ -81,6 +82,7 @@ def _weights(model):
     return [v.numpy().copy() for v in model.variables]
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_run_does_not_train_again_and_evaluate_rescores_it(tmp_path, capsys):
     model_dir = str(tmp_path / "run")
     args = [f"--gin_file={REPO}/gin_configs/demo.gin", "--smoke", f"--model_dir={model_dir}"]
@@ -110,6 +112,7 @@ def test_rerunning_a_finished_run_does_not_train_again_and_evaluate_rescores_it(
     assert rescored["foreground_region"] == trained["foreground_region"]
 
 
+@pytest.mark.slow
 def test_the_test_split_is_scored_on_the_best_validation_checkpoint_not_the_latest(tmp_path, monkeypatch):
     cfg = _smoke_config(tmp_path, "tfseg.training.TrainConfig.num_steps = 4",
                         "tfseg.training.TrainConfig.eval_every = 1")
@@ -138,6 +141,7 @@ def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path):
     assert "not a tfseg training run" in result.stderr
 
 
+@pytest.mark.slow
 def test_collapsed_masks_restart_the_run_with_a_new_seed(tmp_path, capsys):
     # Any mask's smaller region is <= 0.5 < 0.6, so the first evaluation counts as a collapse.
     cfg = _smoke_config(tmp_path, "tfseg.training.TrainConfig.collapse_threshold = 0.6",
@@ -254,6 +258,7 @@ def test_installed_console_scripts_explain_themselves(script, flag):
 FLOWERS = os.path.join(REPO, "..", "shared", "data", "flowers17")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gin_file", ["redo_folder.gin", "perturbgan_folder.gin", "labels4free_folder.gin"])
 def test_folder_configs_train_two_steps_on_real_flowers(gin_file, tmp_path, capsys):
     if not os.path.isdir(os.path.join(FLOWERS, "images")):

@@ -79,6 +79,7 @@ def unlabelled_run(tmp_path_factory):
     return root, photos, model_dir, result
 
 
+@pytest.mark.slow
 def test_unlabelled_run_trains_on_every_photo_and_chooses_the_region_by_the_border_rule(unlabelled_run):
     _, photos, model_dir, result = unlabelled_run
     assert result.returncode == 0, result.stderr[-3000:]
@@ -95,6 +96,7 @@ def test_unlabelled_run_trains_on_every_photo_and_chooses_the_region_by_the_bord
     assert not os.path.exists(os.path.join(model_dir, "best"))
 
 
+@pytest.mark.slow
 def test_export_of_an_unlabelled_run_says_it_took_the_latest_checkpoint_and_can_invert(unlabelled_run):
     root, _, model_dir, result = unlabelled_run
     assert result.returncode == 0, result.stderr[-3000:]
@@ -113,6 +115,7 @@ def test_export_of_an_unlabelled_run_says_it_took_the_latest_checkpoint_and_can_
     assert inverted["foreground_region"] == 1 - chosen and inverted["foreground_rule"] == "--invert"
 
 
+@pytest.mark.slow
 def test_predict_invert_gives_the_complement_mask(unlabelled_run):
     _, photos, model_dir, result = unlabelled_run
     assert result.returncode == 0, result.stderr[-3000:]
@@ -130,6 +133,7 @@ def test_predict_invert_gives_the_complement_mask(unlabelled_run):
                                (other["mask"] >= 0.5).mean(axis=(1, 2, 3)), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_evaluate_without_masks_prints_one_line_and_how_to_get_masks(unlabelled_run):
     _, _, model_dir, result = unlabelled_run
     assert result.returncode == 0, result.stderr[-3000:]

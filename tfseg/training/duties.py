@@ -156,10 +156,8 @@ class DetectCollapse(Every):
 
 
 class WriteCheckpoint(Every):
-    """Saves the latest checkpoint every `every` steps, at each stage's end and when asked to stop."""
-
-    def due(self, trainer, step, stage_end):
-        return super().due(trainer, step, stage_end) or bool(trainer.stop_requested)
+    """Saves the latest checkpoint every `every` steps and at each stage's end (the loop also saves
+    one when asked to stop, and at the end)."""
 
     def run(self, trainer, step):
         trainer.latest.save(checkpoint_number=step)

@@ -367,23 +367,28 @@ class Trainer:
                         continue
                 else:
                     self.nonfinite_in_a_row = 0
-                self.values, self.stop_requested = values, stop.signum
+                self.values = values
                 stage_end = self._stage_at(step - 1)[2] == step
                 for duty in self.duties:
                     if duty.due(self, step, stage_end) and duty.run(self, step) == duties_lib.RESTART:
                         return self.train(restarts=int(self.state.restarts.numpy()) + 1)
-                if stop.signum:
+                if stop.signum:  # read after the duties: a signal during one of them counts now
+                    self._save_latest(step)
                     message = (f"stopped by {stop.name} at step {step}: checkpoint written; run the same "
                                "command again to resume")
                     display.message(message)
                     raise signals.Stopped(stop.signum, message)
-        if self.latest.latest_checkpoint is None or not self.latest.latest_checkpoint.endswith(f"-{step}"):
-            self.latest.save(checkpoint_number=step)
+        self._save_latest(step)
         display.message(f"skipped as unreadable: {decode.skipped_count()} file(s)"
                         + (f", e.g.\n{decode.first_skipped(3)}" if decode.skipped_count() else ""))
         if self.nonfinite_total:
             display.message(f"{self.nonfinite_total} step(s) had non-finite losses and were undone")
         return self.final_evaluation(display)
+
+    def _save_latest(self, step):
+        """Saves the latest checkpoint at `step` unless a duty just did."""
+        if self.latest.latest_checkpoint is None or not self.latest.latest_checkpoint.endswith(f"-{step}"):
+            self.latest.save(checkpoint_number=step)
 
     def _restore_latest(self, say):
         """Restores the newest readable checkpoint (falling back past corrupt ones); its path or None."""
