@@ -31,6 +31,7 @@ def test_table_lists_every_row_and_the_full_mask_baseline():
     assert lines[4].startswith("| ref | full-image mask | 0.3000")
 
 
+@pytest.mark.slow
 def test_a_smoke_ablation_row_trains_without_the_shift(tmp_path, capsys):
     assert ablate.main(["--rows=b", f"--out={tmp_path}", "--smoke"]) == 0  # two steps per stage by itself
     with open(tmp_path / "b" / "config.gin") as f:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import gin
+import pytest
 
 import tfseg.data.pipeline  # noqa: F401  (registers tfseg.data.make_dataset with gin)
 
@@ -16,6 +17,7 @@ import benchmark  # noqa: E402  pylint: disable=wrong-import-position
 import lsun_fixture  # noqa: E402  pylint: disable=wrong-import-position
 
 
+@pytest.mark.slow
 def test_benchmark_prints_training_inference_and_savedmodel_rates():
     result = subprocess.run(
         [sys.executable, "tools/benchmark.py", "--gin_file=gin_configs/demo.gin",
@@ -32,6 +34,7 @@ def test_benchmark_prints_training_inference_and_savedmodel_rates():
     assert re.search(r"^serve_image_tensor\s+[\d.]+\s+[\d.]+$", out, re.M), out
 
 
+@pytest.mark.slow
 def test_benchmark_times_every_stage_of_a_staged_method():
     result = subprocess.run(
         [sys.executable, "tools/benchmark.py", "--gin_file=gin_configs/demo_perturbgan.gin",

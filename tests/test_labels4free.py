@@ -208,6 +208,7 @@ TWO_REPLICAS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_stylegan2_stage_with_ema_runs_on_two_replicas():
     result = subprocess.run([sys.executable, "-c", TWO_REPLICAS], cwd=REPO, capture_output=True,
                             text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
