@@ -143,16 +143,18 @@ def test_stage_schedule_counts_steps_and_rejects_unknown_or_missing_budgets():
 
 @pytest.mark.slow
 def test_a_run_stopped_in_the_generator_stage_resumes_into_the_later_stages(tmp_path, capsys):
-    from test_training import run_train  # noqa: PLC0415  (absl flags are defined there)
+    from test_training import (  # noqa: PLC0415  (absl flags are defined there)
+        _assert_trained_two_steps_per_stage_and_scored_test, run_train)
     model_dir = str(tmp_path / "run")
     common = [f"--gin_file={REPO}/gin_configs/demo_perturbgan.gin", "--smoke",
               f"--model_dir={model_dir}"]
     assert run_train(*common, "--gin_bindings=tfseg.training.TrainConfig.stage_steps = "
                               "{'generator': 2, 'encoder': 0, 'segmenter': 0}") == 0
     capsys.readouterr()
-    assert run_train(*common, "--gin_bindings=tfseg.training.TrainConfig.stage_steps = "
-                              "{'generator': 2, 'encoder': 1, 'segmenter': 1}") == 0
+    assert run_train(*common) == 0  # smoke budgets: two steps per stage
     out = capsys.readouterr().out
     assert "resumed from" in out and "at step 2" in out
-    assert "stage 2/3 'encoder': steps 3-3 of 4" in out and "stage 3/3 'segmenter': steps 4-4 of 4" in out
-    assert "step 1/4" not in out and "step 4/4" in out
+    assert "stage 2/3 'encoder': steps 3-4 of 6" in out and "stage 3/3 'segmenter': steps 5-6 of 6" in out
+    assert "step 1/6" not in out
+    # This is the PerturbGAN demo's smoke training of test_training (one config per method trains).
+    _assert_trained_two_steps_per_stage_and_scored_test(model_dir, out)

@@ -49,17 +49,15 @@ def _train_and_signal(model_dir, steps, signum, after_step, env=None):
     return process.returncode, "".join(lines) + out, err
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_writes_a_consistent_checkpoint_and_exits_with_the_conventional_status(tmp_path, signum):
-    code, out, err = _train_and_signal(str(tmp_path / "run"), 200, signum, after_step=3)
+def _assert_stopped_at_a_whole_step(code, out, err, signum, model_dir, steps):
+    """The run exited with 128 + signum, said so in one line, and its last checkpoint is that step's."""
     assert code == 128 + signum, err[-2000:]
     assert "Traceback" not in err
     stopped = [line for line in out.splitlines() if line.startswith("stopped by")]
     assert len(stopped) == 1 and signal.Signals(signum).name in stopped[0]
     step = int(stopped[0].split("at step ")[1].split(":")[0])
-    assert 3 <= step < 200
-    path = tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints"))
+    assert 3 <= step < steps
+    path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     assert path.endswith(f"ckpt-{step}")
     reader = tf.train.load_checkpoint(path)
     assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == step
@@ -69,13 +67,28 @@ def test_a_signal_writes_a_consistent_checkpoint_and_exits_with_the_conventional
 
 
 @pytest.mark.slow
-def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+def test_sigterm_writes_a_consistent_checkpoint_and_the_console_holds_tfseg_lines_only(tmp_path):
+    model_dir = str(tmp_path / "run")
+    loud = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user's shell
+    code, out, err = _train_and_signal(model_dir, 200, signal.SIGTERM, after_step=3, env=loud)
+    _assert_stopped_at_a_whole_step(code, out, err, signal.SIGTERM, model_dir, 200)
+    lines = (out + err).splitlines()
+    noise = [line for line in lines if line.startswith(("I0000", "W0000", "E0000", "I1", "W1", "E1", "WARNING:"))
+             or "AutoGraph" in line or "Sharding callback" in line or "oneDNN" in line]
+    assert not noise, noise[:5]
+    assert lines[0].startswith("training in ") and lines[1].startswith("data: ")
+    assert any(line.startswith("building the networks and tracing") for line in lines[:9])
+    assert any(line.startswith("stage 1/1 'train'") for line in lines[:10])
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_ctrl_c_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
     straight = str(tmp_path / "straight")
     code, _, err = _train_and_signal(straight, 12, None, None, env=REPRODUCIBLE_ENV)
     assert code == 0, err[-2000:]
     resumed = str(tmp_path / "resumed")
-    code, _, err = _train_and_signal(resumed, 12, signal.SIGINT, after_step=4, env=REPRODUCIBLE_ENV)
-    assert code == 130, err[-2000:]
+    code, out, err = _train_and_signal(resumed, 12, signal.SIGINT, after_step=4, env=REPRODUCIBLE_ENV)
+    _assert_stopped_at_a_whole_step(code, out, err, signal.SIGINT, resumed, 12)
     code, _, err = _train_and_signal(resumed, 12, None, None, env=REPRODUCIBLE_ENV)
     assert code == 0, err[-2000:]
     a = _checkpoint_values(tf.train.latest_checkpoint(os.path.join(straight, "checkpoints")))
@@ -86,7 +99,7 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_second_run_on_a_busy_model_dir_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys):
+def test_a_busy_model_dir_is_refused_a_stale_lock_taken_over_and_another_config_never_overwrites(tmp_path, capsys):
     model_dir = tmp_path / "run"
     model_dir.mkdir()
     lock = model_dir / run_dir.LOCK_FILE
@@ -103,6 +116,16 @@ def test_a_second_run_on_a_busy_model_dir_is_refused_and_a_stale_lock_taken_over
     assert run_train(*SMOKE, f"--model_dir={model_dir}") == 0  # the holder is gone: stale
     assert f"taking over the lock of {model_dir}: process {holder.pid}" in capsys.readouterr().out
     assert not lock.exists()  # released at the end
+
+    # The smoke run now there is never overwritten by a run of another config; a dry run reports it.
+    saved = (model_dir / "config.gin").read_text()
+    real = [f"--gin_file={REPO}/gin_configs/demo.gin", f"--model_dir={model_dir}"]
+    assert run_train(*real) == 2
+    err = capsys.readouterr().err
+    assert "holds a run of another config" in err and "TrainConfig.resolution: 16 -> 32" in err
+    assert (model_dir / "config.gin").read_text() == saved
+    assert run_train(*real, "--dry_run") == 0
+    assert "model_dir clash (a real run stops here)" in capsys.readouterr().out
 
 
 def test_guard_reverts_every_variable_after_a_non_finite_step():
@@ -159,21 +182,6 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     assert "resumed from" in out and "at step 2" in out and "step 5/5" in out
 
 
-@pytest.mark.slow
-def test_smoke_never_overwrites_a_run_of_another_config_and_dry_run_reports_it(tmp_path, capsys):
-    model_dir = tmp_path / "run"
-    assert run_train(*SMOKE, f"--model_dir={model_dir}") == 0
-    saved = (model_dir / "config.gin").read_text()
-    capsys.readouterr()
-    real = [f"--gin_file={REPO}/gin_configs/demo.gin", f"--model_dir={model_dir}"]
-    assert run_train(*real) == 2
-    err = capsys.readouterr().err
-    assert "holds a run of another config" in err and "TrainConfig.resolution: 16 -> 32" in err
-    assert (model_dir / "config.gin").read_text() == saved
-    assert run_train(*real, "--dry_run") == 0
-    assert "model_dir clash (a real run stops here)" in capsys.readouterr().out
-
-
 @pytest.mark.parametrize("binding, named", [
     ("tfseg.training.TrainConfig.checkpoint_every=0", "tfseg.training.TrainConfig.checkpoint_every = 0"),
     ("tfseg.training.TrainConfig.batch_size=-4", "tfseg.training.TrainConfig.batch_size = -4"),
@@ -187,21 +195,6 @@ def test_a_bad_number_is_a_one_line_error_naming_the_binding(tmp_path, capsys, b
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:") and named in err[0], err
     assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.slow
-def test_a_run_prints_tfseg_lines_only(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "tfseg.train", *SMOKE, f"--model_dir={tmp_path / 'run'}"],
-                            cwd=REPO, capture_output=True, text=True, timeout=600,
-                            env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
-    assert result.returncode == 0, result.stderr[-2000:]
-    lines = (result.stdout + result.stderr).splitlines()
-    noise = [line for line in lines if line.startswith(("I0000", "W0000", "E0000", "I1", "W1", "E1", "WARNING:"))
-             or "AutoGraph" in line or "Sharding callback" in line or "oneDNN" in line]
-    assert not noise, noise[:5]
-    assert lines[0].startswith("training in ") and lines[1].startswith("data: ")
-    assert any(line.startswith("building the networks and tracing") for line in lines[:9])
-    assert any(line.startswith("stage 1/1 'train'") for line in lines[:10])
 
 
 def test_the_eta_covers_every_remaining_step_at_the_pace_since_the_first_step(monkeypatch):

@@ -28,6 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tf_serving_fixture  # noqa: E402  pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# One worker runs this module, so its module-scoped run is made once (pytest.ini: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("serving_run")
 registry.import_configurables()  # these tests parse configs, as the entry points do
 SIZES = [(16, 16), (40, 24), (23, 57)]
 

@@ -34,9 +34,23 @@ def run_train(*args):
     return train.main([])
 
 
-#: One config per method trains for real (two smoke steps per stage); every config resolves.
-TRAINED = [os.path.join(REPO, "gin_configs", name)
-           for name in ("demo.gin", "demo_perturbgan.gin", "demo_labels4free.gin")]
+#: One config per method trains for real (two smoke steps per stage); every config resolves. The ReDO
+#: demo trains in `test_a_finished_run_reruns_without_training_and_evaluate_rescores_it`, the PerturbGAN
+#: demo in test_perturbgan's resume across stages; both check what this module's test checks.
+TRAINED = [os.path.join(REPO, "gin_configs", "demo_labels4free.gin")]
+
+
+def _assert_trained_two_steps_per_stage_and_scored_test(model_dir, out):
+    total = 2 * len(trainer.stage_schedule(trainer.build_method(trainer.TrainConfig()),
+                                           trainer.TrainConfig()))  # ReDO has one stage, PerturbGAN three
+    assert f"step {total}/{total}" in out
+    assert checkpointing.latest_checkpoint(model_dir, "latest").endswith(f"ckpt-{total}")
+    with open(os.path.join(model_dir, "eval_test.json")) as f:
+        results = json.load(f)
+    assert results["num_images"] == 8 and "test split, checkpoint" in out
+    assert os.path.exists(os.path.join(model_dir, "config.gin"))
+    assert os.path.exists(os.path.join(model_dir, "eval_test.png"))
+    return results
 
 
 @pytest.mark.parametrize("gin_file", SHIPPED, ids=os.path.basename)
@@ -60,17 +74,7 @@ def test_every_shipped_config_resolves_and_builds_its_networks(gin_file, tmp_pat
 def test_one_config_per_method_trains_two_steps_per_stage_and_scores_test(gin_file, tmp_path, capsys):
     model_dir = str(tmp_path / "run")
     assert run_train(f"--gin_file={gin_file}", "--smoke", f"--model_dir={model_dir}") == 0
-    out = capsys.readouterr().out
-    # Two steps per stage (ReDO has one stage, PerturbGAN three).
-    total = 2 * len(trainer.stage_schedule(trainer.build_method(trainer.TrainConfig()),
-                                           trainer.TrainConfig()))
-    assert f"step {total}/{total}" in out
-    assert checkpointing.latest_checkpoint(model_dir, "latest").endswith(f"ckpt-{total}")
-    with open(os.path.join(model_dir, "eval_test.json")) as f:
-        results = json.load(f)
-    assert results["num_images"] == 8 and "test split, checkpoint" in out
-    assert os.path.exists(os.path.join(model_dir, "config.gin"))
-    assert os.path.exists(os.path.join(model_dir, "eval_test.png"))
+    _assert_trained_two_steps_per_stage_and_scored_test(model_dir, capsys.readouterr().out)
 
 
 def _smoke_config(tmp_path, *bindings):
@@ -83,13 +87,11 @@ def _weights(model):
 
 
 @pytest.mark.slow
-def test_rerunning_a_finished_run_does_not_train_again_and_evaluate_rescores_it(tmp_path, capsys):
+def test_a_finished_run_reruns_without_training_and_evaluate_rescores_it(tmp_path, capsys):
     model_dir = str(tmp_path / "run")
     args = [f"--gin_file={REPO}/gin_configs/demo.gin", "--smoke", f"--model_dir={model_dir}"]
     assert run_train(*args) == 0
-    capsys.readouterr()
-    with open(os.path.join(model_dir, "eval_test.json")) as f:
-        trained = json.load(f)
+    trained = _assert_trained_two_steps_per_stage_and_scored_test(model_dir, capsys.readouterr().out)
     assert run_train(*args) == 0
     out = capsys.readouterr().out
     assert "already finished" in out and "at step 2 of 2" in out
@@ -116,10 +118,11 @@ def test_rerunning_a_finished_run_does_not_train_again_and_evaluate_rescores_it(
 def test_the_test_split_is_scored_on_the_best_validation_checkpoint_not_the_latest(tmp_path, monkeypatch):
     cfg = _smoke_config(tmp_path, "tfseg.training.TrainConfig.num_steps = 4",
                         "tfseg.training.TrainConfig.eval_every = 1")
-    real_evaluate, validated, scored = evaluator.evaluate, {}, []
+    real_evaluate, validated, scored, grappler_off = evaluator.evaluate, {}, [], []
 
     def evaluate(model, dataset, max_examples=None, choose_region=False):
         results, sample = real_evaluate(model, dataset, max_examples=max_examples, choose_region=choose_region)
+        grappler_off.append(tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer"))
         if max_examples is not None:  # validation: scores that only get worse, so step 2 stays the best
             step = len(validated) + 1
             validated[step] = _weights(model)
@@ -129,7 +132,10 @@ def test_the_test_split_is_scored_on_the_best_validation_checkpoint_not_the_late
         return results, sample
 
     monkeypatch.setattr(evaluator, "evaluate", evaluate)
+    assert cfg.optimize_graphs is False  # smoke.gin: Grappler off while the run lasts, restored after
     trainer.Trainer(str(tmp_path), cfg).train()
+    assert grappler_off == [True] * 5
+    assert not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
     assert sorted(validated) == [1, 2, 3, 4] and len(scored) == 1
     assert all(np.array_equal(a, b) for a, b in zip(scored[0], validated[2]))
     assert not all(np.array_equal(a, b) for a, b in zip(scored[0], validated[4]))
@@ -214,6 +220,8 @@ def test_bad_jit_compile_value_is_rejected():
     assert resolve_jit_compile("auto") is accelerator  # XLA exactly where there is a GPU or TPU
     with pytest.raises(ValueError, match="auto, true or false"):
         resolve_jit_compile("maybe")
+    with pytest.raises(config.ConfigError, match=r"TrainConfig.optimize_graphs = 'no': must be True or False"):
+        _smoke_config(None, "tfseg.training.TrainConfig.optimize_graphs = 'no'")
 
 
 def test_dry_run_of_lsun_horse_resolves_the_paper_config_and_reports_the_missing_data(tmp_path, capsys):

@@ -14,6 +14,8 @@ from tfseg.training import duties
 from test_training import run_module, run_train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# One worker runs this module, so its module-scoped run is made once (pytest.ini: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("unlabelled_run")
 
 
 def _centre_blob(side=32, radius=8):

@@ -1,4 +1,6 @@
-"""tf.distribute strategy and XLA choice, both by gin."""
+"""tf.distribute strategy, XLA and graph-optimisation choices, all by gin."""
+import contextlib
+
 import gin
 import tensorflow as tf
 
@@ -56,3 +58,21 @@ def resolve_jit_compile(jit_compile):
         return False
     raise ValueError(f"jit_compile must be auto, true or false, got {jit_compile!r} "
                      "(gin binding tfseg.training.TrainConfig.jit_compile)")
+
+
+@contextlib.contextmanager
+def graph_optimization(enabled):
+    """Grappler on (`enabled`) or off for the functions first run inside; the setting before is restored.
+
+    TensorFlow's switch is process-wide (`tf.config.optimizer`), hence a context, so an in-process
+    smoke run does not leave it off for what runs next.
+    """
+    if enabled:
+        yield
+        return
+    before = tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": before})
