@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tfseg.training import nonfinite, run_dir
+import run_fixture
 from test_training import REPO, run_train
 
 SMOKE = [f"--gin_file={REPO}/gin_configs/demo.gin", "--smoke",
@@ -166,16 +167,15 @@ def test_non_finite_losses_are_undone_restored_then_stop_the_run_with_finite_che
 @pytest.mark.slow
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
     model_dir = tmp_path / "run"
-    bindings = ["--gin_bindings=tfseg.training.TrainConfig.checkpoint_every=1"]
-    assert run_train(*SMOKE, f"--model_dir={model_dir}", "--gin_bindings=tfseg.training.TrainConfig.num_steps=3",
-                     *bindings) == 0
+    model_dir.mkdir()
+    run_fixture.write_untrained_run(str(model_dir), steps=(1, 2, 3))  # as a 3-step smoke run leaves it
     data = next((model_dir / "checkpoints").glob("ckpt-3.data-*"))
     data.write_bytes(data.read_bytes()[:100])  # truncated, as by a full disk
     temp = model_dir / "checkpoints" / "ckpt-4_temp"
     temp.mkdir()
     capsys.readouterr()
     assert run_train(*SMOKE, f"--model_dir={model_dir}", "--gin_bindings=tfseg.training.TrainConfig.num_steps=5",
-                     *bindings) == 0
+                     "--gin_bindings=tfseg.training.TrainConfig.checkpoint_every=1") == 0
     out = capsys.readouterr().out
     assert f"removed a half-written checkpoint: {temp}" in out and not temp.exists()
     assert "ckpt-3 is unreadable" in out and "falling back to" in out and "ckpt-2" in out

@@ -22,9 +22,10 @@ from tfseg import config, export, predict, registry
 from tfseg.data import augment, procedural
 from tfseg.evaluation import evaluator, metrics
 from tfseg.serving import export_module, inference
-from tfseg.training import checkpointing, duties, loading, trainer
+from tfseg.training import duties, loading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run_fixture  # noqa: E402  pylint: disable=wrong-import-position
 import tf_serving_fixture  # noqa: E402  pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,25 +45,6 @@ def _load_client():
 serving_client = _load_client()
 
 
-def _write_run(model_dir, gin_name="demo.gin"):
-    """A run directory as `tfseg.train --smoke` leaves it (config.gin, latest and best checkpoints).
-
-    The weights are the initial ones: serving only needs a checkpoint, and skipping the two training
-    steps saves their tracing (a minute on a busy 2-core machine).
-    """
-    config.parse([os.path.join(REPO, "gin_configs", gin_name), config.SMOKE_CONFIG])
-    config.save_config(model_dir)
-    cfg = trainer.TrainConfig()
-    model = trainer.build_method(cfg)
-    model.build_for_training(cfg.batch_size)
-    model.foreground_region.assign(1)  # not the default, so a lost region would show
-    state = checkpointing.RunState()
-    state.step.assign(2)
-    latest, best = checkpointing.managers(checkpointing.make_checkpoint(model, state), model_dir)
-    latest.save(checkpoint_number=2)
-    best.save(checkpoint_number=2)
-
-
 def _run_entry(module, *args):
     flags.FLAGS.unparse_flags()
     flags.FLAGS([module.__name__, *args])
@@ -72,7 +54,7 @@ def _run_entry(module, *args):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("run"))
-    _write_run(model_dir)
+    run_fixture.write_untrained_run(model_dir)
     return model_dir
 
 
@@ -180,7 +162,7 @@ def test_tensor_signature_gives_the_in_process_masks(loaded, model):
 def test_the_other_methods_export_serve_and_predict_their_in_process_masks(gin_name, tmp_path, capsys):
     model_dir = str(tmp_path / "run")
     os.makedirs(model_dir)
-    _write_run(model_dir, gin_name)
+    run_fixture.write_untrained_run(model_dir, gin_name)
     path, _, meta = export_module.export_run(model_dir, str(tmp_path / "serving"))
     model, train_config, _ = loading.load_trained(model_dir)
     assert meta["method"] == type(model).__name__ != "ReDO"
