@@ -12,7 +12,7 @@ from tfseg.training import checkpointing, trainer
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def write_untrained_run(model_dir, gin_name="demo.gin", steps=(2,), foreground_region=1):
+def write_untrained_run(model_dir, gin_name="demo.gin", steps=(2,), foreground_region=1, bindings=()):
     """Writes config.gin, a latest checkpoint at each of `steps` and a best one at the last.
 
     Args:
@@ -20,8 +20,9 @@ def write_untrained_run(model_dir, gin_name="demo.gin", steps=(2,), foreground_r
         gin_name: a shipped config, shrunk by smoke.gin as `--smoke` does.
         steps: the step numbers of the latest checkpoints, in order.
         foreground_region: stored in the checkpoints; 1 (not the default) so a lost region shows.
+        bindings: gin bindings after the files, as --gin_bindings.
     """
-    config.parse([os.path.join(REPO, "gin_configs", gin_name), config.SMOKE_CONFIG])
+    config.parse([os.path.join(REPO, "gin_configs", gin_name), config.SMOKE_CONFIG], list(bindings))
     config.save_config(model_dir)
     cfg = trainer.TrainConfig()
     model = trainer.build_method(cfg)

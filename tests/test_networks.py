@@ -86,5 +86,5 @@ def test_redo_discriminator_block_gives_its_gain_to_the_shortcut_too():
     block = DownResBlock(8, gain=0.3)
     block(tf.zeros([1, 8, 8, 4]))
     # Orthogonal init of a 1x1 conv 4 -> 8: the singular values of the kernel are all the gain.
-    kernel = block.shortcut.layer.kernel.numpy().reshape(4, 8)
+    kernel = block.shortcut._kernel.numpy().reshape(4, 8)  # the stored W, before W / sigma
     np.testing.assert_allclose(np.linalg.svd(kernel, compute_uv=False), 0.3, atol=1e-5)

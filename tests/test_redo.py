@@ -48,15 +48,14 @@ def _groups(model):
 
 
 def _networks_changed(model, phase, batches):
-    """The groups the phase's optimizer update moves.
+    """The groups the phase's forward passes and optimizer update move, together.
 
-    Measured from after the forward passes: Keras' SpectralNormalization rescales a kernel in place
-    on every training call, so a network that only runs forward in a phase (D in the generator
-    phase, F and G in D's) moves a little without being trained.
+    With the reference spectral norm (the default) a forward pass changes only the power-iteration
+    vectors, which are not trainable; Keras' wrapper would rescale every kernel it runs forward.
     """
     groups = _groups(model)
-    _, grads = model.phase_gradients(phase, batches, tf.constant(3, tf.int64))
     before = {name: [v.numpy().copy() for v in variables] for name, variables in groups.items()}
+    _, grads = model.phase_gradients(phase, batches, tf.constant(3, tf.int64))
     model.apply_phase(phase, grads)
     return {name for name, variables in groups.items()
             if any(not np.array_equal(b, v.numpy()) for b, v in zip(before[name], variables))}

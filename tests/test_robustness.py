@@ -182,6 +182,25 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     assert "resumed from" in out and "at step 2" in out and "step 5/5" in out
 
 
+@pytest.mark.slow
+def test_a_checkpoint_of_another_layout_stops_the_run_untouched_and_its_bindings_resume_it(tmp_path, capsys):
+    # A ReDO run as tfseg made them before spectral_norm existed: Keras' layers, no such line in config.gin.
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    run_fixture.write_untrained_run(str(model_dir), bindings=["tfseg.methods.redo.spectral_norm = 'keras'"])
+    saved = (model_dir / "config.gin").read_text()
+    (model_dir / "config.gin").write_text("\n".join(line for line in saved.splitlines() if "spectral_norm" not in line))
+    files = {path.name: path.read_bytes() for path in (model_dir / "checkpoints").iterdir()}
+    capsys.readouterr()
+    assert run_train(*SMOKE, f"--model_dir={model_dir}") == 2  # the default layout does not fit
+    err = capsys.readouterr().err
+    assert "ckpt-2 does not fit the networks this config builds" in err
+    assert "--gin_bindings=\"tfseg.methods.redo.spectral_norm='keras'\"" in err and "Traceback" not in err
+    assert {path.name: path.read_bytes() for path in (model_dir / "checkpoints").iterdir()} == files  # nothing lost
+    assert run_train(*SMOKE, f"--model_dir={model_dir}", "--gin_bindings=tfseg.methods.redo.spectral_norm='keras'") == 0
+    assert "already finished" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("binding, named", [
     ("tfseg.training.TrainConfig.checkpoint_every=0", "tfseg.training.TrainConfig.checkpoint_every = 0"),
     ("tfseg.training.TrainConfig.batch_size=-4", "tfseg.training.TrainConfig.batch_size = -4"),

@@ -13,8 +13,10 @@ import gin
 import tensorflow as tf
 
 from tfseg import losses
+from tfseg.errors import ConfigError
 from tfseg.methods.base import Method, PhaseMetrics
 from tfseg.methods.optimizers import gan_adam
+from tfseg.modeling import spectral_norm as spectral_norm_lib
 from tfseg.modeling.mask_network import MaskNetwork
 from tfseg.modeling.redo_discriminator import Discriminator
 from tfseg.modeling.redo_generator import RegionGenerator
@@ -44,6 +46,10 @@ class ReDOSettings:
         mask_learning_rate: Adam lr of F.
         mask_weight_decay: coupled L2 on F.
         init_gain: orthogonal init gain (0.8; 0.2 and 1.4 fail).
+        spectral_norm: how G's and D's convolutions are spectrally normalised: "reference" (as the
+            authors' PyTorch code: W / sigma(W) on every call, gradient through sigma) or "keras"
+            (Keras' wrapper: the kernel is overwritten with W / sigma, no gradient through sigma);
+            `tfseg.modeling.spectral_norm`.
         seed: seeds initial weights and the codes z.
     """
     resolution: int
@@ -64,7 +70,13 @@ class ReDOSettings:
     mask_learning_rate: float = 1e-5
     mask_weight_decay: float = 1e-4
     init_gain: float = 0.8
+    spectral_norm: str = "reference"
     seed: int = 0
+
+    def __post_init__(self):
+        if self.spectral_norm not in spectral_norm_lib.STYLES:
+            raise ConfigError(f"tfseg.methods.redo.spectral_norm must be one of {spectral_norm_lib.STYLES}, "
+                              f"got {self.spectral_norm!r}")
 
     def build(self):
         return ReDO(self)
@@ -94,7 +106,8 @@ class ReDO(Method):
         self.generators = [
             RegionGenerator(s.resolution, s.generator_width, s.generator_max_width,
                             s.generator_self_attention, s.z_dim, gain=s.init_gain,
-                            norm_offset=s.generator_norm_offset, name=f"generator_{k}")
+                            norm_offset=s.generator_norm_offset, spectral_norm=s.spectral_norm,
+                            name=f"generator_{k}")
             for k in range(s.num_regions)]
         self.discriminator = self._discriminator_shaped(
             s.discriminator_self_attention, with_encoder_head=s.shared_encoder_trunk, name="discriminator")
@@ -110,7 +123,8 @@ class ReDO(Method):
         s = self.settings
         return Discriminator(s.resolution, s.discriminator_width, s.discriminator_max_width,
                              self_attention, s.num_regions, s.z_dim,
-                             with_encoder_head=with_encoder_head, gain=s.init_gain, name=name)
+                             with_encoder_head=with_encoder_head, gain=s.init_gain,
+                             spectral_norm=s.spectral_norm, name=name)
 
     # -- variables ------------------------------------------------------------------------------
     def _encoder_variables(self):

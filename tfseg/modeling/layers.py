@@ -7,6 +7,8 @@ goes through the factory functions of each network module, never through gin on 
 import keras
 from keras import ops
 
+from tfseg.modeling import spectral_norm as sn
+
 
 def orthogonal(gain=0.8):
     """ReDO's initialiser: orthogonal with gain 0.8 on every conv and dense (0.2 and 1.4 fail)."""
@@ -15,22 +17,30 @@ def orthogonal(gain=0.8):
 
 def conv(filters, kernel_size, *, strides=1, padding="same", use_bias=True, spectral_norm=False,
          gain=0.8, name=None):
-    """A Conv2D with orthogonal init, optionally wrapped in spectral normalisation."""
-    layer = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding=padding,
-                                use_bias=use_bias, kernel_initializer=orthogonal(gain),
-                                name=None if spectral_norm else name)
-    if spectral_norm:
-        return keras.layers.SpectralNormalization(layer, name=name)
-    return layer
+    """A Conv2D with orthogonal init, optionally spectrally normalised.
+
+    `spectral_norm`: False, "reference" (PyTorch's semantics, `tfseg.modeling.spectral_norm`) or
+    "keras" (Keras' `SpectralNormalization` wrapper).
+    """
+    kwargs = dict(strides=strides, padding=padding, use_bias=use_bias, kernel_initializer=orthogonal(gain))
+    return _spectrally_normalised(keras.layers.Conv2D, sn.SpectralConv2D, spectral_norm, name,
+                                  filters, kernel_size, **kwargs)
 
 
 def dense(units, *, use_bias=True, spectral_norm=False, gain=0.8, name=None):
-    """A Dense layer with orthogonal init, optionally spectrally normalised."""
-    layer = keras.layers.Dense(units, use_bias=use_bias, kernel_initializer=orthogonal(gain),
-                               name=None if spectral_norm else name)
-    if spectral_norm:
-        return keras.layers.SpectralNormalization(layer, name=name)
-    return layer
+    """A Dense layer with orthogonal init, optionally spectrally normalised (as `conv`)."""
+    return _spectrally_normalised(keras.layers.Dense, sn.SpectralDense, spectral_norm, name,
+                                  units, use_bias=use_bias, kernel_initializer=orthogonal(gain))
+
+
+def _spectrally_normalised(plain, reference, spectral_norm, name, *args, **kwargs):
+    if spectral_norm is False:
+        return plain(*args, name=name, **kwargs)
+    if spectral_norm == "reference":
+        return reference(*args, name=name, **kwargs)
+    if spectral_norm == "keras":
+        return keras.layers.SpectralNormalization(plain(*args, **kwargs), name=name)
+    raise ValueError(f"spectral_norm must be False or one of {sn.STYLES}, got {spectral_norm!r}")
 
 
 def instance_norm(affine=True, epsilon=1e-5, name=None):
@@ -91,7 +101,7 @@ class SelfAttention(keras.layers.Layer):
     Needs even H and W.
     """
 
-    def __init__(self, spectral_norm=True, gain=0.8, **kwargs):
+    def __init__(self, spectral_norm="reference", gain=0.8, **kwargs):
         super().__init__(**kwargs)
         self.spectral_norm = spectral_norm
         self.gain_value = gain

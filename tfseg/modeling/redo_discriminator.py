@@ -15,19 +15,20 @@ from tfseg.modeling.resolutions import power_of_two_log2
 class DownResBlock(keras.layers.Layer):
     """Pre-activation residual block: [ReLU] -> SN-conv -> ReLU -> SN-conv -> [avg-pool], + shortcut."""
 
-    def __init__(self, channels, downsample=True, preactivation=True, gain=0.8, **kwargs):
+    def __init__(self, channels, downsample=True, preactivation=True, gain=0.8, spectral_norm="reference",
+                 **kwargs):
         super().__init__(**kwargs)
         self.downsample = downsample
         self.preactivation = preactivation
-        self.gain = gain  # also the shortcut's, built later
-        self.conv1 = L.conv(channels, 3, spectral_norm=True, gain=gain)
-        self.conv2 = L.conv(channels, 3, spectral_norm=True, gain=gain)
+        self.gain, self.spectral_norm = gain, spectral_norm  # also the shortcut's, built later
+        self.conv1 = L.conv(channels, 3, spectral_norm=spectral_norm, gain=gain)
+        self.conv2 = L.conv(channels, 3, spectral_norm=spectral_norm, gain=gain)
         self.channels = channels
         self.shortcut = None
 
     def build(self, input_shape):
         if self.downsample or input_shape[-1] != self.channels:
-            self.shortcut = L.conv(self.channels, 1, spectral_norm=True, gain=self.gain)
+            self.shortcut = L.conv(self.channels, 1, spectral_norm=self.spectral_norm, gain=self.gain)
 
     def call(self, x, training=False):
         h = ops.relu(x) if self.preactivation else x
@@ -49,18 +50,20 @@ class DiscriminatorTrunk(keras.Model):
         resolution: R, a power of two >= 8.
         width: nf, channels after the first block; doubling per block, capped by max_width.
         self_attention: after the first block, as the reference D does.
+        spectral_norm: "reference" (PyTorch's) or "keras" (`tfseg.modeling.spectral_norm`).
     Returns `[batch, C]` features.
     """
 
     def __init__(self, resolution=128, width=64, max_width=1024, self_attention=True, gain=0.8,
-                 **kwargs):
+                 spectral_norm="reference", **kwargs):
         super().__init__(**kwargs)
         num_down = power_of_two_log2(resolution, 8, "discriminator") - 2  # down to 4x4
         widths = [min(width * 2**i, max_width) for i in range(num_down)]
-        self.blocks = [DownResBlock(widths[0], preactivation=False, gain=gain)]
-        self.attention = L.SelfAttention(gain=gain) if self_attention else None
-        self.blocks += [DownResBlock(w, gain=gain) for w in widths[1:]]
-        self.blocks.append(DownResBlock(widths[-1], downsample=False, gain=gain))
+        sn = dict(gain=gain, spectral_norm=spectral_norm)
+        self.blocks = [DownResBlock(widths[0], preactivation=False, **sn)]
+        self.attention = L.SelfAttention(**sn) if self_attention else None
+        self.blocks += [DownResBlock(w, **sn) for w in widths[1:]]
+        self.blocks.append(DownResBlock(widths[-1], downsample=False, **sn))
 
     def call(self, images, training=False):
         h = self.blocks[0](images, training=training)
@@ -78,9 +81,10 @@ class Discriminator(keras.Model):
     """
 
     def __init__(self, resolution=128, width=64, max_width=1024, self_attention=True,
-                 num_regions=2, z_dim=32, with_encoder_head=True, gain=0.8, **kwargs):
+                 num_regions=2, z_dim=32, with_encoder_head=True, gain=0.8, spectral_norm="reference",
+                 **kwargs):
         super().__init__(**kwargs)
-        self.trunk = DiscriminatorTrunk(resolution, width, max_width, self_attention, gain)
+        self.trunk = DiscriminatorTrunk(resolution, width, max_width, self_attention, gain, spectral_norm)
         self.adversarial_head = L.dense(1, gain=gain)
         self.num_regions = num_regions
         self.z_dim = z_dim

@@ -15,13 +15,13 @@ from tfseg.modeling.resolutions import power_of_two_log2
 class UpResBlock(keras.layers.Layer):
     """CN(z) -> ReLU -> concat mask -> up x2 -> SN-conv3x3 -> CN(z) -> ReLU -> SN-conv3x3, + up/1x1 shortcut."""
 
-    def __init__(self, channels, gain=0.8, norm_offset=0.0, **kwargs):
+    def __init__(self, channels, gain=0.8, norm_offset=0.0, spectral_norm="reference", **kwargs):
         super().__init__(**kwargs)
         self.norm1 = L.ConditionalInstanceNorm(gain=gain, offset=norm_offset)
-        self.conv1 = L.conv(channels, 3, use_bias=False, spectral_norm=True, gain=gain)
+        self.conv1 = L.conv(channels, 3, use_bias=False, spectral_norm=spectral_norm, gain=gain)
         self.norm2 = L.ConditionalInstanceNorm(gain=gain, offset=norm_offset)
-        self.conv2 = L.conv(channels, 3, use_bias=True, spectral_norm=True, gain=gain)
-        self.shortcut = L.conv(channels, 1, use_bias=True, spectral_norm=True, gain=gain)
+        self.conv2 = L.conv(channels, 3, use_bias=True, spectral_norm=spectral_norm, gain=gain)
+        self.shortcut = L.conv(channels, 1, use_bias=True, spectral_norm=spectral_norm, gain=gain)
 
     def call(self, x, z, mask, training=False):
         h = ops.relu(self.norm1(x, z))
@@ -47,10 +47,11 @@ class RegionGenerator(keras.Model):
         self_attention: insert self-attention before the last block, as the reference does.
         z_dim: nz.
         norm_offset: the `+offset` on the conditional norms' gamma (0 in the reference code).
+        spectral_norm: "reference" (PyTorch's) or "keras" (`tfseg.modeling.spectral_norm`).
     """
 
     def __init__(self, resolution=128, width=32, max_width=None, self_attention=True, z_dim=32,
-                 gain=0.8, norm_offset=0.0, **kwargs):
+                 gain=0.8, norm_offset=0.0, spectral_norm="reference", **kwargs):
         super().__init__(**kwargs)
         num_blocks = power_of_two_log2(resolution, 8, "RegionGenerator") - 2  # up from 4x4
         widths = [width * 2 ** (num_blocks - 1 - i) for i in range(num_blocks)]
@@ -59,10 +60,11 @@ class RegionGenerator(keras.Model):
         self.seed_channels = widths[0] * 2 if not max_width else min(widths[0] * 2, max_width)
         self.z_dim = z_dim
         self.seed = L.dense(4 * 4 * self.seed_channels, gain=gain)
-        self.blocks = [UpResBlock(w, gain=gain, norm_offset=norm_offset) for w in widths]
-        self.attention = L.SelfAttention(gain=gain) if self_attention else None
+        self.blocks = [UpResBlock(w, gain=gain, norm_offset=norm_offset, spectral_norm=spectral_norm)
+                       for w in widths]
+        self.attention = L.SelfAttention(spectral_norm, gain=gain) if self_attention else None
         self.out_norm = L.ConditionalInstanceNorm(gain=gain, offset=norm_offset)
-        self.out_conv = L.conv(3, 3, use_bias=True, spectral_norm=True, gain=gain)
+        self.out_conv = L.conv(3, 3, use_bias=True, spectral_norm=spectral_norm, gain=gain)
 
     def call(self, mask, z, training=False):
         h = ops.reshape(self.seed(z), (-1, 4, 4, self.seed_channels))

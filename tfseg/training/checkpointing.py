@@ -7,6 +7,8 @@ import os
 
 import tensorflow as tf
 
+from tfseg.errors import RunDirError
+
 
 class RunState:
     """Counters stored with every checkpoint."""
@@ -37,9 +39,28 @@ def managers(checkpoint, model_dir, keep=3):
     return latest, best
 
 
+class CheckpointMismatch(RunDirError):
+    """A readable checkpoint whose variables do not fit the networks this config builds."""
+
+
 def restore(checkpoint, path):
-    """Restores `path` and checks every variable of the model found its value."""
-    checkpoint.restore(path).assert_existing_objects_matched()
+    """Restores `path` and checks every variable of the model found its value.
+
+    Raises:
+        CheckpointMismatch: the checkpoint holds other variables or shapes (another network layout);
+            nothing is restored and the caller must not train over it.
+        tf.errors.OpError: the files are truncated, missing or corrupt.
+    """
+    try:
+        checkpoint.restore(path).assert_existing_objects_matched()
+    except (AssertionError, ValueError) as err:
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise CheckpointMismatch(
+            f"checkpoint {path} does not fit the networks this config builds ({first}). It was written "
+            "with another network layout: other bindings, or an older tfseg (ReDO runs made before "
+            "tfseg.methods.redo.spectral_norm existed need --gin_bindings=\"tfseg.methods.redo."
+            "spectral_norm='keras'\"). Resume it with the bindings it was made with, or pass another "
+            "--model_dir; the run was left as it was.") from err
 
 
 def latest_checkpoint(model_dir, which="best"):

@@ -26,6 +26,12 @@ RESUMABLE_CHANGES = ("num_steps", "stage_steps", "log_every", "eval_every", "che
                      "eval_examples", "eval_batch_size", "keep_checkpoints", "max_restarts",
                      "collapse_before_step", "image_dir", "mask_dir", "lmdb_dir", "file_pattern", "data_dir")
 
+#: Bindings this check leaves to the checkpoint restore: they change the variables' layout, so a
+#: value that does not fit the run is refused there (`checkpointing.CheckpointMismatch`, which says
+#: the fix). Checked here, a run made before the parameter existed could never be resumed: its
+#: config.gin lacks it, and binding the value it ran with would count as a change.
+CHECKED_AT_RESTORE = ("spectral_norm",)
+
 
 def _alive(pid):
     try:
@@ -120,7 +126,7 @@ def config_differences(saved_text, new_text):
     saved, new = _bindings(saved_text), _bindings(new_text)
     diffs = []
     for key in sorted(set(saved) | set(new)):
-        if key.rsplit(".", 1)[-1] in RESUMABLE_CHANGES:
+        if key.rsplit(".", 1)[-1] in RESUMABLE_CHANGES + CHECKED_AT_RESTORE:
             continue
         if saved.get(key) != new.get(key):
             diffs.append((key, saved.get(key, "(unset)"), new.get(key, "(unset)")))

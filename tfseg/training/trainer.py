@@ -408,6 +408,8 @@ class Trainer:
         for i, path in enumerate(candidates):
             try:
                 checkpointing.restore(self.checkpoint, path)
+            except checkpointing.CheckpointMismatch:
+                raise  # another layout, not a damaged file: falling back or starting afresh would lose the run
             except Exception as err:  # pylint: disable=broad-except  # truncated, missing or corrupt files
                 following = candidates[i + 1] if i + 1 < len(candidates) else None
                 say(f"checkpoint {path} is unreadable ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
