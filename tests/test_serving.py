@@ -2,7 +2,7 @@
 
 The TF Serving binary cannot be installed here, so `saved_model_cli` checks the signatures and
 `tests/tf_serving_fixture.py` decodes the REST bodies as TF Serving does and serves the SavedModel on
-127.0.0.1. One tiny run (the demo config in smoke mode, R = 16) is made and exported once per module.
+127.0.0.1. One tiny run (the demo config in smoke mode, R = 16) is made and exported once per test session.
 """
 import base64
 import importlib.util
@@ -29,7 +29,8 @@ import run_fixture  # noqa: E402  pylint: disable=wrong-import-position
 import tf_serving_fixture  # noqa: E402  pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# One worker runs this module, so its module-scoped run is made once (pytest.ini: --dist loadgroup).
+# One worker runs this module (pytest.ini: --dist loadgroup) and its run is a session fixture, so it is
+# made once even when that worker runs other modules' tests in between (a module fixture was made twice).
 pytestmark = pytest.mark.xdist_group("serving_run")
 registry.import_configurables()  # these tests parse configs, as the entry points do
 SIZES = [(16, 16), (40, 24), (23, 57)]
@@ -51,26 +52,26 @@ def _run_entry(module, *args):
     return module.main([])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("run"))
     run_fixture.write_untrained_run(model_dir)
     return model_dir
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def exported(run_dir, tmp_path_factory):
     base = str(tmp_path_factory.mktemp("serving") / "tfseg")
     path, _, _ = export_module.export_run(run_dir, base)
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def loaded(exported):
     return tf.saved_model.load(exported)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def model(run_dir):
     model, _, _ = loading.load_trained(run_dir)
     return model

@@ -14,7 +14,8 @@ from tfseg.training import duties
 from test_training import run_module, run_train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# One worker runs this module, so its module-scoped run is made once (pytest.ini: --dist loadgroup).
+# One worker runs this module (pytest.ini: --dist loadgroup) and its run is a session fixture, so it is
+# made once even when that worker runs other modules' tests in between (a module fixture was made twice).
 pytestmark = pytest.mark.xdist_group("unlabelled_run")
 
 
@@ -68,7 +69,7 @@ def _photos(folder, n=6, side=24):
         f.write("not a photo")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def unlabelled_run(tmp_path_factory):
     """A two-step ReDO run on a folder without masks (redo_folder.gin, smoke sizes)."""
     root = tmp_path_factory.mktemp("unlabelled")
