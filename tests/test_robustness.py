@@ -199,6 +199,13 @@ def test_a_checkpoint_of_another_layout_stops_the_run_untouched_and_its_bindings
     assert {path.name: path.read_bytes() for path in (model_dir / "checkpoints").iterdir()} == files  # nothing lost
     assert run_train(*SMOKE, f"--model_dir={model_dir}", "--gin_bindings=tfseg.methods.redo.spectral_norm='keras'") == 0
     assert "already finished" in capsys.readouterr().out
+    # The other way round: a run of today's layout bound to Keras' is refused by the restore, too.
+    new_run = tmp_path / "new"
+    new_run.mkdir()
+    run_fixture.write_untrained_run(str(new_run))
+    capsys.readouterr()
+    assert run_train(*SMOKE, f"--model_dir={new_run}", "--gin_bindings=tfseg.methods.redo.spectral_norm='keras'") == 2
+    assert "does not fit the networks this config builds" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("binding, named", [
