@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 
 from tfseg.training import nonfinite, run_dir
 import run_fixture
@@ -182,8 +183,15 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     assert "resumed from" in out and "at step 2" in out and "step 5/5" in out
 
 
+def _run_export(*args):
+    from tfseg import export  # pylint: disable=import-outside-toplevel
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["tfseg.export", *args])
+    return export.main([])
+
+
 @pytest.mark.slow
-def test_a_checkpoint_of_another_layout_stops_the_run_untouched_and_its_bindings_resume_it(tmp_path, capsys):
+def test_a_checkpoint_of_another_layout_stops_the_run_untouched_and_its_bindings_resume_and_export_it(tmp_path, capsys):
     # A ReDO run as tfseg made them before spectral_norm existed: Keras' layers, no such line in config.gin.
     model_dir = tmp_path / "run"
     model_dir.mkdir()
@@ -197,8 +205,14 @@ def test_a_checkpoint_of_another_layout_stops_the_run_untouched_and_its_bindings
     assert "ckpt-2 does not fit the networks this config builds" in err
     assert "--gin_bindings=\"tfseg.methods.redo.spectral_norm='keras'\"" in err and "Traceback" not in err
     assert {path.name: path.read_bytes() for path in (model_dir / "checkpoints").iterdir()} == files  # nothing lost
+    export_args = [f"--model_dir={model_dir}", f"--export_dir={tmp_path / 'serving'}"]
+    assert _run_export(*export_args) == 2  # export reads config.gin too: the same message, no traceback
+    assert "spectral_norm='keras'" in capsys.readouterr().err
+    assert _run_export(*export_args, "--gin_bindings=tfseg.methods.redo.spectral_norm='keras'") == 0
+    assert (tmp_path / "serving" / "1" / "saved_model.pb").exists()
     assert run_train(*SMOKE, f"--model_dir={model_dir}", "--gin_bindings=tfseg.methods.redo.spectral_norm='keras'") == 0
     assert "already finished" in capsys.readouterr().out
+    assert "spectral_norm = 'keras'" in (model_dir / "config.gin").read_text()  # recorded: no binding needed now
     # The other way round: a run of today's layout bound to Keras' is refused by the restore, too.
     new_run = tmp_path / "new"
     new_run.mkdir()

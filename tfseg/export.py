@@ -27,6 +27,9 @@ flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
 flags.DEFINE_bool("invert", False, "Serve the other region as the foreground, for a run whose masks came "
                   "out inverted (the object in the background region). Two-region models only.",
                   allow_override=True)
+flags.DEFINE_multi_string("gin_bindings", [], "Bindings applied over the run's config, e.g. "
+                          "\"tfseg.methods.redo.spectral_norm='keras'\" for a ReDO run made before that "
+                          "setting existed.", allow_override=True)
 FLAGS = flags.FLAGS
 
 
@@ -35,7 +38,7 @@ def main(argv):
     from tfseg import console  # pylint: disable=import-outside-toplevel
     console.quiet_tensorflow(FLAGS.verbosity)
     from tfseg import registry  # pylint: disable=import-outside-toplevel
-    from tfseg.errors import ConfigError  # pylint: disable=import-outside-toplevel
+    from tfseg.errors import ConfigError, RunDirError  # pylint: disable=import-outside-toplevel
     from tfseg.serving import export_module  # pylint: disable=import-outside-toplevel
     registry.import_configurables()  # the run's config.gin may name any configurable
 
@@ -49,8 +52,10 @@ def main(argv):
         return 2
     try:
         path, checkpoint, metadata = export_module.export_run(FLAGS.model_dir, FLAGS.export_dir, FLAGS.version,
-                                                              FLAGS.checkpoint, invert=FLAGS.invert)
-    except (ConfigError, FileExistsError, ValueError) as err:
+                                                              FLAGS.checkpoint, invert=FLAGS.invert,
+                                                              extra_bindings=FLAGS.gin_bindings)
+    except (ConfigError, RunDirError, FileExistsError, ValueError) as err:  # RunDirError: a checkpoint
+        # of another layout (checkpointing.CheckpointMismatch), whose message says the binding to add
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"exported {checkpoint} ({metadata['checkpoint_selection']}) to {path}; foreground region "

@@ -44,7 +44,7 @@ def main(argv):
         print(f"error: --images={FLAGS.images} is not a folder", file=sys.stderr)
         return 2
     from tfseg import registry  # pylint: disable=import-outside-toplevel
-    from tfseg.errors import ConfigError  # pylint: disable=import-outside-toplevel
+    from tfseg.errors import ConfigError, RunDirError  # pylint: disable=import-outside-toplevel
     from tfseg.image_files import IMAGE_EXTENSIONS, list_images  # pylint: disable=import-outside-toplevel
     from tfseg.serving import inference  # pylint: disable=import-outside-toplevel
     registry.import_configurables()  # a run's config.gin (--model_dir) may name any configurable
@@ -58,7 +58,7 @@ def main(argv):
             segment, metadata = inference.load_exported(FLAGS.export_dir)
         else:
             segment, metadata = inference.load_from_run(FLAGS.model_dir, FLAGS.checkpoint)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, RunDirError, FileNotFoundError) as err:  # RunDirError: a checkpoint of another layout
         print(f"error: {err}", file=sys.stderr)
         return 2
     if FLAGS.invert:

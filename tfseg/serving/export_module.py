@@ -361,12 +361,13 @@ def invert_foreground(model):
     model.foreground_region.assign(1 - int(model.foreground_region.numpy()))
 
 
-def export_run(model_dir, export_dir, version=None, which="best", invert=False):
+def export_run(model_dir, export_dir, version=None, which="best", invert=False, extra_bindings=()):
     """Exports the trained run in `model_dir` (its `which` checkpoint) to `export_dir/<version>`.
 
     Args:
         invert: serve the other region as the foreground (for a run whose object came out as the
             background region).
+        extra_bindings: gin bindings over the run's config.gin (`tfseg.export --gin_bindings`).
 
     Returns:
         `(path of the version folder, checkpoint path, metadata dict)`.
@@ -378,7 +379,7 @@ def export_run(model_dir, export_dir, version=None, which="best", invert=False):
     from tfseg.training import duties, loading  # pylint: disable=import-outside-toplevel
     import tfseg  # pylint: disable=import-outside-toplevel
 
-    model, train_config, checkpoint = loading.load_trained(model_dir, which)
+    model, train_config, checkpoint = loading.load_trained(model_dir, which, extra_bindings)
     foreground = duties.read_foreground(model_dir) or {"rule": "initial value (never chosen)"}
     if invert:
         invert_foreground(model)
