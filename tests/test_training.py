@@ -12,6 +12,9 @@ import tensorflow as tf
 from absl import flags
 
 from tfseg import config, registry, train
+# After train, as a test worker may import them: export's --gin_bindings must not orphan train's
+# --gin_param alias (test_unknown_configurable_fails_with_a_suggestion then trained the whole demo).
+from tfseg import export  # noqa: E402,F401  pylint: disable=unused-import,wrong-import-order
 from tfseg.evaluation import curves, evaluator
 from tfseg.training import checkpointing, trainer
 

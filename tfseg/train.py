@@ -12,8 +12,11 @@ import sys
 from absl import flags
 
 flags.DEFINE_multi_string("gin_file", [], "gin config file(s), e.g. gin_configs/demo.gin. Repeatable; later files win.")
-flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings, e.g. "
-                          "--gin_bindings='tfseg.training.TrainConfig.num_steps=100'. Repeatable; win over files.")
+# tfseg.export defines the same flag; a process that imports both (the tests) shares one definition.
+if "gin_bindings" not in flags.FLAGS:
+    flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings, e.g. "
+                              "--gin_bindings='tfseg.training.TrainConfig.num_steps=100'. Repeatable; win over "
+                              "files.")
 flags.DEFINE_alias("gin_param", "gin_bindings")
 flags.DEFINE_string("model_dir", None, "Run directory for checkpoints, TensorBoard logs and results. "
                     "Default: runs/<name of the first gin file>.")
