@@ -12,6 +12,8 @@ the optimizer then steps from the already divided weights, and inference uses wh
 update left. `ReDOSettings.spectral_norm` picks either ("reference", the default, or "keras", what
 tfseg used before); `conv` and `dense` in `tfseg.modeling.layers` build them.
 """
+import math
+
 import keras
 from keras import ops
 
@@ -30,11 +32,9 @@ class _SpectralKernel:
 
     power_iterations = 1
 
-    def _build_power_iteration(self):
-        out = self._kernel.shape[-1]
-        fan_in = 1
-        for size in self._kernel.shape[:-1]:
-            fan_in *= size
+    def build(self, input_shape):
+        super().build(input_shape)
+        out, fan_in = self._kernel.shape[-1], math.prod(self._kernel.shape[:-1])
         # Random unit vectors, as PyTorch draws them (normal, then normalised), drawn like the
         # kernel's initial values, so the run's seed fixes both.
         self.spectral_u = self.add_weight(shape=(out,), initializer=keras.initializers.RandomNormal(),
@@ -76,14 +76,6 @@ class _SpectralKernel:
 class SpectralConv2D(_SpectralKernel, keras.layers.Conv2D):
     """A Conv2D whose kernel is spectrally normalised with PyTorch's semantics."""
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_power_iteration()
-
 
 class SpectralDense(_SpectralKernel, keras.layers.Dense):
     """A Dense layer whose kernel is spectrally normalised with PyTorch's semantics."""
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_power_iteration()
