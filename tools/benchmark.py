@@ -78,9 +78,10 @@ def measure(train_config, jit_compile, strategy):
         model)`. A stage that trains on generated images counts the batch it draws per step, and
         reads 0 real images.
     """
+    from tfseg.training import precision  # pylint: disable=import-outside-toplevel
     from tfseg.training import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
-    # Graphs optimised (or not, as in a smoke run) exactly as the training run would have them.
-    with strategy_lib.graph_optimization(train_config.optimize_graphs):
+    # Graphs optimised (or not, as in a smoke run) and networks in the precision of the training run.
+    with strategy_lib.graph_optimization(train_config.optimize_graphs), precision.policy(train_config.precision):
         return _measure(train_config, jit_compile, strategy)
 
 

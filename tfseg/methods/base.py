@@ -12,6 +12,8 @@ from typing import NamedTuple, Optional
 import keras
 import tensorflow as tf
 
+from tfseg.methods import optimizers
+
 #: TensorBoard and console names of what a phase reports (`PhaseMetrics.flat`), defined once here.
 LOSS_PREFIX = "loss/"
 MASK_COVERAGE = "mask/coverage"
@@ -131,6 +133,11 @@ class Method(keras.Model):
         """Applies the gradients of `phase_gradients` with the phase's optimizer."""
         optimizer, variables = self.phase_optimizers()[phase]
         optimizer.apply(grads, variables)
+
+    @property
+    def loss_scaled(self):
+        """Whether the optimizers scale the loss (float16 training, `tfseg.methods.optimizers`)."""
+        return any(optimizers.is_loss_scaled(o) for o in self.optimizers_by_name().values())
 
     def build_optimizers(self):
         """Creates every optimizer's slots (after the networks are built), so checkpoints restore."""

@@ -9,6 +9,7 @@ import tensorflow as tf
 from keras import ops
 
 from tfseg import losses
+from tfseg.methods import optimizers
 from tfseg.methods.base import PhaseMetrics
 from tfseg.modeling.mask_network import MaskNetwork
 
@@ -60,15 +61,16 @@ class DistilledSegmenter(keras.layers.Layer):
         per_pixel = tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logits)
         return ops.mean(per_pixel, axis=(1, 2, 3))
 
-    def gradients(self, images, target_masks):
-        """One distillation phase: `(metrics, grads)` of the mean `loss` over the global batch.
+    def gradients(self, images, target_masks, optimizer):
+        """One distillation phase: `(metrics, grads)` of the mean `loss` over the global batch, for
+        `optimizer` (whose loss scale they carry under float16).
 
         Metrics: the loss "segmenter", and the generated masks' coverage and "mask/binariness".
         """
         with tf.GradientTape() as tape:
             per_example = self.loss(images, target_masks)
             total = tf.nn.compute_average_loss(per_example)
-        grads = tape.gradient(total, self.trainable_variables)
+        grads = optimizers.gradients(tape, total, self.trainable_variables, optimizer)
         return PhaseMetrics(losses={"segmenter": per_example},
                             mask_coverage=losses.mask_coverage(target_masks),
                             diagnostics={"mask/binariness": losses.mask_binariness(target_masks)}), grads

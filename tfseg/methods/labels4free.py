@@ -38,6 +38,7 @@ from tfseg.errors import ConfigError
 from tfseg.methods.base import Method, PhaseMetrics, Stage
 from tfseg.methods import distillation
 from tfseg.methods.distillation import DistilledSegmenter
+from tfseg.methods import optimizers
 from tfseg.methods.optimizers import gan_adam
 from tfseg.modeling import stylegan2 as sg2
 from tfseg.modeling.alpha_network import NUM_BLOCKS, AlphaNetwork
@@ -319,6 +320,8 @@ class Labels4Free(Method):
         fake = tf.stop_gradient(fake)
         b = real.shape[0]
         variables = discriminator.trainable_variables
+        optimizer = (self.discriminator_optimizer if discriminator is self.discriminator
+                     else self.alpha_discriminator_optimizer)
         if self.settings.r1_gamma and self.settings.r1_interval:
             regularize = tf.equal(tf.math.floormod(tf.cast(step, tf.int64), self.settings.r1_interval), 0)
         else:
@@ -331,7 +334,7 @@ class Labels4Free(Method):
                          lambda: tf.zeros([b]))
             per_example = adversarial + 0.5 * self.settings.r1_gamma * max(self.settings.r1_interval, 1) * r1
             total = tf.nn.compute_average_loss(per_example)
-        grads = tape.gradient(total, variables)
+        grads = optimizers.gradients(tape, total, variables, optimizer)
         metrics = PhaseMetrics(losses={"discriminator": adversarial, "r1": r1},
                                diagnostics={"discriminator/real": real_scores,
                                             "discriminator/fake": fake_scores})
@@ -343,7 +346,7 @@ class Labels4Free(Method):
             fake = self.sample(self.generator, batch, self.replica_seed(step, _SG_G))
             per_example = losses.logistic_generator_loss(self.discriminator(fake))
             total = tf.nn.compute_average_loss(per_example)
-        grads = tape.gradient(total, variables)
+        grads = optimizers.gradients(tape, total, variables, self.generator_optimizer)
         return PhaseMetrics(losses={"generator": per_example}), grads
 
     def alpha_losses(self, alpha, scores):
@@ -373,7 +376,7 @@ class Labels4Free(Method):
             out = self.render_layers(batch, self.replica_seed(step, _ALPHA))
             terms = self.alpha_losses(out["alpha"], self.alpha_discriminator(out["composite"]))
             total = tf.nn.compute_average_loss(terms["total"])
-        grads = tape.gradient(total, variables)
+        grads = optimizers.gradients(tape, total, variables, self.alpha_optimizer)
         metrics = PhaseMetrics(losses={f"alpha_{name}": value for name, value in terms.items()},
                                mask_coverage=losses.mask_coverage(out["alpha"]),
                                diagnostics={"mask/binariness": losses.mask_binariness(out["alpha"])})
@@ -381,7 +384,7 @@ class Labels4Free(Method):
 
     def _segmenter_gradients(self, step):
         out = self.render_layers(self.segmenter_batch_size, self.replica_seed(step, _SEGMENTER))
-        return self.segmenter.gradients(out[self.settings.distill_on], out["alpha"])
+        return self.segmenter.gradients(out[self.settings.distill_on], out["alpha"], self.segmenter_optimizer)
 
     def apply_phase(self, phase, grads):
         super().apply_phase(phase, grads)

@@ -1,9 +1,38 @@
-"""The Adam every GAN network of tfseg trains with: beta_1 = 0, as in all three reference codes."""
+"""The Adam every GAN network of tfseg trains with (beta_1 = 0, as in all three reference codes), and
+the float16 loss scaling that wraps it under the `mixed_float16` policy (`tfseg.training.precision`).
+
+Every gradient of a method is taken through `gradients`, so a loss-scaled optimizer sees its loss
+scaled; `LossScaleOptimizer.apply` unscales, skips a step whose gradients overflowed and adapts the
+scale. Under float32 and mixed_bfloat16 (float32's exponent range) nothing is scaled.
+"""
+import contextlib
+
 import keras
+import tensorflow as tf
+
+# Whether `gan_adam` wraps its Adam for float16 loss scaling; set by `loss_scaling`.
+_LOSS_SCALING = [False]
+
+
+@contextlib.contextmanager
+def loss_scaling(enabled):
+    """Optimizers made inside scale the loss (`enabled`) or not; the setting before is restored.
+
+    On during float16 training (`tfseg.training.precision.policy`), and when a float16 run is
+    rebuilt in float32 for evaluation or export, so its checkpoint finds the same optimizers.
+    """
+    before = _LOSS_SCALING[0]
+    _LOSS_SCALING[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        _LOSS_SCALING[0] = before
 
 
 def gan_adam(learning_rate, beta_2=0.99, epsilon=1e-8, lazy_ratio=1.0):
     """Adam(beta_1 = 0, beta_2), scaled for a lazily run regulariser: lr * c, beta_2 ** c.
+
+    Inside `loss_scaling(True)` it comes wrapped in Keras' dynamic `LossScaleOptimizer`.
 
     Args:
         learning_rate: the nominal learning rate.
@@ -12,5 +41,45 @@ def gan_adam(learning_rate, beta_2=0.99, epsilon=1e-8, lazy_ratio=1.0):
         lazy_ratio: c = interval / (interval + 1) keeps the optimizer's per-step dynamics when a
             regulariser runs every `interval` steps (StyleGAN2 appendix B); 1 when none does.
     """
-    return keras.optimizers.Adam(learning_rate * lazy_ratio, beta_1=0.0, beta_2=beta_2**lazy_ratio,
+    adam = keras.optimizers.Adam(learning_rate * lazy_ratio, beta_1=0.0, beta_2=beta_2**lazy_ratio,
                                  epsilon=epsilon)
+    if _LOSS_SCALING[0]:
+        return keras.optimizers.LossScaleOptimizer(adam)
+    return adam
+
+
+def is_loss_scaled(optimizer):
+    """Whether `optimizer` expects gradients of a scaled loss (float16 training)."""
+    return isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def inner(optimizer):
+    """The optimizer that holds the slots: the wrapped one of a loss-scaled optimizer, else itself."""
+    return optimizer.inner_optimizer if is_loss_scaled(optimizer) else optimizer
+
+
+def loss_scale(optimizer):
+    """The factor `optimizer` expects the loss multiplied by: its current loss scale, else 1."""
+    if not is_loss_scaled(optimizer):
+        return tf.constant(1.0)
+    return tf.convert_to_tensor(optimizer.dynamic_scale if optimizer.built else optimizer.initial_scale,
+                                tf.float32)
+
+
+def gradients(tape, loss, variables, optimizer):
+    """`tape.gradient(loss, variables)`, of the loss times `optimizer`'s loss scale.
+
+    The scale enters as the backward pass's starting gradient, so the forward pass is unchanged.
+    """
+    if not is_loss_scaled(optimizer):
+        return tape.gradient(loss, variables)
+    return tape.gradient(loss, variables, output_gradients=tf.cast(loss_scale(optimizer), loss.dtype))
+
+
+def rescaled(grads, computed_for, applied_by):
+    """Gradients taken with `computed_for`'s loss scale, rescaled to `applied_by`'s (one backward
+    pass feeding two optimizers, as ReDO's F and G); unchanged when neither scales."""
+    if not (is_loss_scaled(computed_for) or is_loss_scaled(applied_by)):
+        return grads
+    factor = loss_scale(applied_by) / loss_scale(computed_for)
+    return [None if g is None else g * tf.cast(factor, g.dtype) for g in grads]

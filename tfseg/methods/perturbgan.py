@@ -27,6 +27,7 @@ from tfseg import losses
 from tfseg.methods.base import Method, PhaseMetrics, Stage
 from tfseg.methods import distillation
 from tfseg.methods.distillation import DistilledSegmenter
+from tfseg.methods import optimizers
 from tfseg.methods.optimizers import gan_adam
 from tfseg.modeling import perturbation
 from tfseg.modeling.stylegan import LayeredGenerator, ProGANDiscriminator
@@ -240,7 +241,7 @@ class PerturbGAN(Method):
                            + self.settings.gradient_penalty_weight * penalty
                            + self.settings.drift_weight * losses.drift_loss(real_scores))
             total = tf.nn.compute_average_loss(per_example)
-        grads = tape.gradient(total, variables)
+        grads = optimizers.gradients(tape, total, variables, self.discriminator_optimizer)
         metrics = PhaseMetrics(
             losses={"discriminator": per_example, "gradient_penalty": penalty},
             diagnostics={"discriminator/real": real_scores, "discriminator/fake": fake_scores,
@@ -263,7 +264,7 @@ class PerturbGAN(Method):
             per_example = (adversarial + self.settings.mask_size_weight * size
                            + self.settings.binarization_weight * binary)
             total = tf.nn.compute_average_loss(per_example)
-        grads = tape.gradient(total, variables)
+        grads = optimizers.gradients(tape, total, variables, self.generator_optimizer)
         metrics = PhaseMetrics(
             losses={"generator_adversarial": adversarial, "mask_size": size,
                     "mask_binarization": binary, "generator_total": per_example},
@@ -293,7 +294,7 @@ class PerturbGAN(Method):
                                   axis=(1, 2))
                 per_example = per_example + self.settings.synthetic_latent_weight * latent
             total = tf.nn.compute_average_loss(per_example)
-        grads = tape.gradient(total, variables)
+        grads = optimizers.gradients(tape, total, variables, self.encoder_optimizer)
         metrics = PhaseMetrics(losses={"reconstruction_l1": reconstruction, "discriminator_features": feature,
                                        "synthetic_latent": latent, "encoder_total": per_example})
         return metrics, grads
@@ -301,7 +302,8 @@ class PerturbGAN(Method):
     def _segmenter_gradients(self, step):
         out = self.render(self.segmenter_batch_size, self._seeds(step, _S_Z, _S_NOISE, _S_SHIFT, _S_JITTER),
                           perturb=self.settings.distill_on_shifted)
-        return self.segmenter.gradients(out["shifted_composite"], out["shifted_mask"])
+        return self.segmenter.gradients(out["shifted_composite"], out["shifted_mask"],
+                                        self.segmenter_optimizer)
 
     # -- summaries ------------------------------------------------------------------------------
     def summary_images(self, images, step):

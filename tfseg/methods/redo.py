@@ -15,6 +15,7 @@ import tensorflow as tf
 from tfseg import losses
 from tfseg.errors import ConfigError
 from tfseg.methods.base import Method, PhaseMetrics
+from tfseg.methods import optimizers
 from tfseg.methods.optimizers import gan_adam
 from tfseg.modeling import spectral_norm as spectral_norm_lib
 from tfseg.modeling.mask_network import MaskNetwork
@@ -228,10 +229,11 @@ class ReDO(Method):
         # F and the G_k descend the whole loss; the encoder only the information term (in the
         # shared-trunk arrangement the adversarial term must not train D's trunk from G's side).
         # Two backward passes, not three: F and the G_k share the one through D and G.
-        mask_and_gen_grads = tape.gradient(total, mask_vars + gen_vars)
+        mask_and_gen_grads = optimizers.gradients(tape, total, mask_vars + gen_vars, self.mask_optimizer)
         mask_grads = mask_and_gen_grads[:len(mask_vars)]
-        gen_grads = mask_and_gen_grads[len(mask_vars):]
-        enc_grads = tape.gradient(info_total, enc_vars)
+        gen_grads = optimizers.rescaled(mask_and_gen_grads[len(mask_vars):], self.mask_optimizer,
+                                        self.generator_optimizer)
+        enc_grads = optimizers.gradients(tape, info_total, enc_vars, self.encoder_optimizer)
         del tape
         coverage = losses.mask_coverage(masks[..., :1])
         metrics = PhaseMetrics(
@@ -254,7 +256,7 @@ class ReDO(Method):
             fake_logits, _ = self.discriminator(composites, training=True)
             per_example = losses.hinge_discriminator_loss(real_logits, fake_logits)
             total = tf.nn.compute_average_loss(per_example)
-        grads = tape.gradient(total, d_vars)
+        grads = optimizers.gradients(tape, total, d_vars, self.discriminator_optimizer)
         metrics = PhaseMetrics(losses={"discriminator": per_example},
                                diagnostics={"discriminator/real": real_logits,
                                             "discriminator/fake": fake_logits})
@@ -265,7 +267,9 @@ class ReDO(Method):
             mask_grads, gen_grads, enc_grads = grads
             mask_vars = self.mask_network.trainable_variables
             # Coupled L2 (PyTorch Adam weight_decay), not AdamW: gradient += wd * theta.
-            mask_grads = [g + self.settings.mask_weight_decay * v for g, v in zip(mask_grads, mask_vars)]
+            # Under float16 the gradients carry the loss scale, so the decay term must too.
+            decay = self.settings.mask_weight_decay * optimizers.loss_scale(self.mask_optimizer)
+            mask_grads = [g + decay * v for g, v in zip(mask_grads, mask_vars)]
             self.mask_optimizer.apply(mask_grads, mask_vars)
             self.generator_optimizer.apply(gen_grads, self._generator_variables())
             self.encoder_optimizer.apply(enc_grads, self._encoder_variables())

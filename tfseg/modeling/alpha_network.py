@@ -132,7 +132,7 @@ class AlphaNetwork(keras.layers.Layer):
             projected = ops.concatenate([proj_a(f0), proj_b(f1)], axis=-1)
             if j == self.num_blocks - 1:
                 x = projected if running is None else projected + running
-                return ops.sigmoid(self.head(x))
+                return ops.sigmoid(ops.cast(self.head(x), "float32"))
             if running is None:
                 running = projected
             else:

@@ -96,7 +96,7 @@ class EqualConv2D(keras.layers.Layer):
 def blur(x):
     """Depthwise [1,2,1] x [1,2,1] / 16 blur with zero padding 1 (StyleGAN v1). `[b,H,W,C]`."""
     channels = x.shape[-1]
-    k = ops.convert_to_tensor([1.0, 2.0, 1.0])
+    k = ops.convert_to_tensor([1.0, 2.0, 1.0], dtype=x.dtype)  # 16-bit under mixed precision
     kernel = ops.outer(k, k) / 16.0
     kernel = ops.tile(ops.reshape(kernel, (3, 3, 1, 1)), (1, 1, channels, 1))
     return ops.depthwise_conv(x, kernel, strides=1, padding="same")

@@ -43,6 +43,12 @@ def _spectrally_normalised(plain, reference, spectral_norm, name, *args, **kwarg
     raise ValueError(f"spectral_norm must be False or one of {sn.STYLES}, got {spectral_norm!r}")
 
 
+def float32(x):
+    """`x` in float32: what a network hands back under a mixed-precision policy (bfloat16 or float16
+    compute), so that masks, losses and a discriminator's score are float32 whatever the policy."""
+    return ops.cast(x, "float32")
+
+
 def instance_norm(affine=True, epsilon=1e-5, name=None):
     """PyTorch-style InstanceNorm (biased variance, eps 1e-5, no running stats)."""
     return keras.layers.GroupNormalization(groups=-1, epsilon=epsilon, center=affine,

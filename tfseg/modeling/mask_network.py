@@ -70,7 +70,7 @@ class MaskNetwork(keras.Model):
         h = self.ppm(h)
         h = ops.relu(self.up1_norm(self.up1(L.upsample_nearest(h))))
         h = ops.relu(self.up2_norm(self.up2(L.upsample_nearest(h))))
-        return self.head(L.reflect_pad(h, self.output_kernel // 2))
+        return L.float32(self.head(L.reflect_pad(h, self.output_kernel // 2)))
 
     def call(self, images, training=False):
         logits = self.logits(images)

@@ -71,7 +71,7 @@ class DiscriminatorTrunk(keras.Model):
             h = self.attention(h, training=training)
         for block in self.blocks[1:]:
             h = block(h, training=training)
-        return ops.sum(h, axis=(1, 2))  # the reference pools without a final ReLU
+        return ops.sum(L.float32(h), axis=(1, 2))  # the reference pools without a final ReLU
 
 
 class Discriminator(keras.Model):
@@ -92,8 +92,8 @@ class Discriminator(keras.Model):
 
     def call(self, images, training=False):
         features = self.trunk(images, training=training)
-        logits = ops.squeeze(self.adversarial_head(features), -1)
+        logits = ops.squeeze(L.float32(self.adversarial_head(features)), -1)
         codes = None
         if self.code_head is not None:
-            codes = ops.reshape(self.code_head(features), (-1, self.num_regions, self.z_dim))
+            codes = ops.reshape(L.float32(self.code_head(features)), (-1, self.num_regions, self.z_dim))
         return logits, codes

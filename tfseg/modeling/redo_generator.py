@@ -73,4 +73,4 @@ class RegionGenerator(keras.Model):
                 h = self.attention(h, training=training)
             h = block(h, z, mask, training=training)
         h = ops.concatenate([ops.relu(self.out_norm(h, z)), mask], axis=-1)
-        return ops.tanh(self.out_conv(h, training=training)) * mask
+        return ops.tanh(L.float32(self.out_conv(h, training=training))) * L.float32(mask)

@@ -19,6 +19,7 @@ from keras import ops
 
 from tfseg.modeling import equalized as E
 from tfseg.modeling.equalized import channels_at
+from tfseg.modeling import layers as L
 from tfseg.modeling.layers import upsample_nearest
 from tfseg.modeling.resolutions import power_of_two_log2
 
@@ -105,6 +106,7 @@ class StyledBlock(keras.layers.Layer):
             h = ops.tile(self.constant, (ops.shape(w)[0], 1, 1, 1))
         else:
             h = E.blur(self.conv_a(upsample_nearest(x)))
+        noise = ops.cast(noise, h.dtype)  # drawn in float32; 16-bit under mixed precision
         h = self.adain_a(E.leaky_relu(h + self.noise_a * noise), w)
         h = self.conv_b(h)
         return self.adain_b(E.leaky_relu(h + self.noise_b * noise), w)
@@ -192,7 +194,7 @@ class LayeredGenerator(keras.layers.Layer):
     def styles(self, z):
         """`[b, z_dim]` -> `[b, num_styles, w_dim]`: each synthesis network's style."""
         ws = [self.mappings[min(i, len(self.mappings) - 1)](z) for i in range(self.num_styles)]
-        return ops.stack(ws, axis=1)
+        return L.float32(ops.stack(ws, axis=1))
 
     def call(self, z=None, noise_seed=None, styles=None):
         if styles is None:
@@ -207,6 +209,7 @@ class LayeredGenerator(keras.layers.Layer):
             background, foreground, logits = out[..., :3], out[..., 3:6], out[..., 6:]
         else:
             background, foreground, logits = outputs[0], outputs[1][..., :3], outputs[1][..., 3:]
+        background, foreground, logits = L.float32(background), L.float32(foreground), L.float32(logits)
         return {"background": background, "foreground": foreground, "mask_logits": logits,
                 "mask": ops.sigmoid(logits)}
 
@@ -244,7 +247,7 @@ class ProGANDiscriminator(keras.layers.Layer):
             h = E.leaky_relu(conv_a(h))
             h = conv_b(E.blur(h))
             h = E.leaky_relu(ops.average_pool(h, 2, 2))
-        return h
+        return L.float32(h)
 
     def call(self, images):
         h = self.features(images)
@@ -253,5 +256,5 @@ class ProGANDiscriminator(keras.layers.Layer):
         h = E.leaky_relu(self.final_conv(h))
         h = ops.reshape(h, (-1, h.shape[1] * h.shape[2] * h.shape[3]))
         h = E.leaky_relu(self.final_dense(h))
-        out = self.output_dense(h)
+        out = L.float32(self.output_dense(h))
         return out[:, 0] if self.outputs == 1 else out

@@ -1,7 +1,8 @@
 """Rebuilds a trained method from its run directory (for evaluation, export and prediction)."""
 from tfseg import config, registry
 from tfseg.errors import ConfigError
-from tfseg.training import checkpointing, trainer
+from tfseg.methods import optimizers
+from tfseg.training import checkpointing, precision, trainer
 
 
 def load_trained(model_dir, which="best", extra_bindings=()):
@@ -17,8 +18,10 @@ def load_trained(model_dir, which="best", extra_bindings=()):
         raise ConfigError(f"'{model_dir}' has no checkpoint yet. Train first (python -m "
                           f"tfseg.train --model_dir={model_dir} ...) or check the path.")
     train_config = trainer.TrainConfig()
-    model = trainer.build_method(train_config, restarts=checkpointing.saved_restarts(path))
-    model.build_for_training(train_config.batch_size)
+    # float32 networks whatever the run trained in; its optimizers as it had them.
+    with optimizers.loss_scaling(precision.loss_scaled(train_config.precision)):
+        model = trainer.build_method(train_config, restarts=checkpointing.saved_restarts(path))
+        model.build_for_training(train_config.batch_size)
     state = checkpointing.RunState()
     checkpointing.restore(checkpointing.make_checkpoint(model, state), path)
     return model, train_config, path

@@ -22,7 +22,7 @@ from tfseg.errors import ConfigError, DataError, SplitUnavailableError
 from tfseg.evaluation import evaluator, grids, metrics
 from tfseg.modeling import refinement
 from tfseg import progress
-from tfseg.training import checkpointing, nonfinite, run_dir, signals
+from tfseg.training import checkpointing, nonfinite, precision, run_dir, signals
 from tfseg.training import duties as duties_lib
 from tfseg.training import strategy as strategy_lib
 
@@ -67,6 +67,9 @@ class TrainConfig:
             rewrite the step before its first run. Off in smoke runs (`gin_configs/smoke.gin`): for a
             run of seconds it costs more than it saves (10 of the 50 s a smoke run of the ReDO
             demo takes on a 2-core CPU); the results do not change beyond float rounding.
+        precision: "float32", "mixed_bfloat16" or "mixed_float16" (16-bit compute, float32
+            variables, masks and losses; float16 with dynamic loss scaling): `tfseg.training.precision`.
+            Training only; evaluation and export run in float32.
     """
 
     def __init__(self, method=gin.REQUIRED, resolution=gin.REQUIRED, batch_size=gin.REQUIRED,
@@ -75,7 +78,7 @@ class TrainConfig:
                  collapse_threshold=0.1, collapse_before_step=7000, max_restarts=5,
                  keep_checkpoints=3, seed=0, skip_nonfinite=True, max_nonfinite_steps=10,
                  max_nonfinite_restores=2, exact_resume=True, foreground_region=None,
-                 optimize_graphs=True):
+                 optimize_graphs=True, precision="float32"):
         self.method = method
         self.resolution = resolution
         self.batch_size = batch_size
@@ -98,6 +101,7 @@ class TrainConfig:
         self.exact_resume = exact_resume
         self.foreground_region = foreground_region
         self.optimize_graphs = optimize_graphs
+        self.precision = precision
         self.validate()
 
     def validate(self):
@@ -133,6 +137,7 @@ class TrainConfig:
         check("foreground_region", whole(0, none_ok=True), "None (chosen for you) or a region index >= 0")
         for name in ("skip_nonfinite", "exact_resume", "optimize_graphs"):
             check(name, lambda v: isinstance(v, bool), "True or False")
+        precision.check(self.precision)
 
 
 def stage_schedule(model, config):
@@ -189,7 +194,9 @@ def make_train_step(model, strategy, jit_compile, phases=None, batches_per_step=
                 phase_metrics, grads = gradient_fns[phase](batches, step)
                 phase_metrics = phase_metrics.flat()
                 model.apply_phase(phase, grads)
-                ok = nonfinite.all_finite(phase_metrics, grads)
+                # A loss-scaled optimizer skips overflowed gradients itself and lowers its scale:
+                # those steps are expected (float16), not a reason to undo the step.
+                ok = nonfinite.all_finite(phase_metrics, () if model.loss_scaled else grads)
                 return {**phase_metrics, nonfinite.FINITE_METRIC: nonfinite.finite_metric(phase_metrics, ok)}
             per_replica = strategy.run(replica_fn, args=(batches, step))
             for name, value in per_replica.items():
@@ -317,7 +324,8 @@ class Trainer:
             signals.Stopped: SIGTERM or SIGINT arrived; a checkpoint of the last whole step was written.
             nonfinite.Diverged: the losses stayed non-finite after `max_nonfinite_restores` restores.
         """
-        with strategy_lib.graph_optimization(self.config.optimize_graphs):
+        with strategy_lib.graph_optimization(self.config.optimize_graphs), \
+                precision.policy(self.config.precision):
             return self._train(restarts)
 
     def _train(self, restarts):
