@@ -225,8 +225,8 @@ def _rasterize(radius: np.ndarray, cx: float, cy: float, size: float, angle: flo
 
 
 def _place_object(rng: np.random.Generator, resolution: int) -> np.ndarray:
-    """Samples a shape, position (anywhere but the outer tenth: the border may cut it), scale and rotation; boolean
-    [R, R] mask covering MIN_COVERAGE-MAX_COVERAGE of the image."""
+    """Samples a shape, position (anywhere but the outer tenth: the border may cut it), scale and
+    rotation; boolean [R, R] mask covering MIN_COVERAGE-MAX_COVERAGE of the image."""
     radius, area = _sample_shape(rng)
     coverage = np.exp(rng.uniform(*np.log(_TARGET_COVERAGE)))
     angle = rng.uniform(0, 2 * np.pi)
