@@ -16,7 +16,7 @@ from tfseg import config, registry, train
 # --gin_param alias (test_unknown_configurable_fails_with_a_suggestion then trained the whole demo).
 from tfseg import export  # noqa: E402,F401  pylint: disable=unused-import,wrong-import-order
 from tfseg.evaluation import curves, evaluator
-from tfseg.training import checkpointing, trainer
+from tfseg.training import checkpointing, duties, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 registry.import_configurables()  # these tests parse configs, as the entry points do
@@ -118,9 +118,12 @@ def test_a_finished_run_reruns_without_training_and_evaluate_rescores_it(tmp_pat
 
 
 @pytest.mark.slow
-def test_the_test_split_is_scored_on_the_best_validation_checkpoint_not_the_latest(tmp_path, monkeypatch):
+def test_the_test_split_is_scored_on_the_best_validation_checkpoint_not_the_latest(tmp_path, monkeypatch, capsys):
+    # Selected by ReDO's reference criterion, on which step 2 is best; fixed-polarity fg IoU, which
+    # would pick step 4, must not decide.
     cfg = _smoke_config(tmp_path, "tfseg.training.TrainConfig.num_steps = 4",
-                        "tfseg.training.TrainConfig.eval_every = 1")
+                        "tfseg.training.TrainConfig.eval_every = 1",
+                        "tfseg.training.TrainConfig.selection_metric = 'redo_iou'")
     real_evaluate, validated, scored, grappler_off = evaluator.evaluate, {}, [], []
 
     def evaluate(model, dataset, max_examples=None, choose_region=False):
@@ -129,7 +132,7 @@ def test_the_test_split_is_scored_on_the_best_validation_checkpoint_not_the_late
         if max_examples is not None:  # validation: scores that only get worse, so step 2 stays the best
             step = len(validated) + 1
             validated[step] = _weights(model)
-            results = {**results, "fg_iou": 0.5 if step == 2 else 0.1 / step}
+            results = {**results, "redo_iou": 0.5 if step == 2 else 0.1 / step, "fg_iou": 0.1 * step}
         else:                         # the test split
             scored.append(_weights(model))
         return results, sample
@@ -140,6 +143,7 @@ def test_the_test_split_is_scored_on_the_best_validation_checkpoint_not_the_late
     assert grappler_off == [True] * 5
     assert not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
     assert sorted(validated) == [1, 2, 3, 4] and len(scored) == 1
+    assert "redo_iou 0.500" in capsys.readouterr().out  # the console shows the score that chose
     assert all(np.array_equal(a, b) for a, b in zip(scored[0], validated[2]))
     assert not all(np.array_equal(a, b) for a, b in zip(scored[0], validated[4]))
 
@@ -225,6 +229,10 @@ def test_bad_jit_compile_value_is_rejected():
         resolve_jit_compile("maybe")
     with pytest.raises(config.ConfigError, match=r"TrainConfig.optimize_graphs = 'no': must be True or False"):
         _smoke_config(None, "tfseg.training.TrainConfig.optimize_graphs = 'no'")
+    with pytest.raises(config.ConfigError, match=r"TrainConfig.selection_metric = 'iou': must be one of 'fg_iou'"):
+        _smoke_config(None, "tfseg.training.TrainConfig.selection_metric = 'iou'")
+    default = [d for d in duties.default_duties(_smoke_config(None)) if isinstance(d, duties.Validate)]
+    assert [d.metric for d in default] == ["fg_iou"]  # tfseg's own criterion unless a config asks
 
 
 def test_dry_run_of_lsun_horse_resolves_the_paper_config_and_reports_the_missing_data(tmp_path, capsys):

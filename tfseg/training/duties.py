@@ -80,6 +80,7 @@ class Validate(Every):
     SCALARS = ("fg_iou", "miou", "accuracy", "best_perm_fg_iou", "best_perm_accuracy", "confusion_miou")
 
     def __init__(self, every, metric="fg_iou"):
+        """`metric`: the key of `evaluator.evaluate`'s results that ranks checkpoints (higher is better)."""
         super().__init__(every)
         self.metric = metric
 
@@ -109,9 +110,10 @@ class Validate(Every):
             tf.summary.image("eval/image_truth_prediction_overlay",
                              evaluator.prediction_grid(sample)[None].astype(np.float32) / 255.0)
         image_summaries(trainer, step, sample["image"][:8])
-        display.message(f"step {step}: validation fg IoU {results['fg_iou']:.3f}  mIoU {results['miou']:.3f}  "
-                        f"acc {results['accuracy']:.3f}  (region {results['foreground_region']})")
         score = results[self.metric]
+        chosen_by = "" if self.metric in ("fg_iou", "miou", "accuracy") else f"  {self.metric} {score:.3f}"
+        display.message(f"step {step}: validation fg IoU {results['fg_iou']:.3f}  mIoU {results['miou']:.3f}  "
+                        f"acc {results['accuracy']:.3f}{chosen_by}  (region {results['foreground_region']})")
         if np.isfinite(score) and score > float(trainer.state.best_score.numpy()):
             trainer.state.best_score.assign(score)
             trainer.best.save(checkpoint_number=step)
@@ -166,7 +168,7 @@ class WriteCheckpoint(Every):
 def default_duties(config):
     """The duties of a `TrainConfig`, in the order they run after a step."""
     return [LogProgress(config.log_every),
-            Validate(config.eval_every),
+            Validate(config.eval_every, config.selection_metric),
             DetectCollapse(config.eval_every, config.collapse_threshold, config.collapse_before_step,
                            config.max_restarts),
             WriteCheckpoint(config.checkpoint_every)]

@@ -27,6 +27,9 @@ from tfseg.training import duties as duties_lib
 from tfseg.training import strategy as strategy_lib
 
 CONFIG_FILE = "config.gin"
+#: Validation scores that may choose the best checkpoint (`TrainConfig.selection_metric`), all
+#: computed by `tfseg.evaluation.evaluator.evaluate`.
+SELECTION_METRICS = ("fg_iou", "miou", "accuracy", "best_perm_fg_iou", "redo_iou")
 
 
 @gin.configurable(module="tfseg.training")
@@ -70,6 +73,10 @@ class TrainConfig:
         precision: "float32", "mixed_bfloat16" or "mixed_float16" (16-bit compute, float32
             variables, masks and losses; float16 with dynamic loss scaling): `tfseg.training.precision`.
             Training only; evaluation and export run in float32.
+        selection_metric: the validation score that chooses the best checkpoint (and the test split's
+            model): "fg_iou" (fixed polarity, tfseg's default), or "redo_iou" (ReDO's reference
+            criterion: each image scored with its better region, then averaged by batches; reproduction
+            configs use it), or another of `SELECTION_METRICS`.
     """
 
     def __init__(self, method=gin.REQUIRED, resolution=gin.REQUIRED, batch_size=gin.REQUIRED,
@@ -78,7 +85,7 @@ class TrainConfig:
                  collapse_threshold=0.1, collapse_before_step=7000, max_restarts=5,
                  keep_checkpoints=3, seed=0, skip_nonfinite=True, max_nonfinite_steps=10,
                  max_nonfinite_restores=2, exact_resume=True, foreground_region=None,
-                 optimize_graphs=True, precision="float32"):
+                 optimize_graphs=True, precision="float32", selection_metric="fg_iou"):
         self.method = method
         self.resolution = resolution
         self.batch_size = batch_size
@@ -102,6 +109,7 @@ class TrainConfig:
         self.foreground_region = foreground_region
         self.optimize_graphs = optimize_graphs
         self.precision = precision
+        self.selection_metric = selection_metric
         self.validate()
 
     def validate(self):
@@ -138,6 +146,8 @@ class TrainConfig:
         for name in ("skip_nonfinite", "exact_resume", "optimize_graphs"):
             check(name, lambda v: isinstance(v, bool), "True or False")
         precision.check(self.precision)
+        check("selection_metric", lambda v: v in SELECTION_METRICS,
+              f"one of {', '.join(repr(m) for m in SELECTION_METRICS)}")
 
 
 def stage_schedule(model, config):
