@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -294,3 +295,12 @@ def test_folder_configs_train_two_steps_on_real_flowers(gin_file, tmp_path, caps
     # The folder configs refine masks by colour, so the disc through the same refinement is a baseline.
     assert set(results["baselines"]) == {"full-image mask", "centred disc, 50 % of the image",
                                          evaluator.REFINED_DISC}
+
+
+@pytest.mark.parametrize("gin_name, method", [("lsun_horse.gin", "bilinear"), ("perturbgan_paper_base.gin", "bilinear"),
+                                              ("redo_flowers.gin", "nearest"), ("perturbgan_folder.gin", "nearest")])
+def test_photos_are_resized_as_each_reference_resizes_them(gin_name, method):
+    # PerturbGAN's reference resizes with torchvision's bilinear, ReDO's nearest; the PerturbGAN
+    # folder config keeps nearest, with which its Flowers-17 figures were measured.
+    config.parse([os.path.join(REPO, "gin_configs", gin_name)], [])
+    assert gin.query_parameter("tfseg.data.make_dataset.image_resize_method") == method
