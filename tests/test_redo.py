@@ -73,3 +73,24 @@ def test_each_phase_trains_only_its_networks(shared_trunk, phase, networks):
     model = _method(shared_encoder_trunk=shared_trunk)
     batches = tuple({"image": tf.random.uniform([4, 16, 16, 3], -1, 1, seed=s)} for s in (3, 4))
     assert _networks_changed(model, phase, batches) == networks
+
+
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_the_generator_seed_is_as_wide_as_the_references_first_block_unless_told(multiplier):
+    # Reference, R = 128: Linear nz -> 16ch x 4 x 4, then blocks of 16ch, 8ch, 4ch, 2ch, ch.
+    model = _method() if multiplier == 1 else _method(generator_seed_multiplier=multiplier)
+    generator = model.generators[0]  # R = 16: two blocks, of 2ch and ch (ch = 4)
+    z = tf.zeros([2, 4])
+    generator(tf.ones([2, 16, 16, 1]), z)
+    assert generator.seed.kernel.shape == (4, 4 * 4 * 8 * multiplier)
+
+
+def test_the_z_encoder_is_a_network_of_its_own_by_default_as_in_the_reference():
+    model = _method()
+    assert model.encoder is not None and model.discriminator.code_head is None
+    shared = _method(shared_encoder_trunk=True)
+    assert shared.encoder is None and shared.discriminator.code_head is not None
+    # the separate encoder has no real/fake head: no weight of it goes untrained
+    assert model.encoder.adversarial_head is None
+    _, codes = model.encoder(tf.zeros([2, 16, 16, 3]))
+    assert codes.shape == (2, 2, 4)

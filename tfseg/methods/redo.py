@@ -39,9 +39,14 @@ class ReDOSettings:
         generator_max_width: optional cap on generator block widths.
         generator_self_attention: the generators' self-attention block (§2.3).
         generator_norm_offset: gamma offset of the generators' conditional norms (reference: 0).
+        generator_seed_multiplier: the generators' first layer (the 4x4 seed from z) in multiples of
+            the first block's width: 1 as the reference (16ch); the demo configs keep 2, with which
+            they were measured.
         discriminator_width, discriminator_max_width: D's first and maximal widths.
         discriminator_self_attention: D's self-attention block (§2.3).
-        shared_encoder_trunk: the z-encoder is a head on D's trunk (InfoGAN); False = its own net.
+        shared_encoder_trunk: the z-encoder is a head on D's trunk (InfoGAN-style, cheaper); False
+            (the reference's netRecZ): a network of its own, shaped like D without self-attention.
+            The demo configs keep True, with which they were measured.
         info_weight: lambda_z.
         learning_rate: Adam lr of G, D and the encoder.
         mask_learning_rate: Adam lr of F.
@@ -62,10 +67,11 @@ class ReDOSettings:
     generator_max_width: Optional[int] = None
     generator_self_attention: bool = True
     generator_norm_offset: float = 0.0
+    generator_seed_multiplier: int = 1
     discriminator_width: int = 64
     discriminator_max_width: int = 1024
     discriminator_self_attention: bool = True
-    shared_encoder_trunk: bool = True
+    shared_encoder_trunk: bool = False
     info_weight: float = 5.0
     learning_rate: float = 1e-4
     mask_learning_rate: float = 1e-5
@@ -108,24 +114,26 @@ class ReDO(Method):
             RegionGenerator(s.resolution, s.generator_width, s.generator_max_width,
                             s.generator_self_attention, s.z_dim, gain=s.init_gain,
                             norm_offset=s.generator_norm_offset, spectral_norm=s.spectral_norm,
-                            name=f"generator_{k}")
+                            seed_multiplier=s.generator_seed_multiplier, name=f"generator_{k}")
             for k in range(s.num_regions)]
         self.discriminator = self._discriminator_shaped(
             s.discriminator_self_attention, with_encoder_head=s.shared_encoder_trunk, name="discriminator")
         # Without the shared trunk the z-encoder is a network of D's shape, as in the reference code.
         self.encoder = (None if s.shared_encoder_trunk else
-                        self._discriminator_shaped(False, with_encoder_head=True, name="encoder"))
+                        self._discriminator_shaped(False, with_encoder_head=True, name="encoder",
+                                                   with_adversarial_head=False))
         self.mask_optimizer = _adam(s.mask_learning_rate)
         self.generator_optimizer = _adam(s.learning_rate)
         self.encoder_optimizer = _adam(s.learning_rate)
         self.discriminator_optimizer = _adam(s.learning_rate)
 
-    def _discriminator_shaped(self, self_attention, with_encoder_head, name):
+    def _discriminator_shaped(self, self_attention, with_encoder_head, name, with_adversarial_head=True):
         s = self.settings
         return Discriminator(s.resolution, s.discriminator_width, s.discriminator_max_width,
                              self_attention, s.num_regions, s.z_dim,
                              with_encoder_head=with_encoder_head, gain=s.init_gain,
-                             spectral_norm=s.spectral_norm, name=name)
+                             spectral_norm=s.spectral_norm, name=name,
+                             with_adversarial_head=with_adversarial_head)
 
     # -- variables ------------------------------------------------------------------------------
     def _encoder_variables(self):

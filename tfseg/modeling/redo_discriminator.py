@@ -75,25 +75,27 @@ class DiscriminatorTrunk(keras.Model):
 
 
 class Discriminator(keras.Model):
-    """D with an optional z-encoder head on the same trunk.
+    """D with an optional z-encoder head on the same trunk (or, without its real/fake head, a z-encoder).
 
-    Call: `images [batch, R, R, 3]` -> `(logits [batch], codes [batch, num_regions, z_dim] or None)`.
+    Call: `images [batch, R, R, 3]` -> `(logits [batch] or None, codes [batch, num_regions, z_dim] or None)`.
     """
 
     def __init__(self, resolution=128, width=64, max_width=1024, self_attention=True,
                  num_regions=2, z_dim=32, with_encoder_head=True, gain=0.8, spectral_norm="reference",
-                 **kwargs):
+                 with_adversarial_head=True, **kwargs):
         super().__init__(**kwargs)
         self.trunk = DiscriminatorTrunk(resolution, width, max_width, self_attention, gain, spectral_norm)
-        self.adversarial_head = L.dense(1, gain=gain)
+        # The separate z-encoder (the reference's netRecZ) has D's shape but no real/fake output.
+        self.adversarial_head = L.dense(1, gain=gain) if with_adversarial_head else None
         self.num_regions = num_regions
         self.z_dim = z_dim
         self.code_head = L.dense(num_regions * z_dim, gain=gain) if with_encoder_head else None
 
     def call(self, images, training=False):
         features = self.trunk(images, training=training)
-        logits = ops.squeeze(L.float32(self.adversarial_head(features)), -1)
-        codes = None
+        logits = codes = None
+        if self.adversarial_head is not None:
+            logits = ops.squeeze(L.float32(self.adversarial_head(features)), -1)
         if self.code_head is not None:
             codes = ops.reshape(L.float32(self.code_head(features)), (-1, self.num_regions, self.z_dim))
         return logits, codes

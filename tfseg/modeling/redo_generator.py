@@ -48,16 +48,20 @@ class RegionGenerator(keras.Model):
         z_dim: nz.
         norm_offset: the `+offset` on the conditional norms' gamma (0 in the reference code).
         spectral_norm: "reference" (PyTorch's) or "keras" (`tfseg.modeling.spectral_norm`).
+        seed_multiplier: the 4x4 seed's channels as a multiple of the first block's width: 1 as the
+            reference (16ch for R = 128), 2 as tfseg's demo configs were measured.
     """
 
     def __init__(self, resolution=128, width=32, max_width=None, self_attention=True, z_dim=32,
-                 gain=0.8, norm_offset=0.0, spectral_norm="reference", **kwargs):
+                 gain=0.8, norm_offset=0.0, spectral_norm="reference", seed_multiplier=1, **kwargs):
         super().__init__(**kwargs)
         num_blocks = power_of_two_log2(resolution, 8, "RegionGenerator") - 2  # up from 4x4
         widths = [width * 2 ** (num_blocks - 1 - i) for i in range(num_blocks)]
         if max_width:
             widths = [min(w, max_width) for w in widths]
-        self.seed_channels = widths[0] * 2 if not max_width else min(widths[0] * 2, max_width)
+        self.seed_channels = widths[0] * seed_multiplier
+        if max_width:
+            self.seed_channels = min(self.seed_channels, max_width)
         self.z_dim = z_dim
         self.seed = L.dense(4 * 4 * self.seed_channels, gain=gain)
         self.blocks = [UpResBlock(w, gain=gain, norm_offset=norm_offset, spectral_norm=spectral_norm)

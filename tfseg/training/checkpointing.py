@@ -59,7 +59,9 @@ def restore(checkpoint, path):
             f"checkpoint {path} does not fit the networks this config builds ({first}). It was written "
             "with another network layout: other bindings, or an older tfseg (ReDO runs made before "
             "tfseg.methods.redo.spectral_norm existed need --gin_bindings=\"tfseg.methods.redo."
-            "spectral_norm='keras'\"). Resume it with the bindings it was made with, or pass another "
+            "spectral_norm='keras'\"; ReDO runs of a config other than demo.gin made before the reference "
+            "defaults also need \"tfseg.methods.redo.generator_seed_multiplier=2\" and "
+            "\"tfseg.methods.redo.shared_encoder_trunk=True\"). Resume it with the bindings it was made with, or pass another "
             "--model_dir; the run was left as it was.") from err
 
 

@@ -30,7 +30,7 @@ RESUMABLE_CHANGES = ("num_steps", "stage_steps", "log_every", "eval_every", "che
 #: value that does not fit the run is refused there (`checkpointing.CheckpointMismatch`, which says
 #: the fix). Checked here, a run made before the parameter existed could never be resumed: its
 #: config.gin lacks it, and binding the value it ran with would count as a change.
-CHECKED_AT_RESTORE = ("spectral_norm",)
+CHECKED_AT_RESTORE = ("spectral_norm", "generator_seed_multiplier", "shared_encoder_trunk")
 
 
 def _alive(pid):
