@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tfseg import config, registry
-from tfseg.methods import distillation, labels4free, perturbgan, redo
+from tfseg.methods import distillation, labels4free, optimizers, perturbgan, redo
 from tfseg.training import trainer
 
 registry.import_configurables()  # these tests parse configs, as the entry points do
@@ -59,7 +59,7 @@ def test_distillation_gradients_train_the_segmenter_only():
     images = tf.random.uniform([2, 8, 8, 3], -1, 1, seed=1)
     masks = tf.cast(tf.random.uniform([2, 8, 8, 1], seed=2) > 0.5, tf.float32)
     segmenter(images)
-    metrics, grads = segmenter.gradients(images, masks)
+    metrics, grads = segmenter.gradients(images, masks, optimizers.gan_adam(1e-3))
     assert len(grads) == len(segmenter.trainable_variables)
     assert all(g is not None and float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads)
     assert set(metrics.flat()) == {"loss/segmenter", "mask/coverage", "mask/binariness"}
