@@ -64,6 +64,7 @@ def float32_runs():
     return {method: _train(method, "float32")[1] for method in METHODS}
 
 
+@pytest.mark.slow  # trains each method two steps per stage under three policies
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_a_few_steps_stay_finite_and_close_to_float32(method, policy, float32_runs):

@@ -53,11 +53,6 @@ def is_loss_scaled(optimizer):
     return isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
 
-def inner(optimizer):
-    """The optimizer that holds the slots: the wrapped one of a loss-scaled optimizer, else itself."""
-    return optimizer.inner_optimizer if is_loss_scaled(optimizer) else optimizer
-
-
 def loss_scale(optimizer):
     """The factor `optimizer` expects the loss multiplied by: its current loss scale, else 1."""
     if not is_loss_scaled(optimizer):
