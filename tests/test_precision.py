@@ -29,6 +29,8 @@ METHODS = {
 STAGES = {"redo": ("train",), "perturbgan": ("generator", "segmenter"), "labels4free": ("alpha",)}
 BATCH = 4
 STEPS = 2
+# One worker runs the module, so the float32 reference runs are made once, not once per worker.
+pytestmark = pytest.mark.xdist_group("precision")
 
 
 def _train(method, policy):
