@@ -21,6 +21,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfseg.modeling import layers as L
+
 #: How many of the generator's highest-resolution blocks A reads (the reference's choice).
 NUM_BLOCKS = 6
 _CUBIC_A = -0.75
@@ -132,7 +134,7 @@ class AlphaNetwork(keras.layers.Layer):
             projected = ops.concatenate([proj_a(f0), proj_b(f1)], axis=-1)
             if j == self.num_blocks - 1:
                 x = projected if running is None else projected + running
-                return ops.sigmoid(ops.cast(self.head(x), "float32"))
+                return ops.sigmoid(L.float32(self.head(x)))
             if running is None:
                 running = projected
             else:

@@ -34,6 +34,7 @@ from keras import ops
 
 from tfseg.modeling.equalized import (EqualConv2D, EqualDense, channels_at, minibatch_stddev,
                                       pixel_norm)
+from tfseg.modeling import layers as L
 from tfseg.modeling.resolutions import power_of_two_log2
 
 SQRT2 = math.sqrt(2.0)
@@ -461,7 +462,7 @@ class Generator(keras.Model):
             x, skip, feats = block(x, ws[:, 2 * j - 1:2 * j + 2], skip,
                                    noise[2 * j - 1], noise[2 * j])
             features.append(feats)
-        skip = ops.cast(skip, "float32")  # images in float32 under mixed precision too
+        skip = L.float32(skip)  # images in float32 under mixed precision too
         if return_features:
             return skip, features
         return skip
@@ -600,7 +601,7 @@ class Discriminator(keras.Model):
         # NHWC flatten; the converter permutes the reference's NCHW-flattened weights to match.
         x = ops.reshape(x, (-1, 16 * x.shape[-1]))
         x = ops.leaky_relu(self.final_dense(x), negative_slope=0.2) * SQRT2
-        return ops.squeeze(ops.cast(self.out(x), "float32"), axis=-1)
+        return ops.squeeze(L.float32(self.out(x)), axis=-1)
 
 
 # -- converted checkpoints ------------------------------------------------------------------------

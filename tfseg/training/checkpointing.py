@@ -61,7 +61,8 @@ def restore(checkpoint, path):
             "tfseg.methods.redo.spectral_norm existed need --gin_bindings=\"tfseg.methods.redo."
             "spectral_norm='keras'\"; ReDO runs of a config other than demo.gin made before the reference "
             "defaults also need \"tfseg.methods.redo.generator_seed_multiplier=2\" and "
-            "\"tfseg.methods.redo.shared_encoder_trunk=True\"). Resume it with the bindings it was made with, or pass another "
+            "\"tfseg.methods.redo.shared_encoder_trunk=True\"). Resume it with the bindings it was made "
+            "with, or pass another "
             "--model_dir; the run was left as it was.") from err
 
 

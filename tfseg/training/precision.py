@@ -12,17 +12,9 @@ import contextlib
 
 import keras
 
-from tfseg.errors import ConfigError
 from tfseg.methods import optimizers
 
 POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
-
-
-def check(name):
-    """Raises ConfigError naming the binding unless `name` is one of `POLICIES`."""
-    if name not in POLICIES:
-        raise ConfigError(f"tfseg.training.TrainConfig.precision = {name!r}: must be one of "
-                          f"{', '.join(repr(p) for p in POLICIES)}.")
 
 
 @contextlib.contextmanager
@@ -30,9 +22,9 @@ def policy(name):
     """Networks and optimizers built inside use the dtype policy `name`; the global one is restored.
 
     Keras' policy is process-wide, hence a context: an in-process training does not leave 16-bit
-    networks behind for what runs next (an evaluation, a test).
+    networks behind for what runs next (an evaluation, a test). `name` is one of `POLICIES`
+    (`TrainConfig` validates it).
     """
-    check(name)
     before = keras.config.dtype_policy()
     keras.config.set_dtype_policy(name)
     try:

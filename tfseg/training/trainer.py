@@ -145,7 +145,8 @@ class TrainConfig:
         check("foreground_region", whole(0, none_ok=True), "None (chosen for you) or a region index >= 0")
         for name in ("skip_nonfinite", "exact_resume", "optimize_graphs"):
             check(name, lambda v: isinstance(v, bool), "True or False")
-        precision.check(self.precision)
+        check("precision", lambda v: v in precision.POLICIES,
+              f"one of {', '.join(repr(p) for p in precision.POLICIES)}")
         check("selection_metric", lambda v: v in SELECTION_METRICS,
               f"one of {', '.join(repr(m) for m in SELECTION_METRICS)}")
 
