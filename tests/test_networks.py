@@ -88,3 +88,28 @@ def test_redo_discriminator_block_gives_its_gain_to_the_shortcut_too():
     # Orthogonal init of a 1x1 conv 4 -> 8: the singular values of the kernel are all the gain.
     kernel = block.shortcut._kernel.numpy().reshape(4, 8)  # the stored W, before W / sigma
     np.testing.assert_allclose(np.linalg.svd(kernel, compute_uv=False), 0.3, atol=1e-5)
+
+
+@pytest.mark.parametrize("network,inputs", [
+    (lambda: MaskNetwork(width=8, num_residual_blocks=2), lambda: [tf.zeros([2, 16, 16, 3])]),
+    (lambda: RegionGenerator(16, width=4, self_attention=False, z_dim=3),
+     lambda: [tf.ones([2, 16, 16, 1]), tf.zeros([2, 3])]),
+    (lambda: Discriminator(16, width=4, self_attention=False, z_dim=3), lambda: [tf.zeros([2, 16, 16, 3])]),
+])
+def test_composite_networks_build_on_their_first_call_without_tracing_each_block_again(
+        network, inputs, monkeypatch):
+    from tfseg.modeling import mask_network, redo_discriminator, redo_generator  # pylint: disable=import-outside-toplevel
+    calls = []
+    for block in (mask_network.ResidualBlock, redo_generator.UpResBlock, redo_discriminator.DownResBlock):
+        original = block.call
+        monkeypatch.setattr(block, "call", lambda self, *a, _original=original, **k: (
+            calls.append(self.name), _original(self, *a, **k))[1])
+    net = network()
+    net(*inputs())
+    # Keras' own build of a layer without `build` traces its call, and each nested block's again.
+    assert calls and len(calls) == len(set(calls)), calls
+    assert net.built and net.trainable_variables
+    num_variables = len(net.trainable_variables)
+    net(*inputs())
+    assert len(calls) == 2 * len(set(calls))  # the second call runs each block once more, no new state
+    assert len(net.trainable_variables) == num_variables

@@ -9,7 +9,7 @@ from keras import ops
 from tfseg.modeling import layers as L
 
 
-class ResidualBlock(keras.layers.Layer):
+class ResidualBlock(L.BuiltOnFirstCall, keras.layers.Layer):
     """conv3x3 -> IN -> ReLU -> conv3x3 (bias) -> + skip -> IN -> ReLU (ReDO's mask-net block)."""
 
     def __init__(self, channels, gain=0.8, **kwargs):
@@ -24,7 +24,7 @@ class ResidualBlock(keras.layers.Layer):
         return ops.relu(self.norm2(x + self.conv2(h)))
 
 
-class MaskNetwork(keras.Model):
+class MaskNetwork(L.BuiltOnFirstCall, keras.Model):
     """Soft masks of `num_regions` regions from an image.
 
     Args:

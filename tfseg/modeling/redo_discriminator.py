@@ -43,7 +43,7 @@ class DownResBlock(keras.layers.Layer):
         return h + skip
 
 
-class DiscriminatorTrunk(keras.Model):
+class DiscriminatorTrunk(L.BuiltOnFirstCall, keras.Model):
     """Residual trunk from `[batch, R, R, 3]` images down to 4x4, then spatial sum pooling.
 
     Args:
@@ -74,7 +74,7 @@ class DiscriminatorTrunk(keras.Model):
         return ops.sum(L.float32(h), axis=(1, 2))  # the reference pools without a final ReLU
 
 
-class Discriminator(keras.Model):
+class Discriminator(L.BuiltOnFirstCall, keras.Model):
     """D with an optional z-encoder head on the same trunk (or, without its real/fake head, a z-encoder).
 
     Call: `images [batch, R, R, 3]` -> `(logits [batch] or None, codes [batch, num_regions, z_dim] or None)`.

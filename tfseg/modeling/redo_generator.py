@@ -12,7 +12,7 @@ from tfseg.modeling import layers as L
 from tfseg.modeling.resolutions import power_of_two_log2
 
 
-class UpResBlock(keras.layers.Layer):
+class UpResBlock(L.BuiltOnFirstCall, keras.layers.Layer):
     """CN(z) -> ReLU -> concat mask -> up x2 -> SN-conv3x3 -> CN(z) -> ReLU -> SN-conv3x3, + up/1x1 shortcut."""
 
     def __init__(self, channels, gain=0.8, norm_offset=0.0, spectral_norm="reference", **kwargs):
@@ -37,7 +37,7 @@ def _pool_to(mask, size):
     return mask if factor == 1 else ops.average_pool(mask, factor, factor)
 
 
-class RegionGenerator(keras.Model):
+class RegionGenerator(L.BuiltOnFirstCall, keras.Model):
     """Draws one region: `(mask [batch, R, R, 1] in [0,1], z [batch, nz])` -> `[batch, R, R, 3]` in [-1,1] * mask.
 
     Args:

@@ -214,7 +214,7 @@ class LayeredGenerator(keras.layers.Layer):
                 "mask": ops.sigmoid(logits)}
 
 
-class ProGANDiscriminator(keras.layers.Layer):
+class ProGANDiscriminator(L.BuiltOnFirstCall, keras.layers.Layer):
     """PerturbGAN's critic (and, with `outputs` > 1 and no minibatch stddev, its latent encoder).
 
     fromRGB 1x1, then per resolution conv3x3 -> LReLU -> blur -> conv3x3 -> avg-pool -> LReLU
