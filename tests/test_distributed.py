@@ -91,28 +91,77 @@ def _free_ports(n):
     return ports
 
 
-@pytest.mark.slow
-def test_two_local_workers_train_one_run_and_only_the_chief_writes(tmp_path):
+def _two_workers(model_dir, gin_file, *bindings):
+    """Trains `gin_file --smoke` on two local worker processes (TF_CONFIG, free ports); their outputs."""
     import json
-    model_dir = tmp_path / "run"
     cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
     workers = []
     for index in range(2):
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
         workers.append(subprocess.Popen(
-            [sys.executable, "-m", "tfseg.train", "--gin_file=gin_configs/demo.gin", "--smoke",
-             f"--model_dir={model_dir}", "--gin_bindings=tfseg.training.make_strategy.name='multi_worker'"],
+            [sys.executable, "-m", "tfseg.train", f"--gin_file=gin_configs/{gin_file}", "--smoke",
+             f"--model_dir={model_dir}", "--gin_bindings=tfseg.training.make_strategy.name='multi_worker'",
+             *[f"--gin_bindings={b}" for b in bindings]],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = [w.communicate(timeout=600) for w in workers]
     for worker, (out, err) in zip(workers, outputs):
         assert worker.returncode == 0, err[-3000:]
-        assert "step 2/2" in out
-    # Both workers ran the same synchronous steps: the same losses and the same test scores.
-    last_step = [[line for line in out.splitlines() if line.startswith("step 2/2")][0].split("|")[1]
-                 for out, _ in outputs]
+    return [out for out, _ in outputs]
+
+
+def _fingerprint(out):
+    lines = [line for line in out.splitlines() if line.startswith("weights fingerprint ")]
+    assert len(lines) == 1, out[-2000:]
+    return lines[0].split()[2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gin_file,steps", [("demo.gin", 2), ("demo_perturbgan.gin", 6)])
+def test_two_local_workers_train_one_run_to_the_same_weights_and_only_the_chief_writes(gin_file, steps, tmp_path):
+    import json
+    model_dir = tmp_path / "run"
+    outputs = _two_workers(model_dir, gin_file)
+    for out in outputs:
+        assert f"step {steps}/{steps}" in out
+    # Synchronous steps: the same losses, and the same weights at the end.
+    last_step = [[line for line in out.splitlines() if line.startswith(f"step {steps}/{steps}")][0].split("|")[1]
+                 for out in outputs]
     assert last_step[0] == last_step[1]
-    assert "this worker writes nothing there" in outputs[1][0]
+    assert _fingerprint(outputs[0]) == _fingerprint(outputs[1])
+    assert "this worker writes nothing there" in outputs[1]
     with open(model_dir / "eval_test.json") as f:
         assert json.load(f)["num_images"] == 8
-    assert sorted(os.listdir(model_dir / "checkpoints"))[-1].startswith("ckpt-2")
+    assert sorted(os.listdir(model_dir / "checkpoints"))[-1].startswith(f"ckpt-{steps}")
+    if gin_file != "demo.gin":
+        return
+    # The chief's checkpoint goes on training on one machine (another strategy is not another config).
+    result = subprocess.run(
+        [sys.executable, "-m", "tfseg.train", f"--gin_file=gin_configs/{gin_file}", "--smoke",
+         f"--model_dir={model_dir}", "--gin_bindings=tfseg.training.TrainConfig.num_steps=3"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed from {model_dir}/checkpoints/ckpt-2 at step 2" in result.stdout
+    assert "step 3/3" in result.stdout and "weights fingerprint" not in result.stdout  # one machine
+
+
+def test_training_data_is_split_between_workers_by_example_unless_the_source_shards_itself():
+    import tensorflow as tf
+    from tfseg.training import strategy
+    policy = lambda ds: ds.options().experimental_distribute.auto_shard_policy  # noqa: E731
+    generated = strategy.shard_by_example_unless_set(tf.data.Dataset.range(8).batch(2))
+    assert policy(generated) == tf.data.experimental.AutoShardPolicy.DATA
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    sharded_by_source = tf.data.Dataset.range(8).with_options(options).map(lambda x: x)
+    assert policy(strategy.shard_by_example_unless_set(sharded_by_source)) == tf.data.experimental.AutoShardPolicy.OFF
+
+
+def test_weights_fingerprint_changes_with_any_weight_and_is_stable():
+    import tensorflow as tf
+    from tfseg.training import strategy
+    a, b = tf.Variable([1.0, 2.0]), tf.Variable([[3.0]])
+    first = strategy.weights_fingerprint([a, b])
+    assert first == strategy.weights_fingerprint([a, b]) and len(first) == 8
+    b.assign([[3.0000002]])
+    assert strategy.weights_fingerprint([a, b]) != first

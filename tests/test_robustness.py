@@ -251,3 +251,13 @@ def test_the_eta_covers_every_remaining_step_at_the_pace_since_the_first_step(mo
     clock["now"] = 178.0  # then 9 steps in 18 s: 2 s per step, 90 steps to go
     bar.update(10, {"loss/x": 1.0})
     assert stream.getvalue().rstrip().endswith("ETA 03:00")
+
+
+def test_a_run_resumes_on_another_strategy_but_not_with_another_model():
+    saved = ("tfseg.training.make_strategy.name = 'multi_worker'\n"
+             "tfseg.training.TrainConfig.num_steps = 2\ntfseg.methods.redo.z_dim = 4\nRESOLUTION = 16\n")
+    on_one_machine = "tfseg.training.TrainConfig.num_steps = 3\ntfseg.methods.redo.z_dim = 4\nRESOLUTION = 16\n"
+    assert run_dir.config_differences(saved, on_one_machine) == []
+    assert run_dir.config_differences(saved, on_one_machine.replace("z_dim = 4", "z_dim = 8")) == [
+        ("tfseg.methods.redo.z_dim", "4", "8")]
+    assert run_dir.config_differences(saved, on_one_machine.replace("= 16", "= 32")) == [("RESOLUTION", "16", "32")]

@@ -188,6 +188,18 @@ def test_unknown_configurable_fails_with_a_suggestion(tmp_path, capsys):
     assert "tfseg.methods.redoo" in err and "tfseg.methods.redo" in err
 
 
+@pytest.mark.parametrize("name,expected", [("tpu", "no TPU 'local' could be used"),
+                                             ("gpu_cluster", "unknown strategy 'gpu_cluster'")])
+def test_a_strategy_that_cannot_run_here_fails_before_any_network_naming_the_binding(name, expected, tmp_path,
+                                                                                     capsys):
+    code = run_train(f"--gin_file={REPO}/gin_configs/demo.gin", f"--model_dir={tmp_path}/run",
+                     f"--gin_bindings=tfseg.training.make_strategy.name='{name}'")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert expected in err and "tfseg.training.make_strategy" in err and "mirrored" in err
+    assert "Traceback" not in err and not os.path.exists(f"{tmp_path}/run/checkpoints")
+
+
 def test_missing_gin_file_lists_the_shipped_ones(tmp_path, capsys):
     assert run_train("--gin_file=gin_configs/nope.gin", f"--model_dir={tmp_path}") == 2
     err = capsys.readouterr().err

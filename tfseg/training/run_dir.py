@@ -26,6 +26,10 @@ RESUMABLE_CHANGES = ("num_steps", "stage_steps", "log_every", "eval_every", "che
                      "eval_examples", "eval_batch_size", "keep_checkpoints", "max_restarts",
                      "collapse_before_step", "image_dir", "mask_dir", "lmdb_dir", "file_pattern", "data_dir")
 
+#: Configurables whose every binding may change on resumption: where the run trains (a cluster's
+#: checkpoint resumes on one machine, and the other way round).
+RESUMABLE_CONFIGURABLES = ("make_strategy",)
+
 #: Bindings this check leaves to the checkpoint restore: they change the variables' layout, so a
 #: value that does not fit the run is refused there (`checkpointing.CheckpointMismatch`, which says
 #: the fix). Checked here, a run made before the parameter existed could never be resumed: its
@@ -122,11 +126,13 @@ def _bindings(config_text):
 
 
 def config_differences(saved_text, new_text):
-    """Bindings (other than `RESUMABLE_CHANGES`) whose values differ: `[(key, saved, new)]`."""
+    """Bindings (other than `RESUMABLE_CHANGES` and `RESUMABLE_CONFIGURABLES`) differing: `[(key, saved, new)]`."""
     saved, new = _bindings(saved_text), _bindings(new_text)
     diffs = []
     for key in sorted(set(saved) | set(new)):
-        if key.rsplit(".", 1)[-1] in RESUMABLE_CHANGES + CHECKED_AT_RESTORE:
+        selector, _, parameter = key.rpartition(".")
+        if (parameter in RESUMABLE_CHANGES + CHECKED_AT_RESTORE
+                or selector.rpartition(".")[2] in RESUMABLE_CONFIGURABLES):
             continue
         if saved.get(key) != new.get(key):
             diffs.append((key, saved.get(key, "(unset)"), new.get(key, "(unset)")))

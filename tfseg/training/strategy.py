@@ -1,10 +1,14 @@
 """tf.distribute strategy, XLA and graph-optimisation choices, all by gin."""
 import contextlib
+import zlib
 
 import gin
+import numpy as np
 import tensorflow as tf
 
-STRATEGIES = ("mirrored", "one_device", "multi_worker")
+from tfseg.errors import ConfigError
+
+STRATEGIES = ("mirrored", "one_device", "multi_worker", "tpu")
 
 
 @gin.configurable(module="tfseg.training")
@@ -12,9 +16,11 @@ def make_strategy(name="mirrored", device=None):
     """Returns the distribution strategy.
 
     Args:
-        name: "mirrored" (all local GPUs, else the CPU), "one_device", or "multi_worker"
-            (MultiWorkerMirroredStrategy; reads the cluster from the TF_CONFIG environment variable).
-        device: for "one_device", e.g. "/gpu:0"; default: the first GPU, else the CPU.
+        name: "mirrored" (all local GPUs, else the CPU), "one_device", "multi_worker"
+            (MultiWorkerMirroredStrategy; reads the cluster from the TF_CONFIG environment variable),
+            or "tpu" (TPUStrategy).
+        device: for "one_device", e.g. "/gpu:0"; default: the first GPU, else the CPU. For "tpu",
+            the TPU's name or grpc:// address; default "local" (the TPU of a TPU VM).
     """
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
@@ -24,8 +30,27 @@ def make_strategy(name="mirrored", device=None):
         return tf.distribute.OneDeviceStrategy(device)
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        return _tpu_strategy(device or "local")
     raise ValueError(f"unknown strategy {name!r}; set tfseg.training.make_strategy.name to one of "
                      f"{', '.join(STRATEGIES)}")
+
+
+def _tpu_strategy(tpu):
+    """TPUStrategy on `tpu`, connected and initialised as TensorFlow's TPU guide does it (a TPU VM's
+    own TPU needs no connection). Never run here: no TPU reaches this project."""
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        if tpu != "local":
+            tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, tf.errors.OpError) as e:
+        first_line = (getattr(e, "message", None) or str(e)).splitlines()[0].split(". ")[0]
+        raise ConfigError(f"tfseg.training.make_strategy.name = 'tpu', but no TPU {tpu!r} could be used "
+                          f"({first_line}). On a TPU VM leave tfseg.training.make_strategy.device unset; for "
+                          "another TPU bind it to its name or grpc:// address; without a TPU choose "
+                          f"another strategy ({', '.join(STRATEGIES[:3])}).") from e
+    return tf.distribute.TPUStrategy(resolver)
 
 
 def is_chief(strategy):
@@ -40,6 +65,38 @@ def is_chief(strategy):
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def num_workers(strategy):
+    """How many machines (processes) train together: 1 for every single-machine strategy."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    cluster = resolver.cluster_spec().as_dict()
+    return max(1, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))
+
+
+def shard_by_example_unless_set(dataset):
+    """Sets tf.data's auto-sharding to DATA (each worker keeps every N-th example) unless the source
+    chose a policy itself (the TFRecord source shards by file and turns it OFF). AUTO would reach the
+    same split for the generator-backed sources only after failing to find files, with a warning."""
+    if dataset.options().experimental_distribute.auto_shard_policy != tf.data.experimental.AutoShardPolicy.AUTO:
+        return dataset
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def weights_fingerprint(variables):
+    """CRC-32 of the variables' bytes, in order, as 8 hex digits.
+
+    Synchronous training ends with the same weights on every worker; a multi-worker run prints this
+    at its end so that one line per worker's log shows they agree.
+    """
+    crc = 0
+    for variable in variables:
+        crc = zlib.crc32(np.ascontiguousarray(tf.convert_to_tensor(variable).numpy()).tobytes(), crc)
+    return f"{crc:08x}"
 
 
 def resolve_jit_compile(jit_compile):

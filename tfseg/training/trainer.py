@@ -241,7 +241,7 @@ def _training_dataset(config, strategy, skip_batches=0):
     """The distributed training stream, seeded by the run's seed, `skip_batches` batches in."""
     dataset = pipeline.make_dataset("train", config.batch_size, resolution=config.resolution, seed=config.seed)
     # Training never sees a label, even where the data set has them.
-    dataset = dataset.map(_image_only)
+    dataset = strategy_lib.shard_by_example_unless_set(dataset.map(_image_only))
     if skip_batches:
         dataset = dataset.skip(skip_batches)
     return iter(strategy.experimental_distribute_dataset(dataset))
@@ -410,6 +410,9 @@ class Trainer:
                     display.message(message)
                     raise signals.Stopped(stop.signum, message)
         self._save_latest(step)
+        if strategy_lib.num_workers(self.strategy) > 1:
+            display.message(f"weights fingerprint {strategy_lib.weights_fingerprint(self.model.variables)} "
+                            "(synchronous training: the same on every worker)")
         display.message(f"skipped as unreadable: {decode.skipped_count()} file(s)"
                         + (f", e.g.\n{decode.first_skipped(3)}" if decode.skipped_count() else ""))
         if self.nonfinite_total:
