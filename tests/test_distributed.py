@@ -107,7 +107,7 @@ def _two_workers(model_dir, gin_file, *bindings):
     outputs = [w.communicate(timeout=600) for w in workers]
     for worker, (out, err) in zip(workers, outputs):
         assert worker.returncode == 0, err[-3000:]
-    return [out for out, _ in outputs]
+    return [out for out, _ in outputs], [w.pid for w in workers]
 
 
 def _fingerprint(out):
@@ -121,7 +121,7 @@ def _fingerprint(out):
 def test_two_local_workers_train_one_run_to_the_same_weights_and_only_the_chief_writes(gin_file, steps, tmp_path):
     import json
     model_dir = tmp_path / "run"
-    outputs = _two_workers(model_dir, gin_file)
+    outputs, pids = _two_workers(model_dir, gin_file)
     for out in outputs:
         assert f"step {steps}/{steps}" in out
     # Synchronous steps: the same losses, and the same weights at the end.
@@ -130,6 +130,9 @@ def test_two_local_workers_train_one_run_to_the_same_weights_and_only_the_chief_
     assert last_step[0] == last_step[1]
     assert _fingerprint(outputs[0]) == _fingerprint(outputs[1])
     assert "this worker writes nothing there" in outputs[1]
+    # TensorBoard names each event file after the process that wrote it: all are worker 0's.
+    events = [name for _, _, names in os.walk(model_dir) for name in names if name.startswith("events.")]
+    assert events and all(f".{pids[0]}." in name for name in events), (pids, events)
     with open(model_dir / "eval_test.json") as f:
         assert json.load(f)["num_images"] == 8
     assert sorted(os.listdir(model_dir / "checkpoints"))[-1].startswith(f"ckpt-{steps}")
