@@ -35,6 +35,46 @@ def test_redraw_changes_exactly_one_region_per_image_and_keeps_the_other():
         assert np.abs(composites[i][inside] - images[i][inside]).mean() > 1e-3     # this one: redrawn
 
 
+def test_every_region_mode_redraws_each_region_of_every_image_and_sums_them_for_the_encoder():
+    model = _method(redraw_every_region=True)
+    images = tf.random.uniform([4, 16, 16, 3], -1, 1, seed=1)
+    masks = _half_masks(4)
+    composites, generated = model.redraw_every_region(images, masks, tf.random.normal([8, 4], seed=2),
+                                                      training=False)
+    composites, generated, images = composites.numpy(), generated.numpy(), images.numpy()
+    assert composites.shape == (8, 16, 16, 3) and generated.shape == (4, 16, 16, 3)
+    for k in range(2):  # block k of the composites: region k of images 0..3 redrawn, the other kept
+        inside = masks.numpy()[:, :, :, k] > 0.5
+        block = composites[4 * k:4 * (k + 1)]
+        np.testing.assert_array_equal(block[~inside], images[~inside])
+        assert np.abs(block[inside] - images[inside]).mean() > 1e-3
+        np.testing.assert_allclose(generated[inside], block[inside], atol=1e-6)  # wholly generated image
+
+
+def test_every_region_mode_shows_d_every_composite_and_the_encoder_one_generated_image_per_photo(monkeypatch):
+    model = _method(redraw_every_region=True)
+    seen = {"discriminator": [], "encoder": []}
+    for name in seen:
+        network = getattr(model, name)
+        monkeypatch.setattr(network, "call", lambda images, _call=network.call, _name=name, **kw: (
+            seen[_name].append(images.shape[0]), _call(images, **kw))[1])
+    batches = tuple({"image": tf.random.uniform([4, 16, 16, 3], -1, 1, seed=s)} for s in (3, 4))
+    metrics, _ = model.phase_gradients("generator", batches, tf.constant(3, tf.int64))
+    assert seen == {"discriminator": [8], "encoder": [4]}
+    assert all(v.shape == (4,) for v in metrics.losses.values())  # per real photo
+    metrics, _ = model.phase_gradients("discriminator", batches, tf.constant(3, tf.int64))
+    assert seen["discriminator"][1:] == [4, 8]  # the real batch, then every composite
+    assert metrics.losses["discriminator"].shape == (4,)
+
+
+def test_the_hinge_loss_averages_the_fakes_made_from_each_real_image():
+    real = tf.constant([0.0, 2.0])
+    fakes = tf.constant([0.0, -3.0, 1.0, -3.0])  # block 0 (one per real), then block 1
+    np.testing.assert_allclose(redo.losses.hinge_discriminator_loss(real, fakes).numpy(),
+                               [1.0 + (1.0 + 2.0) / 2, 0.0 + 0.0])
+    np.testing.assert_allclose(redo.losses.hinge_discriminator_loss(real, fakes[:2]).numpy(), [2.0, 0.0])
+
+
 def _groups(model):
     """Named groups of trainable variables; D's trunk and heads apart (the code head is the z-encoder)."""
     d = model.discriminator
@@ -61,6 +101,7 @@ def _networks_changed(model, phase, batches):
             if any(not np.array_equal(b, v.numpy()) for b, v in zip(before[name], variables))}
 
 
+@pytest.mark.parametrize("every_region", [False, True], ids=["one_region", "every_region"])
 @pytest.mark.parametrize("shared_trunk,phase,networks", [
     # Generator phase: F and the G_k descend the whole loss; the z-encoder only the information term.
     (False, "generator", {"mask_network", "generator_0", "generator_1", "encoder"}),
@@ -69,8 +110,8 @@ def _networks_changed(model, phase, batches):
     (True, "generator", {"mask_network", "generator_0", "generator_1", "d_trunk", "d_code_head"}),
     (True, "discriminator", {"d_trunk", "d_adversarial_head"}),
 ])
-def test_each_phase_trains_only_its_networks(shared_trunk, phase, networks):
-    model = _method(shared_encoder_trunk=shared_trunk)
+def test_each_phase_trains_only_its_networks(shared_trunk, phase, networks, every_region):
+    model = _method(shared_encoder_trunk=shared_trunk, redraw_every_region=every_region)
     batches = tuple({"image": tf.random.uniform([4, 16, 16, 3], -1, 1, seed=s)} for s in (3, 4))
     assert _networks_changed(model, phase, batches) == networks
 

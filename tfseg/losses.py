@@ -13,11 +13,20 @@ def hinge_discriminator_loss(real_logits, fake_logits):
 
     Args:
         real_logits: `[batch]` D on real images.
-        fake_logits: `[batch]` D on fakes (same batch size).
+        fake_logits: `[k * batch]` D on k fakes per real image, as k blocks of `batch` (k = 1: one
+            fake each; ReDO's every-region mode: one per region). Each block is averaged.
     Returns:
         `[batch]` per-example loss.
     """
-    return ops.relu(1.0 - real_logits) + ops.relu(1.0 + fake_logits)
+    return ops.relu(1.0 - real_logits) + per_source_example(ops.relu(1.0 + fake_logits), real_logits.shape[0])
+
+
+def per_source_example(values, batch):
+    """`[k * batch, ...]` values, k blocks of `batch` (k fakes made from each source example), averaged
+    over the k blocks: `[batch, ...]`. k = 1 returns `values` itself."""
+    if values.shape[0] == batch:
+        return values
+    return ops.mean(ops.reshape(values, (-1, batch) + tuple(values.shape[1:])), axis=0)
 
 
 def hinge_generator_loss(fake_logits):

@@ -44,6 +44,11 @@ class ReDOSettings:
             they were measured.
         discriminator_width, discriminator_max_width: D's first and maximal widths.
         discriminator_self_attention: D's self-attention block (§2.3).
+        redraw_every_region: False (tfseg's default, the paper's description): one region per image is
+            redrawn, the encoder reads that composite. True (the authors' code): every region of
+            every image is redrawn (n composites per image through D) and the encoder reads the
+            wholly generated image (the sum of the n redrawn regions) and recovers all n codes.
+            About n times the generator's and D's work per step.
         shared_encoder_trunk: the z-encoder is a head on D's trunk (InfoGAN-style, cheaper); False
             (the reference's netRecZ): a network of its own, shaped like D without self-attention.
             The demo configs keep True, with which they were measured.
@@ -71,6 +76,7 @@ class ReDOSettings:
     discriminator_width: int = 64
     discriminator_max_width: int = 1024
     discriminator_self_attention: bool = True
+    redraw_every_region: bool = False
     shared_encoder_trunk: bool = False
     info_weight: float = 5.0
     learning_rate: float = 1e-4
@@ -201,10 +207,35 @@ class ReDO(Method):
             regions.append(tf.fill([hi - lo], k))
         return tf.concat(composites, 0), tf.concat(regions, 0)
 
-    def _predicted_codes(self, composites, training):
-        network = self.encoder if self.encoder is not None else self.discriminator
-        logits, codes = network(composites, training=training)
-        return logits, codes
+    def redraw_every_region(self, images, masks, z, training):
+        """Redraws each region of every sample (the authors' code), region by region.
+
+        Args:
+            images: `[b, R, R, 3]`; masks: `[b, R, R, n]`; z: `[n * b, nz]`, block k for region k.
+        Returns:
+            `(composites [n * b, R, R, 3]` (block k: region k redrawn), `generated [b, R, R, 3]` (every
+            region redrawn: the sum of the n drawn regions, which the encoder reads)).
+        """
+        b = images.shape[0]
+        composites, drawn = [], []
+        for k, generator in enumerate(self.generators):
+            m = masks[..., k:k + 1]
+            drawn.append(generator(m, z[k * b:(k + 1) * b], training=training))
+            composites.append(drawn[-1] + (1.0 - m) * images)
+        return tf.concat(composites, 0), tf.add_n(drawn)
+
+    def _fakes(self, images, masks, z, training):
+        """The composites D judges, and what the encoder reads with the codes it must recover:
+        `(composites, encoder_input, code_index)` where `code_index` picks, per encoder input, the
+        redrawn region (None: all n codes, every-region mode)."""
+        if self.settings.redraw_every_region:
+            composites, generated = self.redraw_every_region(images, masks, z, training)
+            return composites, generated, None
+        composites, regions = self.redraw(images, masks, z, training)
+        return composites, composites, regions
+
+    def _codes_per_step(self, b):
+        return b * self.num_regions if self.settings.redraw_every_region else b
 
     # -- training phases ------------------------------------------------------------------------
     def phase_gradients(self, phase, batches, step):
@@ -216,21 +247,27 @@ class ReDO(Method):
 
     def _generator_gradients(self, images, step):
         b = images.shape[0]
-        z = self._codes(b, step, stream=0)
+        z = self._codes(self._codes_per_step(b), step, stream=0)
         mask_vars = self.mask_network.trainable_variables
         gen_vars = self._generator_variables()
         enc_vars = self._encoder_variables()
         with tf.GradientTape(persistent=True) as tape:
             masks = self.mask_network(images, training=True)
-            composites, regions = self.redraw(images, masks, z, training=True)
-            if self.encoder is None:
+            composites, encoder_input, regions = self._fakes(images, masks, z, training=True)
+            if self.encoder is None and encoder_input is composites:  # one pass through the shared trunk
                 logits, codes = self.discriminator(composites, training=True)
             else:
                 logits, _ = self.discriminator(composites, training=True)
-                _, codes = self.encoder(composites, training=True)
-            predicted = tf.gather(codes, regions, axis=1, batch_dims=1)
-            adversarial = losses.hinge_generator_loss(logits)
-            info = losses.information_conservation_loss(predicted, z)
+                encoder = self.encoder if self.encoder is not None else self.discriminator
+                _, codes = encoder(encoder_input, training=True)
+            if regions is None:  # every region redrawn: all n codes, [b, n, nz] against z's n blocks
+                info = losses.information_conservation_loss(
+                    codes, tf.transpose(tf.reshape(z, [self.num_regions, b, self.z_dim]), [1, 0, 2]))
+                info = tf.reduce_mean(info, axis=1)
+            else:
+                info = losses.information_conservation_loss(
+                    tf.gather(codes, regions, axis=1, batch_dims=1), z)
+            adversarial = losses.per_source_example(losses.hinge_generator_loss(logits), b)
             per_example = adversarial + self.settings.info_weight * info
             total = tf.nn.compute_average_loss(per_example)
             info_total = tf.nn.compute_average_loss(self.settings.info_weight * info)
@@ -254,10 +291,9 @@ class ReDO(Method):
     def _discriminator_gradients(self, images, real_images, step):
         b = images.shape[0]
         # The same z as the generator phase, redrawn by the *updated* F and G (reference order).
-        z = self._codes(b, step, stream=0)
+        z = self._codes(self._codes_per_step(b), step, stream=0)
         masks = self.mask_network(images, training=True)
-        composites, _ = self.redraw(images, masks, z, training=True)
-        composites = tf.stop_gradient(composites)
+        composites = tf.stop_gradient(self._fakes(images, masks, z, training=True)[0])
         d_vars = self._discriminator_variables()
         with tf.GradientTape() as tape:
             real_logits, _ = self.discriminator(real_images, training=True)
@@ -267,7 +303,7 @@ class ReDO(Method):
         grads = optimizers.gradients(tape, total, d_vars, self.discriminator_optimizer)
         metrics = PhaseMetrics(losses={"discriminator": per_example},
                                diagnostics={"discriminator/real": real_logits,
-                                            "discriminator/fake": fake_logits})
+                                            "discriminator/fake": losses.per_source_example(fake_logits, b)})
         return metrics, grads
 
     def apply_phase(self, phase, grads):
