@@ -35,29 +35,54 @@ def test_benchmark_prints_training_inference_and_savedmodel_rates():
 
 
 @pytest.mark.slow
-def test_benchmark_times_every_stage_of_a_staged_method():
+def test_paper_shapes_time_every_stage_of_a_workload_in_a_process_of_its_own_with_its_peak_memory():
+    # The PerturbGAN workload, shrunk by the smoke config and bindings given after the workload's own.
     result = subprocess.run(
-        [sys.executable, "tools/benchmark.py", "--gin_file=gin_configs/demo_perturbgan.gin",
-         "--gin_file=gin_configs/smoke.gin", "--steps=1", "--repeats=1", "--warmup=1",
-         "--inference_batch=2", "--xla=false", "--nosavedmodel"],
+        [sys.executable, "tools/benchmark.py", "--paper_shapes", "--workloads=perturbgan_64",
+         "--gin_file=gin_configs/smoke.gin", "--gin_bindings=tfseg.training.TrainConfig.resolution=16",
+         "--gin_bindings=tfseg.training.TrainConfig.batch_size=4", "--steps=1", "--xla=false"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO})
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "median of 1 x 1 steps after 1 untimed" in result.stdout
     for stage in ("generator", "encoder", "segmenter"):
-        assert re.search(rf"^off\s+{stage}\s+[\d.]+\s+[\d.]+\s+[\d.]+$", result.stdout, re.M), result.stdout
+        row = re.search(rf"^perturbgan_64\s+off\s+{stage}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$",
+                        result.stdout, re.M)
+        assert row, result.stdout
+        seconds, rate, _, peak_gib = map(float, row.groups())
+        assert seconds > 0 and rate > 0
+        assert 0.3 < peak_gib < 20  # TensorFlow alone takes several hundred MB
 
 
-def test_input_pipeline_rates_of_a_photo_folder_and_an_lsun_lmdb(tmp_path):
+def test_paper_workloads_exist_and_a_wrong_name_lists_them():
+    assert benchmark.chosen_workloads(None) == list(benchmark.PAPER_WORKLOADS)
+    assert benchmark.chosen_workloads(["redo_128"]) == ["redo_128"]
+    with pytest.raises(ValueError, match="unknown workload\\(s\\) redo_64; --workloads takes redo_128, "):
+        benchmark.chosen_workloads(["redo_128", "redo_64"])
+    for files, _, _ in benchmark.PAPER_WORKLOADS.values():
+        assert all(os.path.exists(os.path.join(REPO, "gin_configs", f)) for f in files)
+
+
+def test_paper_table_shows_seconds_per_step_images_per_second_and_peak_memory():
+    table = benchmark.format_paper_table({("redo_128", False): ({"train": (17.0, 2.94)}, 100.7, 3 * 2**30)})
+    assert re.search(r"^redo_128\s+off\s+train\s+17\.00\s+2\.94\s+100\.7\s+3\.00$", table, re.M), table
+
+
+def test_input_pipeline_rates_of_a_photo_folder_an_lsun_lmdb_and_tfrecord_shards(tmp_path):
     from PIL import Image
     photos = tmp_path / "photos"
     photos.mkdir()
     for i in range(4):
         Image.fromarray(lsun_fixture.photo(i)).save(photos / f"{i}.jpg")
     lsun_fixture.write_lsun_lmdb(str(tmp_path / "horse"))
+    from tfseg.data import tfrecord  # pylint: disable=import-outside-toplevel
+    tfrecord.prepare_folder(str(tmp_path / "shards"), 16, str(photos), num_shards=2, workers=1)
+    pattern = str(tmp_path / "shards" / "{split}-*.tfrecord")
     gin.bind_parameter("tfseg.data.make_dataset.shuffle_buffer", 8)  # warm-up need not decode 1000 photos
-    sources = benchmark.input_sources(image_dir=str(photos), lsun_lmdb=str(tmp_path / "horse"))
+    sources = benchmark.input_sources(image_dir=str(photos), lsun_lmdb=str(tmp_path / "horse"),
+                                      tfrecord_pattern=pattern)
     rates = benchmark.input_pipeline_rates(sources, batch_size=2, resolution=16, batches=2, repeats=2, warmup=1)
-    assert list(rates) == [f"photo folder {photos}", f"LSUN LMDB {tmp_path / 'horse'}"]
+    assert list(rates) == [f"photo folder {photos}", f"LSUN LMDB {tmp_path / 'horse'}", f"TFRecord shards {pattern}"]
     assert all(isinstance(rate, float) and rate > 0 for rate in rates.values()), rates
     table = benchmark.format_input_table(rates, 2, 16, 2, 2, 1)
     for name in rates:

@@ -2,23 +2,33 @@
 
     python tools/benchmark.py --gin_file=gin_configs/demo.gin [--repeats=5 --steps=20]
     python tools/benchmark.py --input_pipeline --image_dir=PHOTOS --lsun_lmdb=LSUN_DIR \
-        [--gin_file=gin_configs/lsun_horse.gin --xla=false --nosavedmodel]
+        --tfrecord_pattern='SHARDS/{split}-*.tfrecord' [--gin_file=gin_configs/lsun_horse.gin --xla=false --nosavedmodel]
 
 Synthetic inputs of the config's shape feed the exact training step the trainer runs
 (`tfseg.training.trainer.make_train_step`), so the figures measure compute, not data loading.
 Each figure is the median over `--repeats` timings of `--steps` steps, after warm-up (tracing
 and XLA compilation are excluded). Training images/s counts every image a step consumes.
 
+--paper_shapes times the papers' workloads (`PAPER_WORKLOADS`), each with XLA off and on in a
+process of its own, and prints seconds per step, images/s and the process's peak resident memory
+(which includes TensorFlow itself, about 1 GiB). Add --workloads=NAME,... to choose some; any
+--gin_file / --gin_bindings given apply after each workload's own (the tests shrink them that way).
+
 --input_pipeline times `tfseg.data.make_dataset("train", ...)` alone, no model, on each source
-given: a photo folder (--image_dir), an LSUN LMDB (--lsun_lmdb), and with --input_gin_source the
+given: a photo folder (--image_dir), an LSUN LMDB (--lsun_lmdb), TFRecord shards
+(--tfrecord_pattern), and with --input_gin_source the
 source the gin config binds (any source, e.g. tfseg.data.tfrecord_source with its file_pattern).
 With --gin_file the config's make_dataset bindings (resize, crops) apply, and the images/s each
 training stage consumes is printed beside the input rates: an input slower than that starves
 training.
 """
 import functools
+import os
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app, flags
@@ -37,10 +47,15 @@ def define_flags():
     flags.DEFINE_integer("inference_batch", 64, "Batch size of the mask-network inference timing.")
     flags.DEFINE_list("xla", ["false", "true"], "XLA settings to measure.")
     flags.DEFINE_bool("savedmodel", True, "Also export the (untrained) model and time its serving signatures.")
+    flags.DEFINE_bool("paper_shapes", False, "Time the papers' workloads (PAPER_WORKLOADS), one process "
+                      "per workload and XLA setting, with peak memory.")
+    flags.DEFINE_list("workloads", None, "With --paper_shapes: only these workloads.")
     flags.DEFINE_bool("input_pipeline", False, "Time the input pipeline alone on --image_dir, --lsun_lmdb "
                       "and/or the gin-bound source (--input_gin_source). Without --gin_file, only that.")
     flags.DEFINE_string("image_dir", None, "A folder of photos for --input_pipeline.")
     flags.DEFINE_string("lsun_lmdb", None, "An unzipped LSUN archive (folder with data.mdb) for --input_pipeline.")
+    flags.DEFINE_string("tfrecord_pattern", None, "TFRecord shards written by tools/prepare_data.py for "
+                        "--input_pipeline, e.g. 'data/photos_tfr/{split}-*.tfrecord'.")
     flags.DEFINE_bool("input_gin_source", False, "Also time the source bound to tfseg.data.make_dataset.source "
                       "by --gin_file / --gin_bindings.")
     flags.DEFINE_integer("input_batch", 32, "Batch size of the input pipeline timing.")
@@ -48,6 +63,88 @@ def define_flags():
     flags.DEFINE_integer("input_batches", 20, "Batches per input pipeline timing.")
     flags.DEFINE_integer("input_repeats", 5, "Input pipeline timings per source; the median is reported.")
     flags.DEFINE_integer("input_warmup", 5, "Untimed batches first (they also fill the shuffle buffer).")
+
+
+#: The papers' shapes (issue 13), `{name: (gin files, bindings, what it is)}`. Synthetic inputs; the
+#: data sources the configs name are never read.
+PAPER_WORKLOADS = {
+    "redo_128": (["redo_flowers.gin"], [
+        "tfseg.training.TrainConfig.batch_size = 25", "tfseg.methods.redo.redraw_every_region = False"],
+        "ReDO at 128 px, batch 25, Flowers widths, self-attention in G and D, one region redrawn per "
+        "image (as tfseg trains it by default); inference: the mask network, batch 25"),
+    "redo_128_reference_work": (["redo_flowers.gin"], [
+        "tfseg.training.TrainConfig.batch_size = 25", "tfseg.methods.redo.redraw_every_region = True",
+        "tfseg.methods.redo.shared_encoder_trunk = False"],
+        "the same with the reference's work: every region redrawn, a separate z-encoder"),
+    "perturbgan_64": (["lsun_horse.gin"], ["tfseg.training.TrainConfig.resolution = 64"],
+                      "PerturbGAN, 64 px, batch 32, 512-channel StyleGANs and critic"),
+    "perturbgan_128": (["lsun_horse.gin"], [], "PerturbGAN, 128 px, batch 32, 512-channel StyleGANs and critic"),
+    "labels4free_256": (["labels4free_lsun_horse.gin"], [
+        "tfseg.training.TrainConfig.batch_size = 4", "tfseg.methods.labels4free.pretrained_dir = None",
+        "tfseg.training.TrainConfig.stage_steps = {'stylegan2': 1, 'alpha': 1, 'segmenter': 1}"],
+        "Labels4Free at 256 px, batch 4: the StyleGAN2 step, the alpha-network step, the segmenter"),
+}
+
+#: A row of the single-config table: XLA, stage, train img/s, train steps/s, inference img/s.
+_ROW = re.compile(r"^(on|off)\s+(\S+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", re.M)
+
+
+def run_workload(name, jit, extra_files=(), extra_bindings=(), steps=3, repeats=1, warmup=1):
+    """Runs this tool on one workload of `PAPER_WORKLOADS` with one XLA setting, in a process of its own.
+
+    Returns:
+        `({stage: (seconds per step, train images/s)}, inference images/s, peak resident memory in
+        bytes)`.
+
+    Raises:
+        RuntimeError: the process failed; the message holds the end of its error output.
+    """
+    files, bindings, _ = PAPER_WORKLOADS[name]
+    from tfseg import config  # pylint: disable=import-outside-toplevel
+    files = [os.path.join(config.GIN_CONFIG_DIR, f) for f in files] + list(extra_files)
+    bindings = list(bindings) + list(extra_bindings)
+    batch = _bound_batch_size(files, bindings)
+    args = [sys.executable, os.path.abspath(__file__), *[f"--gin_file={f}" for f in files],
+            *[f"--gin_bindings={b}" for b in bindings], f"--xla={'true' if jit else 'false'}", "--nosavedmodel",
+            f"--inference_batch={batch}", f"--steps={steps}", f"--repeats={repeats}", f"--warmup={warmup}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(args, stdout=out, stderr=err, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        text, error = out.read(), err.read()
+    if process.returncode != 0:
+        raise RuntimeError(f"workload {name} (XLA {'on' if jit else 'off'}) failed with exit code "
+                           f"{process.returncode}:\n{error[-3000:]}")
+    stages, inference = {}, None
+    for _, stage, train_rate, steps_per_s, infer_rate in _ROW.findall(text):
+        stages[stage] = (1.0 / float(steps_per_s) if float(steps_per_s) else float("inf"), float(train_rate))
+        inference = float(infer_rate)
+    return stages, inference, usage.ru_maxrss * 1024  # Linux reports kilobytes
+
+
+def _bound_batch_size(files, bindings):
+    """The training batch size `files` and `bindings` resolve to (the inference batch follows it)."""
+    import gin  # pylint: disable=import-outside-toplevel
+    from tfseg import config  # pylint: disable=import-outside-toplevel
+    from tfseg.training import trainer  # pylint: disable=import-outside-toplevel
+    try:
+        config.parse(files, bindings)
+        return trainer.TrainConfig().batch_size
+    finally:
+        gin.clear_config()
+
+
+def format_paper_table(results):
+    """`{(workload, XLA): (stages, inference, peak bytes)}` -> the --paper_shapes table."""
+    lines = [f"{'workload':<26}{'XLA':<5}{'stage':<12}{'s/step':>10}{'img/s':>10}{'infer img/s':>13}{'peak GiB':>10}"]
+    for (name, jit), (stages, inference, peak) in results.items():
+        for stage, (seconds, rate) in stages.items():
+            lines.append(f"{name:<26}{'on' if jit else 'off':<5}{stage:<12}{seconds:>10.2f}{rate:>10.2f}"
+                         f"{inference:>13.1f}{peak / 2**30:>10.2f}")
+    return "\n".join(lines)
 
 
 def _median_rate(fn, images_per_call, steps, repeats, warmup):
@@ -122,19 +219,18 @@ def measure_savedmodel(model, train_config):
         return serving_benchmark.savedmodel_rates(path, train_config.resolution)
 
 
-def input_sources(image_dir=None, lsun_lmdb=None, gin_bound=False):
-    """The sources --input_pipeline times, `{row name: source}`.
-
-    The hook for further kinds of source: e.g. a --tfrecord_pattern row is
-    `functools.partial(tfseg.data.tfrecord_source, file_pattern=...)`. Until then any source can be
-    timed through gin with `gin_bound` (--input_gin_source).
-    """
-    from tfseg.data import folder, lsun, pipeline  # pylint: disable=import-outside-toplevel
+def input_sources(image_dir=None, lsun_lmdb=None, gin_bound=False, tfrecord_pattern=None):
+    """The sources --input_pipeline times, `{row name: source}`: a photo folder, an LSUN LMDB, TFRecord
+    shards, and (`gin_bound`, --input_gin_source) whatever source gin binds."""
+    from tfseg.data import folder, lsun, pipeline, tfrecord  # pylint: disable=import-outside-toplevel
     sources = {}
     if image_dir:
         sources[f"photo folder {image_dir}"] = functools.partial(folder.image_folder_source, image_dir=image_dir)
     if lsun_lmdb:
         sources[f"LSUN LMDB {lsun_lmdb}"] = functools.partial(lsun.lsun_source, lmdb_dir=lsun_lmdb)
+    if tfrecord_pattern:
+        sources[f"TFRecord shards {tfrecord_pattern}"] = functools.partial(tfrecord.tfrecord_source,
+                                                                           file_pattern=tfrecord_pattern)
     if gin_bound:
         source, _ = pipeline.bound_source()
         sources[f"gin-bound {getattr(source, '__name__', source)}"] = source
@@ -196,6 +292,8 @@ def main(argv):
     from tfseg.training import strategy as strategy_lib, trainer  # pylint: disable=import-outside-toplevel
 
     registry.import_configurables()
+    if FLAGS.paper_shapes:
+        return paper_shapes_main()
     try:
         config.parse(FLAGS.gin_file, FLAGS.gin_bindings)
     except ConfigError as err:
@@ -204,9 +302,10 @@ def main(argv):
     input_rates = {}
     if FLAGS.input_pipeline:
         try:
-            sources = input_sources(FLAGS.image_dir, FLAGS.lsun_lmdb, FLAGS.input_gin_source)
+            sources = input_sources(FLAGS.image_dir, FLAGS.lsun_lmdb, FLAGS.input_gin_source, FLAGS.tfrecord_pattern)
             if not sources:
-                raise DataError("--input_pipeline needs a source: --image_dir, --lsun_lmdb or --input_gin_source.")
+                raise DataError("--input_pipeline needs a source: --image_dir, --lsun_lmdb, --tfrecord_pattern "
+                                "or --input_gin_source.")
             input_rates = input_pipeline_rates(sources, FLAGS.input_batch, FLAGS.input_resolution,
                                                FLAGS.input_batches, FLAGS.input_repeats, FLAGS.input_warmup)
         except DataError as err:
@@ -244,6 +343,44 @@ def main(argv):
         print(f"{'signature':<22}{'batch 1':>10}{'batch 32':>10}")
         for name, key in (("serving_default bytes", "bytes"), ("serve_image_tensor", "tensor")):
             print(f"{name:<22}{rates[f'savedmodel_{key}_b1']:>10.1f}{rates[f'savedmodel_{key}_b32']:>10.1f}")
+    return 0
+
+
+def chosen_workloads(names):
+    """The --workloads list checked against `PAPER_WORKLOADS` (None: all of them, in order)."""
+    if not names:
+        return list(PAPER_WORKLOADS)
+    unknown = [name for name in names if name not in PAPER_WORKLOADS]
+    if unknown:
+        raise ValueError(f"unknown workload(s) {', '.join(unknown)}; --workloads takes "
+                         f"{', '.join(PAPER_WORKLOADS)}")
+    return list(names)
+
+
+def paper_shapes_main():
+    """--paper_shapes: every chosen workload with every --xla setting, one process each."""
+    from tfseg.training import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
+    try:
+        names = chosen_workloads(FLAGS.workloads)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    # A paper-shape step takes seconds to minutes on a CPU: fewer timed steps unless asked for.
+    counts = [FLAGS[flag].value if FLAGS[flag].present else default
+              for flag, default in (("steps", 3), ("repeats", 1), ("warmup", 1))]
+    results = {}
+    for name in names:
+        print(f"{name}: {PAPER_WORKLOADS[name][2]}", flush=True)
+        for setting in FLAGS.xla:
+            jit = strategy_lib.resolve_jit_compile(setting)
+            try:
+                results[(name, jit)] = run_workload(name, jit, FLAGS.gin_file, FLAGS.gin_bindings, *counts)
+            except RuntimeError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 1
+    print(f"\npaper shapes: median of {counts[1]} x {counts[0]} steps after {counts[2]} untimed; "
+          "peak = the process's peak resident memory, TensorFlow included")
+    print(format_paper_table(results))
     return 0
 
 
