@@ -329,7 +329,7 @@ def main(argv):
     for jit, (stages, infer_rate, _) in rows.items():
         for name, (train_rate, per_step, _) in stages.items():
             print(f"{'on' if jit else 'off':<6}{name:<12}{train_rate:>14.1f}"
-                  f"{train_rate / per_step:>16.2f}{infer_rate:>18.1f}")
+                  f"{train_rate / per_step:>16.5f}{infer_rate:>18.1f}")
     if True in rows and False in rows:
         for name in rows[False][0]:
             print(f"XLA on / off, {name}: training x{rows[True][0][name][0] / rows[False][0][name][0]:.2f}")
