@@ -154,6 +154,57 @@ def test_alpha_losses_match_hand_values():
     np.testing.assert_allclose(terms["total"], expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("probability", [0.0, 1.0])
+def test_stylegan2_style_mixing_switches_to_a_second_code_after_a_random_layer(probability):
+    model = _tiny_method()
+    g = model.generator
+    z = tf.random.normal([3, 8], seed=1)
+    own = g.map(z).numpy()
+    for k in range(4):
+        ws = model.mixed_styles(g, z, tf.constant([5, k], tf.int64), probability).numpy()
+        same = np.all(np.isclose(ws, own), axis=(0, 2))  # per layer: z's styles?
+        if probability == 0.0:
+            assert same.all()
+        else:  # z's styles up to the crossover (at least layer 0), the other code's from it on
+            crossover = int(np.argmin(same))
+            assert 1 <= crossover < g.num_ws and same[:crossover].all() and not same[crossover:].any()
+    assert l4f.Labels4FreeSettings(resolution=16).style_mixing_probability == 0.9  # StyleGAN2's
+
+
+def test_path_lengths_are_the_norm_of_the_jacobian_transposed_times_a_scaled_normal_image():
+    from tfseg import losses  # pylint: disable=import-outside-toplevel
+    a = tf.random.normal([4, 12], seed=3)  # a linear "generator": each layer's w_dim 4 -> 2x2x3 pixels
+
+    def generator(ws, noise=None, input_is_latent=False):
+        del noise
+        assert input_is_latent
+        return tf.reshape(tf.einsum("blw,wk->bk", ws, a), [-1, 2, 2, 3])
+
+    ws = tf.random.normal([3, 5, 4], seed=4)
+    seed = tf.constant([1, 2], tf.int64)
+    y = tf.reshape(tf.random.stateless_normal([3, 2, 2, 3], seed) / 2.0, [3, 12])  # / sqrt(H W)
+    expected = np.linalg.norm(y.numpy() @ a.numpy().T, axis=1)  # the same for every layer
+    np.testing.assert_allclose(losses.path_lengths(generator, ws, None, seed).numpy(), expected, rtol=1e-5)
+
+
+def test_path_length_regularisation_runs_every_interval_th_g_step_trains_g_and_keeps_its_mean_out_of_checkpoints():
+    model = _tiny_method(path_length_weight=2.0, path_length_interval=4)
+    plain = _tiny_method(path_length_weight=0.0)
+    assert all(np.array_equal(v.numpy(), w.numpy())  # one seed: the same initial G
+               for v, w in zip(model.generator.trainable_variables, plain.generator.trainable_variables))
+    batches = ({"image": tf.zeros([4, 16, 16, 3])},)
+    metrics, grads = model.phase_gradients("generator", batches, tf.constant(8, tf.int64))
+    penalty = metrics.losses["path_length"].numpy()
+    assert penalty.shape == (4,) and penalty[0] > 0 and np.all(penalty == penalty[0])
+    mean = model.path_length_mean.value.numpy()
+    assert mean > 0  # 0.01 of the batch's mean path length, from 0
+    _, plain_grads = plain.phase_gradients("generator", batches, tf.constant(8, tf.int64))
+    assert any(not np.allclose(g.numpy(), p.numpy()) for g, p in zip(grads, plain_grads))
+    metrics, _ = model.phase_gradients("generator", batches, tf.constant(9, tf.int64))  # not due
+    assert not metrics.losses["path_length"].numpy().any() and model.path_length_mean.value.numpy() == mean
+    assert all("path_length" not in v.path for v in model.variables)  # as the reference, not saved
+
+
 def test_ema_moves_each_variable_a_fraction_one_minus_decay_towards_the_generator():
     model = _tiny_method(ema_decay=0.9)
     pairs = model._ema_pairs()

@@ -56,6 +56,73 @@ def test_noise_seed_changes_details_and_none_is_deterministic():
     assert not np.allclose(a, noisy)
 
 
+def test_style_mixing_draws_the_blocks_up_to_the_crossover_with_the_first_code_and_the_rest_with_the_second():
+    gen = stylegan.LayeredGenerator(16, 8, 8, 1, 64, 8)
+    z, z2 = tf.random.normal([2, 8], seed=1), tf.random.normal([2, 8], seed=2)
+    last = gen.num_blocks - 1
+    assert gen.num_blocks == 3  # 4, 8 and 16 px
+    layers = lambda out: np.concatenate([out["background"].numpy(), out["mask_logits"].numpy()], -1)  # noqa: E731
+    np.testing.assert_allclose(layers(gen(z, mixing=(z2, tf.constant([last, last])))), layers(gen(z)), atol=1e-5)
+    np.testing.assert_allclose(layers(gen(z, mixing=(z2, tf.constant([-1, -1])))), layers(gen(z2)), atol=1e-5)
+    mixed = layers(gen(z, mixing=(z2, tf.constant([0, 1]))))
+    assert not np.allclose(mixed, layers(gen(z)), atol=1e-3) and not np.allclose(mixed, layers(gen(z2)), atol=1e-3)
+    styles = stylegan.mix_styles(tf.zeros([2, 8]), tf.ones([2, 8]), 1, 3).numpy()
+    assert styles.shape == (2, 3, 8) and styles[:, :2].max() == 0 and styles[:, 2].min() == 1
+
+
+@pytest.mark.parametrize("probability,mixes", [(0.0, False), (1.0, True)])
+def test_the_adversarial_steps_mix_styles_with_the_configured_probability(probability, mixes):
+    model = _method(style_mixing_probability=probability)
+    seeds = {name: tf.constant([7, k], tf.int64) for k, name in enumerate(("z", "noise", "shift", "jitter"))}
+    plain = model.render(4, seeds)["composite"].numpy()
+    mixed = model.render(4, seeds, mixing_seed=tf.constant([7, 99], tf.int64))["composite"].numpy()
+    assert (not np.allclose(plain, mixed, atol=1e-4)) == mixes
+    if mixes:  # crossovers below the last block, so the second code draws at least that block
+        _, crossovers = model._mixing(4, seeds["z"], tf.constant([7, 99], tf.int64))
+        assert all(0 <= c < model.generator.num_blocks - 1 for c in crossovers.numpy())
+
+
+def test_the_paper_configs_mix_styles_as_the_reference_and_the_cpu_configs_do_not():
+    import gin  # pylint: disable=import-outside-toplevel
+    for name, mixing, decay in (("lsun_horse.gin", 0.9, 0.999), ("demo_perturbgan.gin", 0.0, None),
+                                ("perturbgan_folder.gin", 0.0, None)):
+        gin.clear_config()  # (the autouse fixture clears it after the test)
+        config.parse([os.path.join(REPO, "gin_configs", name)], [])
+        settings = pg.PerturbGANSettings(resolution=16)
+        assert (settings.style_mixing_probability, settings.ema_decay) == (mixing, decay), name
+
+
+def test_the_ema_generator_follows_g_after_each_generator_step_and_every_later_use_samples_from_it():
+    model = _method(ema_decay=0.5)
+    pairs = model._ema_pairs()
+    assert pairs and all(np.array_equal(e.numpy(), g.numpy()) for e, g in pairs)  # starts at G
+    batches = ({"image": tf.random.uniform([4, 16, 16, 3], -1, 1, seed=1)},)
+    before = [(e.numpy().copy(), g.numpy().copy()) for e, g in pairs]
+    model.apply_phase("discriminator", model.phase_gradients("discriminator", batches, tf.constant(0, tf.int64))[1])
+    assert all(np.array_equal(e.numpy(), e0) for (e, _), (e0, _) in zip(pairs, before))  # D's step: untouched
+    model.apply_phase("generator", model.phase_gradients("generator", batches, tf.constant(0, tf.int64))[1])
+    moved = 0
+    for (e, g), (e0, _) in zip(pairs, before):
+        np.testing.assert_allclose(e.numpy(), 0.5 * e0 + 0.5 * g.numpy(), rtol=1e-5, atol=1e-6)
+        moved += not np.array_equal(e.numpy(), g.numpy())
+    assert moved  # halfway, so no longer G
+    assert model.sampler is model.generator_ema
+    images = batches[0]["image"]
+    styles = model.styles_of(images)
+    np.testing.assert_allclose(model.reconstruct(images)["mask"].numpy(),
+                               model.generator_ema(styles=styles)["mask"].numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(model.generator_ema(styles=styles)["background"].numpy(),
+                           model.generator(styles=styles)["background"].numpy())
+
+
+def test_without_ema_there_is_no_second_generator_and_g_itself_samples():
+    model = _method()
+    assert model.generator_ema is None and model.sampler is model.generator
+    assert not any("generator_ema" in v.path for v in model.variables)
+
+
+
+
 def test_equalized_dense_scales_weights_at_run_time_and_slows_the_mapping_network():
     layer = E.EqualDense(64, lr_mul=0.01)
     layer.build((None, 100))

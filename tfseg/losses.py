@@ -132,6 +132,26 @@ def logistic_generator_loss(fake_logits):
     return ops.softplus(-fake_logits)
 
 
+def path_lengths(generator, ws, noise, seed):
+    """StyleGAN2's path lengths: `||J_w^T y||` per sample, for the images G(ws) and y ~ N(0, I) / sqrt(H W),
+    the gradient's norm over each style vector averaged over the layers (as rosinality's).
+
+    Args:
+        generator: a StyleGAN2 `Generator` (called with `input_is_latent=True`).
+        ws: `[b, num_ws, w_dim]` per-layer styles.
+        noise: its noise maps. seed: stateless seed `[2]` of y.
+    Returns:
+        `[b]`, differentiable in G's weights (the gradient is taken inside the caller's tape).
+    """
+    with tf.GradientTape() as tape:
+        tape.watch(ws)
+        images = tf.cast(generator(ws, noise=noise, input_is_latent=True), tf.float32)
+        y = tf.random.stateless_normal(tf.shape(images), seed) / float(images.shape[1] * images.shape[2]) ** 0.5
+        projected = tf.reduce_sum(images * y)
+    grads = tape.gradient(projected, ws)
+    return tf.sqrt(tf.reduce_mean(tf.reduce_sum(tf.square(grads), axis=2), axis=1))
+
+
 def r1_penalty(critic, real_images):
     """R1 without gamma/2: ||grad_x D(x)||^2 on real images. Returns `[batch]`."""
     real_images = tf.stop_gradient(real_images)

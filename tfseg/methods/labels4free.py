@@ -36,7 +36,7 @@ from keras import ops
 from tfseg import losses
 from tfseg.errors import ConfigError
 from tfseg.methods.base import Method, PhaseMetrics, Stage
-from tfseg.methods import distillation
+from tfseg.methods import distillation, ema
 from tfseg.methods.distillation import DistilledSegmenter
 from tfseg.methods import optimizers
 from tfseg.methods.optimizers import gan_adam
@@ -46,6 +46,14 @@ from tfseg.modeling.alpha_network import NUM_BLOCKS, AlphaNetwork
 # Random streams of `replica_seed` (< 16), one per phase; each is split into the draws of a render.
 _SG_D, _SG_G, _ALPHA_D, _ALPHA, _SEGMENTER = 0, 1, 2, 3, 4
 _W_AVG_SEED = 7
+_PATH_LENGTH_DECAY, _PATH_LENGTH_BATCH_SHRINK = 0.01, 2  # StyleGAN2's
+
+
+class _NotCheckpointed:
+    """Holds state the checkpoint must not track (an attribute of a Keras model would be saved)."""
+
+    def __init__(self, value):
+        self.value = value
 DISTILL_SOURCES = ("composite", "foreground")
 ALPHA_DISCRIMINATORS = ("fresh", "stylegan2")
 
@@ -67,6 +75,13 @@ class Labels4FreeSettings:
         learning_rate: stage 1 Adam lr of G and D (StyleGAN2: 0.002).
         r1_gamma, r1_interval: lazy R1 weight and interval, both stages (10, 16; 0 disables).
         ema_decay: per-step decay of G's EMA (rosinality: 0.5 ** (32 / 10000) = 0.9978).
+        path_length_weight, path_length_interval: stage 1's lazy path-length regularisation of G
+            (StyleGAN2: 2, every 4th G step, on half the batch, running mean with decay 0.01, which
+            like the reference's is not checkpointed). 0 disables it; the CPU configs were measured
+            without it.
+        style_mixing_probability: stage 1's style mixing (StyleGAN2: 0.9): the chance that a D or G
+            step draws two codes and switches from the first's styles to the second's at a random
+            layer. The CPU configs that train stage 1 were measured without it (0).
         truncation: psi of G_fg around w-bar (per data set: 1.0, 0.5 cat, 0.3 car).
         background_truncation: psi of G_bg (1.0 in training).
         zero_4x4: how G_bg is made: "output" (S = 256, 1024 models) or "input" (S = 512 car).
@@ -99,6 +114,9 @@ class Labels4FreeSettings:
     r1_gamma: float = 10.0
     r1_interval: int = 16
     ema_decay: float = 0.9978
+    style_mixing_probability: float = 0.9
+    path_length_weight: float = 2.0
+    path_length_interval: int = 4
     truncation: float = 1.0
     background_truncation: float = 1.0
     zero_4x4: str = "output"
@@ -214,9 +232,13 @@ class Labels4Free(Method):
         if self.settings.pretrained_dir:
             self._load_pretrained()
         else:
-            # The EMA starts at G's initial weights.
-            for ema, source in self._ema_pairs():
-                ema.assign(source)
+            ema.copy(self._ema_pairs())  # the EMA starts at G's initial weights
+        # The running mean of G's path lengths (StyleGAN2): each replica keeps its own, as each of the
+        # reference's GPUs does (a mirrored variable would need a cross-replica sync inside the step's
+        # control flow, which tf.distribute forbids); read across replicas it is their mean.
+        self.path_length_mean = _NotCheckpointed(tf.Variable(
+            0.0, trainable=False, name="path_length_mean", synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.MEAN))
         self.build_optimizers()
 
     def _load_pretrained(self):
@@ -231,11 +253,7 @@ class Labels4Free(Method):
                      " and discriminator" if os.path.exists(path) else "", directory)
 
     def _ema_pairs(self):
-        """(EMA variable, G variable) for every trained variable of G, matched by position."""
-        pairs = [(e, g) for e, g in zip(self.generator_ema.weights, self.generator.weights)
-                 if g.trainable]
-        assert all(e.shape == g.shape for e, g in pairs)
-        return pairs
+        return ema.weight_pairs(self.generator_ema, self.generator)
 
     def phase_optimizers(self):
         return {"generator": (self.generator_optimizer, self.generator.trainable_variables),
@@ -256,11 +274,29 @@ class Labels4Free(Method):
         return [tf.random.stateless_normal([batch, r, r, 1], seeds[i])
                 for i, r in enumerate(resolutions)]
 
-    def sample(self, generator, batch, seed):
-        """Images `[batch, R, R, 3]` of `generator` for z and noise drawn from a seed `[2]`."""
+    def sample(self, generator, batch, seed, mixing_probability=0.0):
+        """Images `[batch, R, R, 3]` of `generator` for z and noise drawn from a seed `[2]`; with
+        `mixing_probability` > 0, style mixing (`mixed_styles`) on that share of the calls."""
         z_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         z = tf.random.stateless_normal([batch, self.z_dim], z_seed)
-        return generator(z, noise=self.make_noise(batch, noise_seed))
+        noise = self.make_noise(batch, noise_seed)
+        if not mixing_probability:
+            return generator(z, noise=noise)
+        ws = self.mixed_styles(generator, z, tf.random.experimental.stateless_fold_in(seed, 1), mixing_probability)
+        return generator(ws, noise=noise, input_is_latent=True)
+
+    @staticmethod
+    def mixed_styles(generator, z, seed, probability):
+        """StyleGAN2's style mixing: per-layer styles `[b, num_ws, w_dim]`, those of z up to a random
+        layer in 1..num_ws-1 and those of a second code after it, with `probability` (else z's)."""
+        seeds = tf.random.experimental.stateless_split(seed, 3)
+        ws = generator.map(z)
+        other = generator.map(tf.random.stateless_normal(tf.shape(z), seeds[0]))
+        mix = tf.random.stateless_uniform([], seeds[1]) < probability
+        crossover = tf.random.stateless_uniform([], seeds[2], minval=1, maxval=generator.num_ws, dtype=tf.int32)
+        crossover = tf.where(mix, crossover, generator.num_ws)
+        first = tf.range(generator.num_ws) < crossover
+        return tf.where(first[None, :, None], ws, other)
 
     def render_layers(self, batch, seed):
         """Draws G_fg, G_bg, alpha and the composite from the frozen EMA generator.
@@ -296,7 +332,8 @@ class Labels4Free(Method):
     def phase_gradients(self, phase, batches, step):
         if phase == "discriminator":
             real = batches[0]["image"]
-            fake = self.sample(self.generator, real.shape[0], self.replica_seed(step, _SG_D))
+            fake = self.sample(self.generator, real.shape[0], self.replica_seed(step, _SG_D),
+                               self.settings.style_mixing_probability)
             return self._discriminator_gradients(self.discriminator, real, fake, step)
         if phase == "generator":
             return self._generator_gradients(batches[0]["image"].shape[0], step)
@@ -342,12 +379,35 @@ class Labels4Free(Method):
 
     def _generator_gradients(self, batch, step):
         variables = self.generator.trainable_variables
+        s = self.settings
+        seed = self.replica_seed(step, _SG_G)
         with tf.GradientTape() as tape:
-            fake = self.sample(self.generator, batch, self.replica_seed(step, _SG_G))
-            per_example = losses.logistic_generator_loss(self.discriminator(fake))
+            fake = self.sample(self.generator, batch, seed, s.style_mixing_probability)
+            adversarial = losses.logistic_generator_loss(self.discriminator(fake))
+            path_penalty = tf.zeros([batch])
+            if s.path_length_weight and s.path_length_interval:
+                due = tf.equal(tf.math.floormod(tf.cast(step, tf.int64), s.path_length_interval), 0)
+                running = self.path_length_mean.value
+                path_penalty, mean = tf.cond(due, lambda: self._path_length_penalty(batch, seed, running),
+                                             lambda: (tf.zeros([batch]), tf.identity(running)))
+                running.assign(tf.stop_gradient(mean))
+            # Lazy: the penalty of every interval-th step counts interval times (the reference's scaling).
+            per_example = adversarial + s.path_length_weight * max(s.path_length_interval, 1) * path_penalty
             total = tf.nn.compute_average_loss(per_example)
         grads = optimizers.gradients(tape, total, variables, self.generator_optimizer)
-        return PhaseMetrics(losses={"generator": per_example}), grads
+        return PhaseMetrics(losses={"generator": adversarial, "path_length": path_penalty}), grads
+
+    def _path_length_penalty(self, batch, seed, running):
+        """(path length - its running mean)^2 on half the batch, as StyleGAN2.
+        Returns `(the penalty broadcast to [batch] (a per-example metric of the phase), the new mean)`."""
+        shrunk = max(1, batch // _PATH_LENGTH_BATCH_SHRINK)
+        seeds = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(seed, 2), 4)
+        z = tf.random.stateless_normal([shrunk, self.z_dim], seeds[0])
+        ws = self.mixed_styles(self.generator, z, seeds[1], self.settings.style_mixing_probability)
+        lengths = losses.path_lengths(self.generator, ws, self.make_noise(shrunk, seeds[2]), seeds[3])
+        mean = running + _PATH_LENGTH_DECAY * (tf.reduce_mean(lengths) - running)
+        penalty = tf.reduce_mean(tf.square(lengths - mean))  # through the new mean too, as rosinality
+        return tf.fill([batch], penalty), mean
 
     def alpha_losses(self, alpha, scores):
         """Per-example terms of A's objective (docs/methods.md §3.4).
@@ -392,29 +452,8 @@ class Labels4Free(Method):
             self.update_ema()
 
     def update_ema(self):
-        """ema <- decay * ema + (1 - decay) * G, for every trained variable of G.
-
-        Runs in replica context after G's optimizer step. G's variables are mirrored and equal on
-        every replica after the all-reduced update, so the update is done once per device through
-        the public `ReplicaContext.merge_call` and `extended.update`, as Keras' optimizers do,
-        instead of a replica-context assign (which a MirroredVariable without an aggregation
-        refuses). Outside any replica context (a cross-replica call) the merge function runs as is.
-        """
-        decay = self.settings.ema_decay
-        pairs = [(e.value, g.value) for e, g in self._ema_pairs()]
-
-        def update(ema, value):
-            return ema.assign(decay * ema + (1.0 - decay) * tf.cast(value, ema.dtype))
-
-        def merge_fn(strategy, pairs):
-            for ema, value in pairs:
-                strategy.extended.update(ema, update, args=(value,), group=False)
-
-        context = tf.distribute.get_replica_context()
-        if context is None:
-            merge_fn(tf.distribute.get_strategy(), pairs)
-        else:
-            context.merge_call(merge_fn, args=(pairs,))
+        """ema <- decay * ema + (1 - decay) * G, for every trained variable of G (`methods.ema`)."""
+        ema.update(self._ema_pairs(), self.settings.ema_decay)
 
     # -- summaries ------------------------------------------------------------------------------
     def summary_images(self, images, step):

@@ -25,7 +25,7 @@ from keras import ops
 
 from tfseg import losses
 from tfseg.methods.base import Method, PhaseMetrics, Stage
-from tfseg.methods import distillation
+from tfseg.methods import distillation, ema
 from tfseg.methods.distillation import DistilledSegmenter
 from tfseg.methods import optimizers
 from tfseg.methods.optimizers import gan_adam
@@ -38,6 +38,7 @@ _D_Z, _D_SHIFT, _D_JITTER, _D_NOISE, _D_MIX = 0, 1, 2, 3, 4
 _G_Z, _G_SHIFT, _G_JITTER, _G_NOISE = 5, 6, 7, 8
 _E_Z = 9
 _S_Z, _S_SHIFT, _S_JITTER, _S_NOISE = 11, 12, 13, 14
+_MIX_DECISION = 10  # one draw per step (and replica), shared by the D and G phases, as the reference decides
 
 
 @gin.configurable("perturbgan", module="tfseg.methods")
@@ -71,6 +72,14 @@ class PerturbGANSettings:
         segmenter_width, segmenter_residual_blocks, segmenter_learning_rate: the distilled
             segmenter (stage 3).
         distill_on_shifted: distil on shifted composites (more object positions) or unshifted ones.
+        style_mixing_probability: chance per step that the critic and generator steps draw mixed
+            styles (two codes; each synthesis network switches from the first to the second after a
+            random block). The paper's code: 0.9 (`perturbgan_paper_base.gin`); tfseg's CPU configs
+            were measured without it (0). Only the adversarial stage mixes.
+        ema_decay: keep an exponential moving average of G's weights with this decay per generator
+            step (the reference's `g_running`: 0.999, `perturbgan_paper_base.gin`) and let every
+            later use of G sample from it: the encoder route, the distilled segmenter's training
+            pairs, the image summaries. None (tfseg's CPU configs, measured so): G itself.
         seed: seeds weights and every random draw.
     """
     resolution: int
@@ -100,6 +109,8 @@ class PerturbGANSettings:
     segmenter_residual_blocks: int = 2
     segmenter_learning_rate: float = 1e-3
     distill_on_shifted: bool = True
+    style_mixing_probability: float = 0.0
+    ema_decay: Optional[float] = None
     seed: int = 0
 
     def build(self):
@@ -118,6 +129,11 @@ class PerturbGAN(Method):
         self.generator = LayeredGenerator(s.resolution, s.z_dim, s.w_dim, s.mapping_layers,
                                           s.channel_base, s.max_channels, s.single_generator,
                                           s.shared_mapping, name="generator")
+        self.generator_ema = None
+        if s.ema_decay is not None:
+            self.generator_ema = LayeredGenerator(s.resolution, s.z_dim, s.w_dim, s.mapping_layers,
+                                                  s.channel_base, s.max_channels, s.single_generator,
+                                                  s.shared_mapping, name="generator_ema")
         self.discriminator = ProGANDiscriminator(s.resolution, d_base, d_max, name="discriminator")
         self.encoder = ProGANDiscriminator(s.resolution, d_base, d_max,
                                            outputs=self.generator.num_styles * s.w_dim,
@@ -155,10 +171,26 @@ class PerturbGAN(Method):
         self.segmenter_batch_size = distillation.samples_per_replica(global_batch_size)
         images = tf.zeros([2, r, r, 3])
         self.generator(tf.zeros([2, self.z_dim]))
+        if self.generator_ema is not None:
+            self.generator_ema(tf.zeros([2, self.z_dim]))
+            ema.copy(self._ema_pairs())  # the average starts at G's initial weights
         self.discriminator(images)
         self.encoder(images)
         self.segmenter(images)
         self.build_optimizers()
+
+    def _ema_pairs(self):
+        return ema.weight_pairs(self.generator_ema, self.generator)
+
+    @property
+    def sampler(self):
+        """The generator every use after the adversarial steps samples from: G's EMA when kept."""
+        return self.generator if self.generator_ema is None else self.generator_ema
+
+    def apply_phase(self, phase, grads):
+        super().apply_phase(phase, grads)
+        if phase == "generator" and self.generator_ema is not None:
+            ema.update(self._ema_pairs(), self.settings.ema_decay)
 
     def phase_optimizers(self):
         return {"generator": (self.generator_optimizer, self.generator.trainable_variables),
@@ -167,19 +199,26 @@ class PerturbGAN(Method):
                 "segmenter": (self.segmenter_optimizer, self.segmenter.trainable_variables)}
 
     # -- generation -----------------------------------------------------------------------------
-    def render(self, batch, seeds, perturb=True):
+    def render(self, batch, seeds, perturb=True, mixing_seed=None, generator=None):
         """Draws layers from fresh z and composites them, shifted (training path) or not.
 
         Args:
             batch: number of samples.
             seeds: dict of stateless seeds "z", "noise", "shift", "jitter" (`[2]` each).
             perturb: apply the shift and the background contrast jitter.
+            mixing_seed: the step's seed of the style-mixing decision (None: no mixing); used only
+                when `style_mixing_probability` > 0.
+            generator: the network that draws (default: the trained G; `sampler` after stage 1).
         Returns:
             dict: the generator's layers, "composite" (unshifted), "shifted_mask" and
             "shifted_composite" `[b, R, R, 3|1]`.
         """
         z = tf.random.stateless_normal([batch, self.z_dim], seeds["z"])
-        out = dict(self.generator(z, noise_seed=seeds["noise"]))
+        mixing = None
+        if mixing_seed is not None and self.settings.style_mixing_probability > 0:
+            mixing = self._mixing(batch, seeds["z"], mixing_seed)
+        generator = self.generator if generator is None else generator
+        out = dict(generator(z, noise_seed=seeds["noise"], mixing=mixing))
         out["composite"] = perturbation.composite(out["foreground"], out["mask"], out["background"])
         if not perturb:
             out["shifted_mask"], out["shifted_composite"] = out["mask"], out["composite"]
@@ -193,6 +232,17 @@ class PerturbGAN(Method):
         out["shifted_composite"] = perturbation.composite(moved[..., :3], moved[..., 3:], background)
         return out
 
+    def _mixing(self, batch, z_seed, decision_seed):
+        """`(z2, crossovers)` for `LayeredGenerator`: with probability `style_mixing_probability`
+        a crossover per synthesis network in 0..blocks-2 (so the second style draws at least the
+        last block), else crossovers past the last block (no mixing)."""
+        g = self.generator
+        mix = tf.random.stateless_uniform([], decision_seed) < self.settings.style_mixing_probability
+        z2 = tf.random.stateless_normal([batch, self.z_dim], tf.random.experimental.stateless_fold_in(z_seed, 1))
+        drawn = tf.random.stateless_uniform([g.num_styles], tf.random.experimental.stateless_fold_in(z_seed, 2),
+                                            minval=0, maxval=max(1, g.num_blocks - 1), dtype=tf.int32)
+        return z2, tf.where(mix, drawn, g.num_blocks - 1)
+
     def _seeds(self, step, z, noise, shift, jitter):
         return {name: self.replica_seed(step, stream) for name, stream in
                 (("z", z), ("noise", noise), ("shift", shift), ("jitter", jitter))}
@@ -205,7 +255,7 @@ class PerturbGAN(Method):
 
     def reconstruct(self, images):
         """G(E(x)) rendered without noise or perturbation: its layers and "composite"."""
-        out = dict(self.generator(styles=self.styles_of(images)))
+        out = dict(self.sampler(styles=self.styles_of(images)))
         out["composite"] = perturbation.composite(out["foreground"], out["mask"], out["background"])
         return out
 
@@ -229,7 +279,8 @@ class PerturbGAN(Method):
 
     def _discriminator_gradients(self, real, step):
         b = real.shape[0]
-        fake = tf.stop_gradient(self.render(b, self._seeds(step, _D_Z, _D_NOISE, _D_SHIFT, _D_JITTER))
+        fake = tf.stop_gradient(self.render(b, self._seeds(step, _D_Z, _D_NOISE, _D_SHIFT, _D_JITTER),
+                                            mixing_seed=self.replica_seed(step, _MIX_DECISION))
                                 ["shifted_composite"])
         u = tf.random.stateless_uniform([b], self.replica_seed(step, _D_MIX))
         variables = self.discriminator.trainable_variables
@@ -251,7 +302,8 @@ class PerturbGAN(Method):
     def _generator_gradients(self, batch, step):
         variables = self.generator.trainable_variables
         with tf.GradientTape() as tape:
-            out = self.render(batch, self._seeds(step, _G_Z, _G_NOISE, _G_SHIFT, _G_JITTER))
+            out = self.render(batch, self._seeds(step, _G_Z, _G_NOISE, _G_SHIFT, _G_JITTER),
+                              mixing_seed=self.replica_seed(step, _MIX_DECISION))
             scores = self.discriminator(out["shifted_composite"])
             adversarial = losses.wasserstein_generator_loss(scores)
             # Both mask terms on the shifted mask, as in the reference code (docs/methods.md §1.9).
@@ -287,8 +339,8 @@ class PerturbGAN(Method):
                 # Generated images have known styles: regress them too (not in the poster's loss).
                 z = tf.random.stateless_normal([real.shape[0], self.z_dim],
                                                self.replica_seed(step, _E_Z))
-                styles = tf.stop_gradient(self.generator.styles(z))
-                drawn = self.generator(styles=styles)
+                styles = tf.stop_gradient(self.sampler.styles(z))
+                drawn = self.sampler(styles=styles)
                 images = perturbation.composite(drawn["foreground"], drawn["mask"], drawn["background"])
                 latent = ops.mean(ops.square(self.styles_of(tf.stop_gradient(images)) - styles),
                                   axis=(1, 2))
@@ -301,7 +353,7 @@ class PerturbGAN(Method):
 
     def _segmenter_gradients(self, step):
         out = self.render(self.segmenter_batch_size, self._seeds(step, _S_Z, _S_NOISE, _S_SHIFT, _S_JITTER),
-                          perturb=self.settings.distill_on_shifted)
+                          perturb=self.settings.distill_on_shifted, generator=self.sampler)
         return self.segmenter.gradients(out["shifted_composite"], out["shifted_mask"],
                                         self.segmenter_optimizer)
 
@@ -310,7 +362,7 @@ class PerturbGAN(Method):
         b = images.shape[0]
         fixed = {name: tf.constant([self.base_seed, 20_000 + k], tf.int64)
                  for k, name in enumerate(("z", "noise", "shift", "jitter"))}
-        out = self.render(b, fixed)
+        out = self.render(b, fixed, generator=self.sampler)
         named = {"background": out["background"], "foreground": out["foreground"],
                  "mask": out["mask"], "composite": out["composite"],
                  "shifted_composite": out["shifted_composite"]}

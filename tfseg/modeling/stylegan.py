@@ -116,7 +116,7 @@ class SynthesisNetwork(keras.layers.Layer):
     """Style w -> `[b, R, R, out_channels]`, linear output (EqualConv 1x1 head).
 
     Call args:
-        w: `[b, w_dim]`.
+        w: `[b, w_dim]` (every block), or `[b, num_blocks, w_dim]`, a style per block (style mixing).
         noise_seed: stateless seed `[2]` for the per-block noise maps, or None for no noise
             (deterministic rendering, used by the encoder route and evaluation).
     """
@@ -143,8 +143,15 @@ class SynthesisNetwork(keras.layers.Layer):
             else:
                 noise = tf.random.stateless_normal([ops.shape(w)[0], r, r, 1],
                                                    noise_seed + tf.constant([1_000_003, 0], noise_seed.dtype) * (i + 1))
-            h = block(w, x=h, noise=noise)
+            h = block(w[:, i] if len(w.shape) == 3 else w, x=h, noise=noise)
         return self.head(h)
+
+
+def mix_styles(first, second, crossover, num_blocks):
+    """Style mixing: `[b, num_blocks, w_dim]` with `first` `[b, w_dim]` for blocks 0..crossover and
+    `second` for the later ones (a crossover >= num_blocks - 1 keeps `first` everywhere)."""
+    use_first = tf.range(num_blocks) <= tf.cast(crossover, tf.int32)
+    return tf.where(use_first[None, :, None], first[:, None], second[:, None])
 
 
 class LayeredGenerator(keras.layers.Layer):
@@ -160,7 +167,9 @@ class LayeredGenerator(keras.layers.Layer):
 
     Call: `z [b, z_dim]` -> dict with background `[b, R, R, 3]`, foreground `[b, R, R, 3]`,
     mask_logits and mask `[b, R, R, 1]` (sigmoid). `styles [b, num_styles, w_dim]` replaces the
-    mapping networks' output (the encoder route feeds its own styles).
+    mapping networks' output (the encoder route feeds its own styles). `mixing = (z2, crossovers)`
+    mixes styles: synthesis network i draws blocks 0..crossovers[i] with z's style, the later
+    ones with z2's (`mix_styles`; each network has its own crossover, as in the reference).
     """
 
     def __init__(self, resolution, z_dim=128, w_dim=128, mapping_layers=4, channel_base=1024,
@@ -196,14 +205,25 @@ class LayeredGenerator(keras.layers.Layer):
         ws = [self.mappings[min(i, len(self.mappings) - 1)](z) for i in range(self.num_styles)]
         return L.float32(ops.stack(ws, axis=1))
 
-    def call(self, z=None, noise_seed=None, styles=None):
+    @property
+    def num_blocks(self):
+        """Blocks (resolutions) of each synthesis network: crossovers are drawn below this."""
+        return len(self.synthesis[0].blocks)
+
+    def call(self, z=None, noise_seed=None, styles=None, mixing=None):
         if styles is None:
             styles = self.styles(z)
         seeds = [None] * self.num_styles
         if noise_seed is not None:
             seeds = [noise_seed + tf.constant([100_000_007, 0], noise_seed.dtype) * i
                      for i in range(self.num_styles)]
-        outputs = [net(styles[:, i], noise_seed=seeds[i]) for i, net in enumerate(self.synthesis)]
+        per_network = [styles[:, i] for i in range(self.num_styles)]
+        if mixing is not None:
+            z2, crossovers = mixing
+            second = self.styles(z2)
+            per_network = [mix_styles(w, second[:, i], crossovers[i], self.num_blocks)
+                           for i, w in enumerate(per_network)]
+        outputs = [net(per_network[i], noise_seed=seeds[i]) for i, net in enumerate(self.synthesis)]
         if self.single_generator:
             out = outputs[0]
             background, foreground, logits = out[..., :3], out[..., 3:6], out[..., 6:]
