@@ -19,6 +19,10 @@ def test_rows_change_exactly_their_ingredient_and_share_the_budget():
     assert rows["b"][1:] == ["tfseg.methods.perturbgan.shift_fraction = 0.0"]
     assert rows["e"][1:] == ["tfseg.data.make_dataset.random_crop = False"]
     assert rows["h"][1:] == ["tfseg.methods.perturbgan.single_generator = True"]
+    assert rows["c"][1:] == ["tfseg.methods.perturbgan.shift_fraction = 0.25"]
+    assert rows["d"][1:] == ["tfseg.methods.perturbgan.background_contrast_jitter = 0.3"]
+    assert rows["g"][1:] == ["tfseg.methods.perturbgan.min_mask_coverage = 0.05"]
+    assert sorted(ablate.ROWS) == ["a", "b", "c", "d", "e", "g", "h"]
 
 
 def test_table_lists_every_row_and_the_full_mask_baseline():
@@ -43,6 +47,21 @@ def test_a_smoke_ablation_row_trains_without_the_shift(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| (b) | no shift" in out
     assert "[b] step 4/4" in out  # live progress, and --smoke means 2 + 2 steps, not 1,800
+    assert "real test photos" in out and "the paper scores generated images" in out
+
+
+@pytest.mark.parametrize("row", sorted(ablate.ROWS))
+def test_every_row_resolves_on_the_shipped_demo_config(row):
+    import gin  # pylint: disable=import-outside-toplevel
+    from tfseg import config, registry  # pylint: disable=import-outside-toplevel
+    from tfseg.methods import perturbgan  # pylint: disable=import-outside-toplevel
+    registry.import_configurables()
+    config.parse([os.path.join(ablate.REPO, "gin_configs", "demo_perturbgan.gin")],
+                 ablate.row_bindings(row, 100, 20))
+    settings = perturbgan.PerturbGANSettings(resolution=32)
+    assert {"c": settings.shift_fraction == 0.25, "d": settings.background_contrast_jitter == 0.3,
+            "g": settings.min_mask_coverage == 0.05}.get(row, True)
+    assert gin.query_parameter("tfseg.training.TrainConfig.stage_steps")["generator"] == 100
 
 
 def test_unknown_rows_are_refused(tmp_path):
