@@ -341,6 +341,21 @@ def test_predict_from_a_run_directory_matches_the_export(exported, run_dir, tmp_
     assert list(a["mask_png_bytes"]) == list(b["mask_png_bytes"])
 
 
+def test_predict_from_a_run_applies_gin_bindings_over_its_config(run_dir, tmp_path, capsys):
+    images = _image_folder(str(tmp_path / "images"))
+    # A binding that changes the networks' layout reaches the rebuild: the checkpoint no longer fits.
+    assert _run_entry(predict, f"--model_dir={run_dir}", f"--images={images}", f"--out={tmp_path / 'a'}",
+                      "--gin_bindings=tfseg.methods.redo.spectral_norm='keras'") == 2
+    err = capsys.readouterr().err
+    assert "does not fit the networks this config builds" in err and "Traceback" not in err
+    assert _run_entry(predict, f"--model_dir={run_dir}", f"--images={images}", f"--out={tmp_path / 'b'}",
+                      "--gin_bindings=tfseg.methods.redo.spectral_norm='reference'") == 0
+    assert os.path.exists(tmp_path / "b" / "predictions.json")
+    assert _run_entry(predict, f"--export_dir={tmp_path}", f"--images={images}", f"--out={tmp_path / 'c'}",
+                      "--gin_bindings=tfseg.methods.redo.z_dim=3") == 2
+    assert "an export carries its own" in capsys.readouterr().err
+
+
 def test_benchmark_reports_images_per_second_of_both_signatures(exported):
     from tfseg.serving import benchmark  # pylint: disable=import-outside-toplevel
     rates = benchmark.savedmodel_rates(os.path.dirname(exported), 16, batch_sizes=(1, 4), repeats=1,

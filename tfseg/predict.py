@@ -24,6 +24,11 @@ flags.DEFINE_integer("batch_size", 16, "Images per model call.")
 flags.DEFINE_integer("sheet_rows", 64, "Images shown in contact_sheet.png.")
 flags.DEFINE_bool("invert", False, "Take the other region as the foreground, for a model whose masks came out "
                   "inverted (the object in the background). Two-region models only.", allow_override=True)
+# tfseg.train and tfseg.export define the same flag; a process that imports several shares one definition.
+if "gin_bindings" not in flags.FLAGS:
+    flags.DEFINE_multi_string("gin_bindings", [], "With --model_dir: bindings applied over the run's config, e.g. "
+                              "\"tfseg.methods.redo.spectral_norm='keras'\" for a ReDO run made before that "
+                              "setting existed.")
 FLAGS = flags.FLAGS
 
 
@@ -32,6 +37,10 @@ def main(argv):
     if bool(FLAGS.export_dir) == bool(FLAGS.model_dir):
         print("error: pass exactly one of --export_dir (e.g. serving/tfseg/1, written by python -m "
               "tfseg.export) or --model_dir (a training run)", file=sys.stderr)
+        return 2
+    if FLAGS.gin_bindings and not FLAGS.model_dir:
+        print("error: --gin_bindings applies to a run's config (--model_dir); an export carries its own",
+              file=sys.stderr)
         return 2
     if not FLAGS.images or not FLAGS.out:
         print("error: --images=<folder of images> and --out=<output folder> are required", file=sys.stderr)
@@ -57,7 +66,7 @@ def main(argv):
         if FLAGS.export_dir:
             segment, metadata = inference.load_exported(FLAGS.export_dir)
         else:
-            segment, metadata = inference.load_from_run(FLAGS.model_dir, FLAGS.checkpoint)
+            segment, metadata = inference.load_from_run(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.gin_bindings)
     except (ConfigError, RunDirError, FileNotFoundError) as err:  # RunDirError: a checkpoint of another layout
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -75,8 +75,9 @@ def load_exported(version_dir):
     return segment, metadata
 
 
-def load_from_run(model_dir, which="best"):
-    """The same computation as the export, built in-process from a run's checkpoint.
+def load_from_run(model_dir, which="best", extra_bindings=()):
+    """The same computation as the export, built in-process from a run's checkpoint (with
+    `extra_bindings` applied over the run's config).
 
     Returns:
         `(segment, metadata)` as in `load_exported`.
@@ -86,7 +87,7 @@ def load_from_run(model_dir, which="best"):
     """
     from tfseg.training import loading  # pylint: disable=import-outside-toplevel
 
-    model, train_config, checkpoint = loading.load_trained(model_dir, which)
+    model, train_config, checkpoint = loading.load_trained(model_dir, which, extra_bindings)
     serving = export_module.serving_functions_from_run(model, train_config)
     fn = tf.function(serving.from_bytes, input_signature=[tf.TensorSpec([None], tf.string)])
 
