@@ -380,6 +380,41 @@ def test_folder_can_hold_out_the_evaluation_photos_as_the_paper_does(tmp_path):
     assert len(splits["validation"]) + len(splits["test"]) == 6
 
 
+def test_published_split_lists_replace_the_hash_split(tmp_path):
+    images, masks, _ = _mask_folder(tmp_path, lambda p, fg: _save(p, fg.astype(np.uint8) * 255))
+    _save(os.path.join(images, "unlabelled", "extra.png"), _photo(99))
+    (tmp_path / "val.txt").write_text("image_00000.jpg\nimage_00001\n\n")  # path, path without extension
+    (tmp_path / "test.txt").write_text("image_00002\nimage_00003\n")          # or stem
+    lists = {"validation": str(tmp_path / "val.txt"), "test": str(tmp_path / "test.txt")}
+    splits = folder.assign_splits(images, masks, split_lists=lists)
+    name = lambda pairs: sorted(os.path.basename(p) for p, _ in pairs)  # noqa: E731
+    assert name(splits["validation"]) == ["image_00000.jpg", "image_00001.jpg"]
+    assert name(splits["test"]) == ["image_00002.jpg", "image_00003.jpg"]
+    assert len(splits["train"]) == 7  # every photo trains by default
+    held_out = folder.assign_splits(images, masks, train_on_all_images=False, split_lists=lists)
+    assert name(held_out["train"]) == ["extra.png", "image_00004.jpg", "image_00005.jpg"]
+    ds = data.image_folder_source("test", R, image_dir=images, mask_dir=masks, split_lists=lists)
+    assert len(list(ds.as_numpy_iterator())) == 2
+
+
+@pytest.mark.parametrize("lines,message", [
+    ("image_00000\nno_such_photo\n", "1 of the 2 lines of the test split list .* name no image in image_dir "
+                                        "\\(e.g. 'no_such_photo'\\)"),
+    ("image_00000\nextra\n", "evaluation split lists have no mask .* \\(e.g. 'unlabelled/extra.png'\\)"),
+    ("image_00005\n", "'image_00005.jpg' is listed in both the validation and the test split lists"),
+])
+def test_a_wrong_split_list_fails_naming_the_line_and_the_fix(tmp_path, lines, message):
+    images, masks, _ = _mask_folder(tmp_path, lambda p, fg: _save(p, fg.astype(np.uint8) * 255))
+    _save(os.path.join(images, "unlabelled", "extra.png"), _photo(99))
+    (tmp_path / "val.txt").write_text("image_00005\n")
+    (tmp_path / "test.txt").write_text(lines)
+    with pytest.raises(data.DataError, match=message):
+        folder.assign_splits(images, masks, split_lists={"validation": str(tmp_path / "val.txt"),
+                                                         "test": str(tmp_path / "test.txt")})
+    with pytest.raises(data.DataError, match="split_lists names split 'val'"):
+        folder.assign_splits(images, masks, split_lists={"val": str(tmp_path / "val.txt")})
+
+
 def test_folder_without_masks_is_all_train_and_has_no_evaluation_split(tmp_path):
     for i in range(5):
         _save(str(tmp_path / f"p{i}.jpg"), _photo(i))

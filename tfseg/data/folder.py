@@ -138,16 +138,55 @@ def _check_fractions(validation_fraction: float, test_fraction: float) -> None:
                         "tfseg.data.image_folder_source.validation_fraction / .test_fraction.")
 
 
+def read_split_lists(split_lists: dict[str, str], files: list[str]) -> dict[str, str]:
+    """`{relative image path: split}` from published split files, `{split: path of a text file}`.
+
+    Each non-empty line of a file names one image by its path relative to image_dir, that path
+    without its extension, or its file stem (the forms published split lists use).
+
+    Raises:
+        DataError: an unknown split, an unreadable file, a line that names no image (the first few
+            are listed), or an image listed in two splits.
+    """
+    by_name = {}
+    for rel in files:
+        for name in (rel, os.path.splitext(rel)[0], os.path.splitext(os.path.basename(rel))[0]):
+            by_name.setdefault(name, rel)
+    assigned = {}
+    for split, path in split_lists.items():
+        if split not in SPLITS:
+            raise DataError(f"tfseg.data.image_folder_source.split_lists names split {split!r}; splits are {SPLITS}.")
+        try:
+            with tf.io.gfile.GFile(path) as f:
+                names = [line.strip() for line in f if line.strip()]
+        except tf.errors.OpError as e:
+            raise DataError(f"Cannot read the {split} split list {path!r} ({e.message}). Fix the gin binding "
+                            "tfseg.data.image_folder_source.split_lists.") from e
+        unknown = [name for name in names if name.replace("\\", "/") not in by_name]
+        if unknown:
+            raise DataError(f"{len(unknown)} of the {len(names)} lines of the {split} split list {path!r} name no "
+                            f"image in image_dir (e.g. {', '.join(map(repr, unknown[:3]))}); lines are paths "
+                            "relative to image_dir, with or without extension, or file stems.")
+        for name in names:
+            rel = by_name[name.replace("\\", "/")]
+            if assigned.setdefault(rel, split) != split:
+                raise DataError(f"{rel!r} is listed in both the {assigned[rel]} and the {split} split lists.")
+    return assigned
+
+
 def assign_splits(image_dir: str, mask_dir: str | None = None, validation_fraction: float = 0.5,
                   test_fraction: float = 0.5, split_seed: int = 0, mask_format: str = "binary",
-                  mask_stem_replace: tuple[str, str] | None = None,
-                  train_on_all_images: bool = True) -> dict[str, list[tuple[str, str | None]]]:
+                  mask_stem_replace: tuple[str, str] | None = None, train_on_all_images: bool = True,
+                  split_lists: dict[str, str] | None = None) -> dict[str, list[tuple[str, str | None]]]:
     """The photos of each split: `{split: [(image path, mask path or None), ...]}`, sorted by path.
 
     Without `mask_dir`, every photo is in "train" and the evaluation splits are empty. With it, each
     labelled photo goes to "validation" with probability `validation_fraction`, to "test" with
     `test_fraction` (a hash of its relative path decides), and "train" holds every photo when
-    `train_on_all_images`, else the photos in neither evaluation split. Used by
+    `train_on_all_images`, else the photos in neither evaluation split. With `split_lists`
+    (`read_split_lists`: published split files, e.g. the ReDO authors'), the lists decide instead:
+    listed photos go to their split (an evaluation split's photos must have masks), unlisted ones to
+    "train" (or nowhere, when a "train" list is given and `train_on_all_images` is False). Used by
     `image_folder_source` and by `tools/prepare_data.py`, so both split a folder the same way.
 
     Raises:
@@ -185,11 +224,22 @@ def assign_splits(image_dir: str, mask_dir: str | None = None, validation_fracti
                             f"{mask_dir!r} (matched by relative path or file stem, mask_stem_replace="
                             f"{mask_stem_replace}). Check the gin bindings tfseg.data.image_folder_source.mask_dir "
                             "and .mask_stem_replace.")
+    listed = read_split_lists(split_lists, files) if split_lists else None
+    if listed is not None:
+        unlabelled = [rel for rel, split in listed.items() if split != "train" and rel not in masks_of]
+        if unlabelled:
+            raise DataError(f"{len(unlabelled)} photo(s) of the evaluation split lists have no mask in mask_dir "
+                            f"{mask_dir!r} (e.g. {unlabelled[0]!r}); validation and test photos need masks.")
     splits = {split: [] for split in SPLITS}
     for rel in files:
         path = os.path.join(image_dir, rel)
-        held_out = (split_of(rel, validation_fraction, test_fraction, split_seed)
-                    if rel in masks_of else "train")
+        if listed is not None:
+            held_out = listed.get(rel, "train")
+            if held_out == "train" and "train" in split_lists and rel not in listed and not train_on_all_images:
+                continue  # a train list was given and this photo is in none of the lists
+        else:
+            held_out = (split_of(rel, validation_fraction, test_fraction, split_seed)
+                        if rel in masks_of else "train")
         if held_out != "train":
             splits[held_out].append((path, masks_of[rel]))
         if held_out == "train" or train_on_all_images:
@@ -216,7 +266,7 @@ class _Loader:
 def image_folder_source(split: str, resolution: int, image_dir: str | None = None, mask_dir: str | None = None,
                         validation_fraction: float = 0.5, test_fraction: float = 0.5, split_seed: int = 0,
                         mask_format: str = "binary", mask_stem_replace: tuple[str, str] | None = None,
-                        train_on_all_images: bool = True) -> tf.data.Dataset:
+                        train_on_all_images: bool = True, split_lists: dict[str, str] | None = None) -> tf.data.Dataset:
     """Photos from a folder (searched recursively), with masks matched by file name.
 
     See `assign_splits` for which photo lands in which split. Without `mask_dir` there is only a
@@ -237,6 +287,9 @@ def image_folder_source(split: str, resolution: int, image_dir: str | None = Non
             defaults to `("image_", "segmim_")` for "flowers", no change otherwise.
         train_on_all_images: "train" holds every photo, the labelled validation and test photos too
             (their masks are never read in training). False holds them out, as ReDO's paper does.
+        split_lists: `{split: text file}` of published split lists (one image per line; see
+            `read_split_lists`), e.g. `{'validation': 'splits/val.txt', 'test': 'splits/test.txt'}`;
+            they replace the hash split (the fractions and `split_seed` are then unused).
 
     Returns:
         Unbatched `{"image": uint8 [h, w, 3]}` plus `"mask": uint8 [h, w, 1] in {0, 1}` on evaluation
@@ -250,7 +303,7 @@ def image_folder_source(split: str, resolution: int, image_dir: str | None = Non
         raise DataError(f"Unknown split {split!r}; expected one of {SPLITS}.")
     del resolution  # Resizing happens in make_dataset, after decoding.
     chosen = assign_splits(image_dir, mask_dir, validation_fraction, test_fraction, split_seed, mask_format,
-                           mask_stem_replace, train_on_all_images)[split]
+                           mask_stem_replace, train_on_all_images, split_lists)[split]
     if not chosen:
         why = ("there is no mask_dir, so no photo could be scored; train only" if mask_dir is None else
                f"validation_fraction={validation_fraction}, test_fraction={test_fraction}: adjust "
