@@ -225,3 +225,25 @@ def test_a_run_stopped_in_the_generator_stage_resumes_into_the_later_stages(tmp_
     assert "step 1/6" not in out
     # This is the PerturbGAN demo's smoke training of test_training (one config per method trains).
     _assert_trained_two_steps_per_stage_and_scored_test(model_dir, out)
+
+
+@pytest.mark.parametrize("target,latent_shape", [("w", (2, 2, 8)), ("z", (2, 8))])
+def test_the_encoder_predicts_styles_or_a_code_that_the_mapping_turns_into_styles(target, latent_shape):
+    model = _method(encoder_target=target, synthetic_latent_weight=1.0, z_dim=8, w_dim=8)
+    images = tf.random.uniform([2, 16, 16, 3], -1, 1, seed=5)
+    latent = model.latent_of(images)
+    assert tuple(latent.shape) == latent_shape
+    expected = model.generator(styles=latent) if target == "w" else model.generator(latent)
+    np.testing.assert_allclose(model.reconstruct(images)["mask"].numpy(), expected["mask"].numpy(),
+                               rtol=1e-5, atol=1e-6)
+    before = [v.numpy().copy() for v in model.generator.trainable_variables]
+    batches = ({"image": images},)
+    metrics, grads = model.phase_gradients("encoder", batches, tf.constant(0, tf.int64))
+    model.apply_phase("encoder", grads)
+    assert metrics.losses["synthetic_latent"].shape == (2,) and np.all(metrics.losses["synthetic_latent"] > 0)
+    assert all(np.array_equal(b, v.numpy()) for b, v in zip(before, model.generator.trainable_variables))
+
+
+def test_an_unknown_encoder_target_is_refused_naming_the_binding():
+    with pytest.raises(config.ConfigError, match="tfseg.methods.perturbgan.encoder_target must be one of"):
+        pg.PerturbGANSettings(16, min_mask_coverage=0.2, encoder_target="x")

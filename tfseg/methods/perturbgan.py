@@ -24,6 +24,7 @@ import tensorflow as tf
 from keras import ops
 
 from tfseg import losses
+from tfseg.errors import ConfigError
 from tfseg.methods.base import Method, PhaseMetrics, Stage
 from tfseg.methods import distillation, ema
 from tfseg.methods.distillation import DistilledSegmenter
@@ -33,6 +34,7 @@ from tfseg.modeling import perturbation
 from tfseg.modeling.stylegan import LayeredGenerator, ProGANDiscriminator
 
 ENCODER_ROUTE, DISTILLED_ROUTE = 0, 1
+ENCODER_TARGETS = ("w", "z")
 # Random streams of `replica_seed`, one per draw of a step (< 16).
 _D_Z, _D_SHIFT, _D_JITTER, _D_NOISE, _D_MIX = 0, 1, 2, 3, 4
 _G_Z, _G_SHIFT, _G_JITTER, _G_NOISE = 5, 6, 7, 8
@@ -68,7 +70,11 @@ class PerturbGANSettings:
         learning_rate: Adam lr of G and D (mapping networks at 0.01x through equalized lr_mul).
         encoder_learning_rate: Adam lr of the encoder E (stage 2).
         reconstruction_weight, feature_weight: weights of the two L_auto terms (1, 1).
-        synthetic_latent_weight: extra term regressing the styles of generated images (0: off).
+        encoder_target: what the encoder predicts from a photo: "w", one style vector per synthesis
+            network (tfseg's default; the reference code's encoder also outputs styles), or "z", one
+            latent code that G's mapping networks turn into styles (the paper's figure). Not
+            compared on the embedded data yet.
+        synthetic_latent_weight: extra term regressing the latent (w or z) of generated images (0: off).
         segmenter_width, segmenter_residual_blocks, segmenter_learning_rate: the distilled
             segmenter (stage 3).
         distill_on_shifted: distil on shifted composites (more object positions) or unshifted ones.
@@ -104,6 +110,7 @@ class PerturbGANSettings:
     encoder_learning_rate: float = 1e-4
     reconstruction_weight: float = 1.0
     feature_weight: float = 1.0
+    encoder_target: str = "w"
     synthetic_latent_weight: float = 0.0
     segmenter_width: int = 32
     segmenter_residual_blocks: int = 2
@@ -112,6 +119,11 @@ class PerturbGANSettings:
     style_mixing_probability: float = 0.0
     ema_decay: Optional[float] = None
     seed: int = 0
+
+    def __post_init__(self):
+        if self.encoder_target not in ENCODER_TARGETS:
+            raise ConfigError(f"tfseg.methods.perturbgan.encoder_target must be one of {ENCODER_TARGETS}, "
+                              f"got {self.encoder_target!r}")
 
     def build(self):
         return PerturbGAN(self)
@@ -136,7 +148,8 @@ class PerturbGAN(Method):
                                                   s.shared_mapping, name="generator_ema")
         self.discriminator = ProGANDiscriminator(s.resolution, d_base, d_max, name="discriminator")
         self.encoder = ProGANDiscriminator(s.resolution, d_base, d_max,
-                                           outputs=self.generator.num_styles * s.w_dim,
+                                           outputs=(self.generator.num_styles * s.w_dim
+                                                    if s.encoder_target == "w" else s.z_dim),
                                            minibatch_std=False, name="encoder")
         self.segmenter = DistilledSegmenter(s.segmenter_width, s.segmenter_residual_blocks,
                                             name="segmenter")
@@ -248,10 +261,19 @@ class PerturbGAN(Method):
                 (("z", z), ("noise", noise), ("shift", shift), ("jitter", jitter))}
 
     # -- segmentation of real images ------------------------------------------------------------
-    def styles_of(self, images):
-        """The encoder's styles `[b, num_styles, w_dim]` for images `[b, R, R, 3]`."""
+    def latent_of(self, images):
+        """What the encoder predicts for images `[b, R, R, 3]`: styles `[b, num_styles, w_dim]`
+        (`encoder_target` "w") or a code `[b, z_dim]` ("z")."""
         codes = self.encoder(images)
+        if self.settings.encoder_target == "z":
+            return codes
         return ops.reshape(codes, (-1, self.generator.num_styles, self.generator.w_dim))
+
+    def styles_of(self, images):
+        """The styles `[b, num_styles, w_dim]` G renders images `[b, R, R, 3]` with: the encoder's own,
+        or its code through the mapping networks."""
+        latent = self.latent_of(images)
+        return self.sampler.styles(latent) if self.settings.encoder_target == "z" else latent
 
     def reconstruct(self, images):
         """G(E(x)) rendered without noise or perturbation: its layers and "composite"."""
@@ -336,14 +358,15 @@ class PerturbGAN(Method):
                            + self.settings.feature_weight * feature)
             latent = tf.zeros_like(per_example)
             if self.settings.synthetic_latent_weight:
-                # Generated images have known styles: regress them too (not in the poster's loss).
+                # Generated images have known latents: regress them too (not in the poster's loss).
                 z = tf.random.stateless_normal([real.shape[0], self.z_dim],
                                                self.replica_seed(step, _E_Z))
                 styles = tf.stop_gradient(self.sampler.styles(z))
                 drawn = self.sampler(styles=styles)
                 images = perturbation.composite(drawn["foreground"], drawn["mask"], drawn["background"])
-                latent = ops.mean(ops.square(self.styles_of(tf.stop_gradient(images)) - styles),
-                                  axis=(1, 2))
+                target = styles if self.settings.encoder_target == "w" else z
+                error = ops.square(self.latent_of(tf.stop_gradient(images)) - target)
+                latent = ops.mean(ops.reshape(error, (ops.shape(error)[0], -1)), axis=1)
                 per_example = per_example + self.settings.synthetic_latent_weight * latent
             total = tf.nn.compute_average_loss(per_example)
         grads = optimizers.gradients(tape, total, variables, self.encoder_optimizer)
