@@ -287,6 +287,8 @@ def format_consumption_table(rows, slowest_input):
 
 def main(argv):
     del argv
+    from tfseg import console  # pylint: disable=import-outside-toplevel
+    console.quiet_tensorflow(FLAGS.verbosity)  # before anything imports TensorFlow: its start-up lines
     from tfseg import config, registry  # pylint: disable=import-outside-toplevel
     from tfseg.errors import ConfigError, DataError  # pylint: disable=import-outside-toplevel
     from tfseg.training import strategy as strategy_lib, trainer  # pylint: disable=import-outside-toplevel
