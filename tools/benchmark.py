@@ -44,7 +44,8 @@ def define_flags():
     flags.DEFINE_integer("steps", 20, "Steps per timing.")
     flags.DEFINE_integer("repeats", 5, "Timings per figure; the median is reported.")
     flags.DEFINE_integer("warmup", 3, "Untimed steps before timing (compilation).")
-    flags.DEFINE_integer("inference_batch", 64, "Batch size of the mask-network inference timing.")
+    flags.DEFINE_integer("inference_batch", 64, "Batch size of the mask-network inference timing (0: the "
+                         "config's training batch size).")
     flags.DEFINE_list("xla", ["false", "true"], "XLA settings to measure.")
     flags.DEFINE_bool("savedmodel", True, "Also export the (untrained) model and time its serving signatures.")
     flags.DEFINE_bool("paper_shapes", False, "Time the papers' workloads (PAPER_WORKLOADS), one process "
@@ -103,13 +104,11 @@ def run_workload(name, jit, extra_files=(), extra_bindings=(), steps=3, repeats=
     from tfseg import config  # pylint: disable=import-outside-toplevel
     files = [os.path.join(config.GIN_CONFIG_DIR, f) for f in files] + list(extra_files)
     bindings = list(bindings) + list(extra_bindings)
-    batch = _bound_batch_size(files, bindings)
     args = [sys.executable, os.path.abspath(__file__), *[f"--gin_file={f}" for f in files],
             *[f"--gin_bindings={b}" for b in bindings], f"--xla={'true' if jit else 'false'}", "--nosavedmodel",
-            f"--inference_batch={batch}", f"--steps={steps}", f"--repeats={repeats}", f"--warmup={warmup}"]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+            "--inference_batch=0", f"--steps={steps}", f"--repeats={repeats}", f"--warmup={warmup}"]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(args, stdout=out, stderr=err, env=env)
+        process = subprocess.Popen(args, stdout=out, stderr=err)  # quiet: main() silences TensorFlow
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
@@ -123,18 +122,6 @@ def run_workload(name, jit, extra_files=(), extra_bindings=(), steps=3, repeats=
         stages[stage] = (1.0 / float(steps_per_s) if float(steps_per_s) else float("inf"), float(train_rate))
         inference = float(infer_rate)
     return stages, inference, usage.ru_maxrss * 1024  # Linux reports kilobytes
-
-
-def _bound_batch_size(files, bindings):
-    """The training batch size `files` and `bindings` resolve to (the inference batch follows it)."""
-    import gin  # pylint: disable=import-outside-toplevel
-    from tfseg import config  # pylint: disable=import-outside-toplevel
-    from tfseg.training import trainer  # pylint: disable=import-outside-toplevel
-    try:
-        config.parse(files, bindings)
-        return trainer.TrainConfig().batch_size
-    finally:
-        gin.clear_config()
 
 
 def format_paper_table(results):
@@ -203,9 +190,10 @@ def _measure(train_config, jit_compile, strategy):
         rate = _median_rate(lambda: step_fn(iterator, step), per_step, FLAGS.steps, FLAGS.repeats, FLAGS.warmup)
         stages[stage.name] = (rate, per_step, b * stage.batches_per_step)
 
-    images = tf.random.uniform([FLAGS.inference_batch, r, r, 3], -1.0, 1.0, seed=2)
+    inference_batch = FLAGS.inference_batch or b
+    images = tf.random.uniform([inference_batch, r, r, 3], -1.0, 1.0, seed=2)
     segment = tf.function(model.segment, jit_compile=jit_compile)
-    infer_rate = _median_rate(lambda: segment(images), FLAGS.inference_batch, FLAGS.steps, FLAGS.repeats,
+    infer_rate = _median_rate(lambda: segment(images), inference_batch, FLAGS.steps, FLAGS.repeats,
                               FLAGS.warmup)
     return stages, infer_rate, model
 

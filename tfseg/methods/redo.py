@@ -225,9 +225,9 @@ class ReDO(Method):
         return tf.concat(composites, 0), tf.add_n(drawn)
 
     def _fakes(self, images, masks, z, training):
-        """The composites D judges, and what the encoder reads with the codes it must recover:
-        `(composites, encoder_input, code_index)` where `code_index` picks, per encoder input, the
-        redrawn region (None: all n codes, every-region mode)."""
+        """The composites D judges and what the encoder reads: `(composites, encoder_input, regions)`,
+        `regions [b]` the region redrawn in each encoder input, or None when the encoder must recover
+        all n codes (every-region mode)."""
         if self.settings.redraw_every_region:
             composites, generated = self.redraw_every_region(images, masks, z, training)
             return composites, generated, None
