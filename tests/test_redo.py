@@ -135,3 +135,59 @@ def test_the_z_encoder_is_a_network_of_its_own_by_default_as_in_the_reference():
     assert model.encoder.adversarial_head is None
     _, codes = model.encoder(tf.zeros([2, 16, 16, 3]))
     assert codes.shape == (2, 2, 4)
+
+
+def _fixed_masks(model, region0_coverage):
+    """Makes F return hard masks whose region 0 covers the first `region0_coverage` rows of each image."""
+    rows = int(round(16 * region0_coverage))
+    region0 = np.zeros([4, 16, 16, 1], np.float32)
+    region0[:, :rows] = 1.0
+    masks = tf.constant(np.concatenate([region0, 1.0 - region0], -1))
+    model.mask_network.call = lambda images, **kw: masks
+    return masks
+
+
+@pytest.mark.parametrize("coverage,hinge", [(2 / 16, 0.25 - 2 / 16), (8 / 16, 0.0), (14 / 16, 14 / 16 - 0.75)])
+def test_the_object_size_prior_charges_region_0_outside_its_range(coverage, hinge):
+    model = _method(object_min_coverage=0.25, object_max_coverage=0.75, object_size_weight=3.0)
+    _fixed_masks(model, coverage)
+    batches = tuple({"image": tf.random.uniform([4, 16, 16, 3], -1, 1, seed=s)} for s in (3, 4))
+    metrics, _ = model.phase_gradients("generator", batches, tf.constant(3, tf.int64))
+    named = {k: v.numpy() for k, v in metrics.losses.items()}
+    np.testing.assert_allclose(named["object_size"], [hinge] * 4, atol=1e-6)
+    np.testing.assert_allclose(named["generator_total"], named["generator_adversarial"]
+                               + 5.0 * named["information"] + 3.0 * named["object_size"], rtol=1e-5, atol=1e-5)
+
+
+def test_without_the_prior_the_loss_is_the_papers_and_the_regions_are_symmetric():
+    model = _method()
+    _fixed_masks(model, 2 / 16)
+    batches = tuple({"image": tf.random.uniform([4, 16, 16, 3], -1, 1, seed=s)} for s in (3, 4))
+    metrics, _ = model.phase_gradients("generator", batches, tf.constant(3, tf.int64))
+    assert "object_size" not in metrics.losses
+    named = {k: v.numpy() for k, v in metrics.losses.items()}
+    np.testing.assert_allclose(named["generator_total"], named["generator_adversarial"] + 5.0 * named["information"],
+                               rtol=1e-5, atol=1e-5)
+    assert not model.foreground_by_construction  # the trainer then picks the region by labels or the border
+    assert _method(object_max_coverage=0.4).foreground_by_construction  # the prior names region 0 the object
+
+
+def test_the_prior_trains_only_the_mask_network_towards_its_range():
+    model = _method(object_min_coverage=0.6, object_max_coverage=0.9, object_size_weight=1.0)
+    images = tf.random.uniform([4, 16, 16, 3], -1, 1, seed=3)
+    variables = model.mask_network.trainable_variables
+    with tf.GradientTape() as tape:
+        size = tf.reduce_mean(model._object_size_loss(model.mask_network(images, training=True)))
+    grads = tape.gradient(size, variables)
+    assert float(size) > 0  # an untrained F splits about evenly: region 0 is below 0.6
+    assert any(float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+    before = float(tf.reduce_mean(model.mask_network(images)[..., 0]))
+    for v, g in zip(variables, grads):
+        v.assign_sub(0.05 * g / (tf.norm(g) + 1e-12))
+    assert float(tf.reduce_mean(model.mask_network(images)[..., 0])) > before
+
+
+@pytest.mark.parametrize("low,high", [(0.5, 0.4), (-0.1, 0.5), (0.1, 1.5)])
+def test_a_size_prior_range_that_cannot_hold_is_refused_with_its_binding(low, high):
+    with pytest.raises(redo.ConfigError, match="object_min_coverage"):
+        redo.ReDOSettings(16, object_min_coverage=low, object_max_coverage=high)

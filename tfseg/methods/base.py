@@ -75,6 +75,8 @@ class Method(keras.Model):
     #: background layer). False where regions are symmetric (ReDO): without labels the trainer
     #: then picks the region by the border rule (`tfseg.evaluation.evaluator.border_region`).
     foreground_by_construction = False
+    #: Why region 0 is the object when `foreground_by_construction` (said on the console).
+    foreground_reason = "the segmenter predicts the foreground layer's mask"
     #: Post-processing every mask passes through outside training (`tfseg.modeling.refinement`), or
     #: None. Set from gin by `tfseg.training.trainer.build_method`; it has no weights to checkpoint.
     mask_refinement = None

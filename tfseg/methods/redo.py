@@ -53,6 +53,13 @@ class ReDOSettings:
             (the reference's netRecZ): a network of its own, shaped like D without self-attention.
             The demo configs keep True, with which they were measured.
         info_weight: lambda_z.
+        object_min_coverage, object_max_coverage: tfseg's optional size prior on region 0, not the
+            paper's (which has none): hinges on region 0's mean coverage per image below the min or
+            above the max (`losses.mask_size_loss` / `mask_excess_loss`, on F only). It makes region 0
+            the object (so no polarity must be guessed afterwards) and keeps F from the trivial
+            split a GAN finds first on photos (one region takes most of the image). Off (0 and 1)
+            by default; the folder config sets it from the objects' typical size.
+        object_size_weight: weight of each of the two hinges (PerturbGAN's gamma_1 is 2).
         learning_rate: Adam lr of G, D and the encoder.
         mask_learning_rate: Adam lr of F.
         mask_weight_decay: coupled L2 on F.
@@ -79,6 +86,9 @@ class ReDOSettings:
     redraw_every_region: bool = False
     shared_encoder_trunk: bool = False
     info_weight: float = 5.0
+    object_min_coverage: float = 0.0
+    object_max_coverage: float = 1.0
+    object_size_weight: float = 2.0
     learning_rate: float = 1e-4
     mask_learning_rate: float = 1e-5
     mask_weight_decay: float = 1e-4
@@ -87,6 +97,10 @@ class ReDOSettings:
     seed: int = 0
 
     def __post_init__(self):
+        if not 0.0 <= self.object_min_coverage < self.object_max_coverage <= 1.0:
+            raise ConfigError("tfseg.methods.redo.object_min_coverage and object_max_coverage must satisfy "
+                              f"0 <= min < max <= 1, got {self.object_min_coverage} and "
+                              f"{self.object_max_coverage}")
         if self.spectral_norm not in spectral_norm_lib.STYLES:
             raise ConfigError(f"tfseg.methods.redo.spectral_norm must be one of {spectral_norm_lib.STYLES}, "
                               f"got {self.spectral_norm!r}")
@@ -132,6 +146,17 @@ class ReDO(Method):
         self.generator_optimizer = _adam(s.learning_rate)
         self.encoder_optimizer = _adam(s.learning_rate)
         self.discriminator_optimizer = _adam(s.learning_rate)
+
+    @property
+    def foreground_by_construction(self):
+        """With the size prior on, region 0 is the object (the prior says so); else regions are symmetric."""
+        return self._object_size_prior_on()
+
+    foreground_reason = "the size prior (tfseg.methods.redo.object_min/max_coverage) is on region 0"
+
+    def _object_size_prior_on(self):
+        s = self.settings
+        return s.object_min_coverage > 0.0 or s.object_max_coverage < 1.0
 
     def _discriminator_shaped(self, self_attention, with_encoder_head, name, with_adversarial_head=True):
         s = self.settings
@@ -269,6 +294,9 @@ class ReDO(Method):
                     tf.gather(codes, regions, axis=1, batch_dims=1), z)
             adversarial = losses.per_source_example(losses.hinge_generator_loss(logits), b)
             per_example = adversarial + self.settings.info_weight * info
+            object_size = self._object_size_loss(masks)
+            if object_size is not None:
+                per_example += self.settings.object_size_weight * object_size
             total = tf.nn.compute_average_loss(per_example)
             info_total = tf.nn.compute_average_loss(self.settings.info_weight * info)
         # F and the G_k descend the whole loss; the encoder only the information term (in the
@@ -281,12 +309,23 @@ class ReDO(Method):
         enc_grads = optimizers.gradients(tape, info_total, enc_vars, self.encoder_optimizer)
         del tape
         coverage = losses.mask_coverage(masks[..., :1])
+        named_losses = {"generator_adversarial": adversarial, "information": info}
+        if object_size is not None:
+            named_losses["object_size"] = object_size
         metrics = PhaseMetrics(
-            losses={"generator_adversarial": adversarial, "information": info,
-                    "generator_total": per_example},
+            losses={**named_losses, "generator_total": per_example},
             mask_coverage=coverage,
             diagnostics={"mask/binariness": losses.mask_binariness(masks[..., :1])})
         return metrics, (mask_grads, gen_grads, enc_grads)
+
+    def _object_size_loss(self, masks):
+        """`[b]` hinges of the optional size prior on region 0, or None when it is off."""
+        s = self.settings
+        if not self._object_size_prior_on():
+            return None
+        region0 = masks[..., :1]
+        return (losses.mask_size_loss(region0, s.object_min_coverage)
+                + losses.mask_excess_loss(region0, s.object_max_coverage))
 
     def _discriminator_gradients(self, images, real_images, step):
         b = images.shape[0]

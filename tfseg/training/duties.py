@@ -186,7 +186,7 @@ def choose_foreground_without_labels(trainer, step, images):
         record_foreground(trainer, step, "binding", "tfseg.training.TrainConfig.foreground_region")
     elif model.foreground_by_construction:
         model.foreground_region.assign(0)
-        record_foreground(trainer, step, "construction", "the segmenter predicts the foreground layer's mask")
+        record_foreground(trainer, step, "construction", model.foreground_reason)
     else:
         region, coverage = evaluator.border_region(model, images)
         model.foreground_region.assign(region)
