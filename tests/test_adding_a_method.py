@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from tfseg import config, registry
-from tfseg.methods.base import Method, PhaseMetrics
+from tfseg.methods.base import Method, Periodic, PhaseMetrics, Stage
 from tfseg.methods.optimizers import gan_adam
 from tfseg.training import checkpointing, trainer
 
@@ -123,3 +123,38 @@ def test_collapse_detection_works_for_any_method_that_reports_coverage(tmp_path)
     out = stream.getvalue()
     assert "masks collapsed at step 2" in out and "restart 1" in out
     assert "1 restarts were already made" in out
+
+
+class TickingMethod(TwoColourMethod):
+    """The toy method plus a `Periodic` phase "tick" every 3rd step that reports the step it ran at."""
+
+    phases = ("train", "tick")
+
+    def stages(self):
+        return (Stage("train", ("train", Periodic("tick", 3)), 1, True),)
+
+    def phase_gradients(self, phase, batches, step):
+        if phase == "tick":
+            ran_at = tf.fill([batches[0]["image"].shape[0]], tf.cast(step, tf.float32))
+            return PhaseMetrics(losses={"tick": ran_at}), ()
+        return super().phase_gradients(phase, batches, step)
+
+    def apply_phase(self, phase, grads):
+        if phase != "tick":  # nothing to train
+            super().apply_phase(phase, grads)
+
+
+@pytest.mark.slow
+def test_a_periodic_phase_runs_every_nth_step_and_its_last_figure_is_shown_between(tmp_path, monkeypatch):
+    monkeypatch.setattr(TwoColourSettings, "build", lambda settings: TickingMethod(settings))
+    cfg = _parse("tfseg.training.TrainConfig.num_steps = 7")
+    stream = io.StringIO()
+    job = trainer.Trainer(str(tmp_path / "run"), cfg, stream=stream)
+    job.train()
+    lines = {int(line.split()[1].split("/")[0]): line for line in stream.getvalue().splitlines()
+             if line.startswith("step ") and "|" in line}
+    # It ran at steps 0, 3 and 6 (counted from 0); step n's line (n counted from 1) shows the tick of
+    # the last step it ran at, n - 1 or before.
+    shown = {n: float(line.split("tick ")[1].split()[0]) for n, line in lines.items()}
+    assert shown == {1: 0.0, 2: 0.0, 3: 0.0, 4: 3.0, 5: 3.0, 6: 3.0, 7: 6.0}
+    assert all("rebuild" in line for line in lines.values())

@@ -13,6 +13,7 @@ from tfseg.config import ConfigError
 from tfseg.methods import labels4free as l4f
 from tfseg.modeling import alpha_network as an
 from tfseg.modeling import stylegan2 as sg2
+from tfseg.methods.base import phases_due
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
@@ -132,13 +133,37 @@ def test_stage_two_can_use_the_stage_one_discriminator():
     assert _changed(before, model.discriminator)
 
 
-def test_lazy_r1_runs_only_every_interval_steps():
+def test_lazy_r1_is_a_d_step_of_its_own_every_interval_steps_after_ds_logistic_step():
     model = _tiny_method(r1_interval=4)
+    stylegan2, alpha = [stage for stage in model.stages() if stage.name in ("stylegan2", "alpha")]
+    assert phases_due(stylegan2.phases, 8) == ("discriminator", "r1", "generator")  # StyleGAN2's order
+    assert phases_due(stylegan2.phases, 9) == ("discriminator", "generator")
+    assert phases_due(alpha.phases, 12) == ("alpha_discriminator", "alpha_r1", "alpha")
+    assert phases_due(alpha.phases, 13) == ("alpha_discriminator", "alpha")
     batches = ({"image": tf.random.uniform([4, 16, 16, 3], -1, 1, seed=2)},)
-    on, _ = model.phase_gradients("discriminator", batches, tf.constant(8, tf.int64))
-    off, _ = model.phase_gradients("discriminator", batches, tf.constant(9, tf.int64))
-    assert float(tf.reduce_sum(on.losses["r1"])) > 0.0
-    assert float(tf.reduce_sum(off.losses["r1"])) == 0.0
+    logistic, _ = model.phase_gradients("discriminator", batches, tf.constant(8, tf.int64))
+    assert "r1" not in logistic.losses  # D's logistic step carries no penalty
+    metrics, grads = model.phase_gradients("r1", batches, tf.constant(8, tf.int64))
+    assert float(tf.reduce_sum(metrics.losses["r1"])) > 0.0
+    # The gradient is (gamma / 2) * interval * dR1/dtheta, averaged over the batch (None where R1
+    # does not depend on a weight, e.g. the last bias: that weight is left alone, as in the reference).
+    with tf.GradientTape() as tape:
+        scaled = 0.5 * model.settings.r1_gamma * 4 * tf.reduce_mean(
+            l4f.losses.r1_penalty(model.discriminator, batches[0]["image"]))
+    expected = tape.gradient(scaled, model.discriminator.trainable_variables)
+    assert [g is None for g in grads] == [e is None for e in expected] and any(e is not None for e in expected)
+    for g, e in zip(grads, expected):
+        if e is not None:
+            np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-4, atol=1e-7)
+    before = _snapshot(model.discriminator)
+    model.apply_phase("r1", grads)  # with D's optimizer, on D's weights only
+    assert _changed(before, model.discriminator)
+    assert model.phase_optimizers()["r1"][0] is model.discriminator_optimizer
+
+
+def test_without_r1_no_stage_has_a_periodic_phase():
+    for stage in _tiny_method(r1_gamma=0.0).stages():
+        assert phases_due(stage.phases, 0) == phases_due(stage.phases, 1)
 
 
 def test_alpha_losses_match_hand_values():

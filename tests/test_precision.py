@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from tfseg.errors import ConfigError
 from tfseg.methods import labels4free, optimizers, perturbgan, redo
+from tfseg.methods.base import phases_due
 from tfseg.training import checkpointing, precision, trainer
 
 STYLEGAN_TINY = dict(z_dim=8, w_dim=8, mapping_layers=1, channel_base=64, max_channels=8,
@@ -52,7 +53,9 @@ def _train(method, policy):
             if stage.name not in STAGES[method]:
                 continue
             model.begin_stage(stage.name)
-            step_fn = trainer.make_train_step(model, strategy, False, stage.phases, stage.batches_per_step)
+            # Every phase on every step, the periodic ones (Labels4Free's lazy R1) included: one trace.
+            step_fn = trainer.make_train_step(model, strategy, False, phases_due(stage.phases, 0),
+                                              stage.batches_per_step)
             for step in range(STEPS):
                 out = step_fn(iterator, tf.constant(step, tf.int64))
                 for name, value in out.items():

@@ -43,12 +43,37 @@ class PhaseMetrics(NamedTuple):
         return out
 
 
+class Periodic(NamedTuple):
+    """A phase that runs only on every `every`-th step (steps counted from 0: step % every == 0),
+    at its place among its stage's phases, with an optimizer update of its own: e.g. StyleGAN2's
+    lazy R1, a discriminator step on the penalty alone every 16 steps."""
+    phase: str
+    every: int
+
+
+def phase_names(phases):
+    """The names of a stage's `phases` (names or `Periodic`), every one of them."""
+    return tuple(p.phase if isinstance(p, Periodic) else p for p in phases)
+
+
+def phases_due(phases, step):
+    """The names of the `phases` (names or `Periodic`) that run at training step `step` (from 0)."""
+    return tuple(p.phase if isinstance(p, Periodic) else p for p in phases
+                 if not isinstance(p, Periodic) or step % p.every == 0)
+
+
+def every_step_phases(phases):
+    """The names of the `phases` that run on every step (the `Periodic` ones left out)."""
+    return tuple(p for p in phases if not isinstance(p, Periodic))
+
+
 class Stage(NamedTuple):
     """A part of training with its own phases, run for `TrainConfig.stage_steps[name]` steps.
 
     Attributes:
         name: e.g. "generator", "segmenter"; names the step budget in gin.
-        phases: the phases one step of this stage runs, in order.
+        phases: the phases one step of this stage runs, in order: names, or `Periodic` for a phase
+            that runs only every n-th step.
         batches_per_step: real batches one step consumes (0: the stage trains on generated data).
         evaluates: whether validation scores the segmenter during this stage (a generator stage
             has no segmenter of real images yet: image grids only).

@@ -35,7 +35,7 @@ from keras import ops
 
 from tfseg import losses
 from tfseg.errors import ConfigError
-from tfseg.methods.base import Method, PhaseMetrics, Stage
+from tfseg.methods.base import Method, Periodic, PhaseMetrics, Stage
 from tfseg.methods import distillation, ema
 from tfseg.methods.distillation import DistilledSegmenter
 from tfseg.methods import optimizers
@@ -200,14 +200,18 @@ class Labels4Free(Method):
         return self.fresh_discriminator if self.fresh_discriminator is not None else self.discriminator
 
     # -- structure ------------------------------------------------------------------------------
-    phases = ("discriminator", "generator", "alpha_discriminator", "alpha", "segmenter")
+    phases = ("discriminator", "r1", "generator", "alpha_discriminator", "alpha_r1", "alpha", "segmenter")
     # The segmenter predicts the foreground layer's mask: region 0 is the object.
     foreground_by_construction = True
 
     def stages(self):
-        # Validation scores the distilled segmenter only: before stage 3 it is untrained.
-        return (Stage("stylegan2", ("discriminator", "generator"), 1, evaluates=False),
-                Stage("alpha", ("alpha_discriminator", "alpha"), 1, evaluates=False),
+        # Lazy R1 (StyleGAN2's order): on every r1_interval-th step, after D's logistic step, a D
+        # step of its own on the penalty alone. Validation scores the distilled segmenter only:
+        # before stage 3 it is untrained.
+        s = self.settings
+        lazy = (lambda name: (Periodic(name, s.r1_interval),)) if s.r1_gamma and s.r1_interval else (lambda name: ())
+        return (Stage("stylegan2", ("discriminator", *lazy("r1"), "generator"), 1, evaluates=False),
+                Stage("alpha", ("alpha_discriminator", *lazy("alpha_r1"), "alpha"), 1, evaluates=False),
                 Stage("segmenter", ("segmenter",), 0, evaluates=True))
 
     def begin_stage(self, name):
@@ -261,6 +265,8 @@ class Labels4Free(Method):
                 "alpha": (self.alpha_optimizer, self.alpha_network.trainable_variables),
                 "alpha_discriminator": (self.alpha_discriminator_optimizer,
                                         self.alpha_discriminator.trainable_variables),
+                "r1": (self.discriminator_optimizer, self.discriminator.trainable_variables),
+                "alpha_r1": (self.alpha_discriminator_optimizer, self.alpha_discriminator.trainable_variables),
                 "segmenter": (self.segmenter_optimizer, self.segmenter.trainable_variables)}
 
     # -- generation -----------------------------------------------------------------------------
@@ -335,8 +341,13 @@ class Labels4Free(Method):
             fake = self.sample(self.generator, real.shape[0], self.replica_seed(step, _SG_D),
                                self.settings.style_mixing_probability)
             return self._discriminator_gradients(self.discriminator, real, fake, step)
+        if phase == "r1":
+            return self._r1_gradients(self.discriminator, self.discriminator_optimizer, batches[0]["image"])
         if phase == "generator":
             return self._generator_gradients(batches[0]["image"].shape[0], step)
+        if phase == "alpha_r1":
+            return self._r1_gradients(self.alpha_discriminator, self.alpha_discriminator_optimizer,
+                                      batches[0]["image"])
         if phase == "alpha_discriminator":
             real = batches[0]["image"]
             fake = self.render_layers(real.shape[0], self.replica_seed(step, _ALPHA_D))["composite"]
@@ -348,34 +359,32 @@ class Labels4Free(Method):
         raise ValueError(f"Labels4Free has no phase {phase!r}; phases are {self.phases}")
 
     def _discriminator_gradients(self, discriminator, real, fake, step):
-        """Logistic D loss, plus (gamma / 2) * interval * R1 on every `r1_interval`-th step.
-
-        Merging the lazy R1 into that step's D update (instead of a separate optimizer step, as
-        the references do) keeps one optimizer call per phase; the interval scaling and Adam's
-        c-ratio are the references'.
-        """
+        """The logistic D loss on real and generated images (R1 is a phase of its own: `_r1_gradients`)."""
         fake = tf.stop_gradient(fake)
-        b = real.shape[0]
         variables = discriminator.trainable_variables
         optimizer = (self.discriminator_optimizer if discriminator is self.discriminator
                      else self.alpha_discriminator_optimizer)
-        if self.settings.r1_gamma and self.settings.r1_interval:
-            regularize = tf.equal(tf.math.floormod(tf.cast(step, tf.int64), self.settings.r1_interval), 0)
-        else:
-            regularize = tf.constant(False)
         with tf.GradientTape() as tape:
             real_scores = discriminator(real)
             fake_scores = discriminator(fake)
             adversarial = losses.logistic_discriminator_loss(real_scores, fake_scores)
-            r1 = tf.cond(regularize, lambda: losses.r1_penalty(discriminator, real),
-                         lambda: tf.zeros([b]))
-            per_example = adversarial + 0.5 * self.settings.r1_gamma * max(self.settings.r1_interval, 1) * r1
-            total = tf.nn.compute_average_loss(per_example)
+            total = tf.nn.compute_average_loss(adversarial)
         grads = optimizers.gradients(tape, total, variables, optimizer)
-        metrics = PhaseMetrics(losses={"discriminator": adversarial, "r1": r1},
+        metrics = PhaseMetrics(losses={"discriminator": adversarial},
                                diagnostics={"discriminator/real": real_scores,
                                             "discriminator/fake": fake_scores})
         return metrics, grads
+
+    def _r1_gradients(self, discriminator, optimizer, real):
+        """Lazy R1, the references' way: (gamma / 2) * interval * R1 on the real batch, its own D step,
+        run every `r1_interval`-th step (a `Periodic` phase); the interval scaling and Adam's
+        c-ratio (`lazy_ratio` of D's optimizer) are StyleGAN2's."""
+        s = self.settings
+        with tf.GradientTape() as tape:
+            r1 = losses.r1_penalty(discriminator, real)
+            total = tf.nn.compute_average_loss(0.5 * s.r1_gamma * max(s.r1_interval, 1) * r1)
+        grads = optimizers.gradients(tape, total, discriminator.trainable_variables, optimizer)
+        return PhaseMetrics(losses={"r1": r1}), grads
 
     def _generator_gradients(self, batch, step):
         variables = self.generator.trainable_variables
@@ -447,6 +456,12 @@ class Labels4Free(Method):
         return self.segmenter.gradients(out[self.settings.distill_on], out["alpha"], self.segmenter_optimizer)
 
     def apply_phase(self, phase, grads):
+        if phase in ("r1", "alpha_r1"):
+            # R1 does not depend on D's last bias: that weight has no gradient and is left alone
+            # (PyTorch's Adam skips a parameter whose gradient is None); said here, not warned each time.
+            optimizer, variables = self.phase_optimizers()[phase]
+            optimizer.apply(*zip(*[(g, v) for g, v in zip(grads, variables) if g is not None]))
+            return
         super().apply_phase(phase, grads)
         if phase == "generator":
             self.update_ema()

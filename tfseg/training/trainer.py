@@ -20,6 +20,7 @@ import tensorflow as tf
 from tfseg.data import decode, pipeline
 from tfseg.errors import ConfigError, DataError, SplitUnavailableError
 from tfseg.evaluation import evaluator, grids, metrics
+from tfseg.methods.base import phases_due
 from tfseg.modeling import refinement
 from tfseg import progress
 from tfseg.training import checkpointing, nonfinite, precision, run_dir, signals
@@ -316,8 +317,23 @@ class Trainer:
                         f"of {self.total_steps}")
 
     def _compile_step(self):
-        self.train_step = make_train_step(self.model, self.strategy, self.jit, self.stage.phases,
-                                          self.stage.batches_per_step, self.guard)
+        """Forgets the step functions of the last stage; `_train_step_at` traces this stage's."""
+        self.step_functions, self.carried_values = {}, {}
+
+    def _train_step_at(self, step):
+        """The compiled step that runs the phases due at `step` (one per set of due phases: a stage
+        with a `Periodic` phase has two)."""
+        due = phases_due(self.stage.phases, step)
+        if due not in self.step_functions:
+            self.step_functions[due] = make_train_step(self.model, self.strategy, self.jit, due,
+                                                       self.stage.batches_per_step, self.guard)
+        return self.step_functions[due]
+
+    def _with_carried(self, values):
+        """`values`, plus the last value of what a `Periodic` phase reports on the steps it skips,
+        so that the console and TensorBoard show its latest figure rather than nothing."""
+        self.carried_values = {**self.carried_values, **values}
+        return dict(self.carried_values)
 
     def _batches_before(self, step):
         """Real batches the stream delivered before `step` (stages consume different numbers)."""
@@ -382,7 +398,7 @@ class Trainer:
         with signals.StopRequests() as stop:
             while step < self.total_steps:
                 self._enter_stage(step, display)
-                values = self.train_step(iterator, self.state.step)
+                values = self._train_step_at(step)(iterator, self.state.step)
                 finite = bool(values.pop(nonfinite.FINITE_METRIC).numpy())
                 self.state.step.assign_add(1)
                 step += 1
@@ -398,7 +414,7 @@ class Trainer:
                         continue
                 else:
                     self.nonfinite_in_a_row = 0
-                self.values = values
+                self.values = self._with_carried(values)
                 stage_end = self._stage_at(step - 1)[2] == step
                 for duty in self.duties:
                     if duty.due(self, step, stage_end) and duty.run(self, step) == duties_lib.RESTART:
