@@ -34,6 +34,7 @@ SCRIPT = textwrap.dedent("""
         out = step(iterator, tf.constant(0, tf.int64))
     after = [v.numpy() for v in model.mask_network.trainable_variables]
     print("replicas", strategy.num_replicas_in_sync)
+    print("one cpu", strategy_lib.on_one_cpu(strategy))
     print("examples", out["loss/information"].shape[0])
     print("changed", any(abs(a - b).max() > 0 for a, b in zip(before, after)))
     print("finite", bool(out[nonfinite.FINITE_METRIC].numpy()))
@@ -49,6 +50,7 @@ def test_train_step_runs_on_two_replicas_and_gathers_the_global_batch():
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "replicas 2" in result.stdout
+    assert "one cpu False" in result.stdout  # two replicas: the batches are split by the distributed iterator
     assert "examples 4" in result.stdout  # the smoke global batch, split 2 + 2 and gathered
     assert "changed True" in result.stdout
     assert "finite True" in result.stdout and "shadow kept True" in result.stdout  # the non-finite guard, mirrored
@@ -168,3 +170,44 @@ def test_weights_fingerprint_changes_with_any_weight_and_is_stable():
     assert first == strategy.weights_fingerprint([a, b]) and len(first) == 8
     b.assign([[3.0000002]])
     assert strategy.weights_fingerprint([a, b]) != first
+
+
+def test_on_one_cpu_the_step_reads_the_plain_iterator_and_trains_as_with_the_distributed_one():
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from tfseg.training import strategy as strategy_lib
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    assert strategy_lib.on_one_cpu(strategy) and strategy_lib.on_one_cpu(tf.distribute.get_strategy())
+    data = tf.data.Dataset.from_tensor_slices(tf.random.stateless_uniform([12, 3], [1, 2])).batch(4)
+    plain = strategy_lib.distributed_iterator(strategy, data)
+    assert isinstance(plain, tf.data.Iterator)  # not a DistributedIterator
+
+    def train(iterator):
+        """Three SGD steps of a Dense layer through `strategy.run`, as the trainer's step."""
+        with strategy.scope():
+            keras.utils.set_random_seed(0)
+            layer = keras.layers.Dense(2)
+            layer.build((None, 3))
+            optimizer = keras.optimizers.SGD(0.1)
+            optimizer.build(layer.trainable_variables)
+
+        @tf.function
+        def step(iterator):
+            def replica_fn(x):
+                with tf.GradientTape() as tape:
+                    loss = tf.nn.compute_average_loss(tf.reduce_sum(tf.square(layer(x) - 1.0), axis=1))
+                optimizer.apply(tape.gradient(loss, layer.trainable_variables), layer.trainable_variables)
+                return loss
+            return strategy.reduce("SUM", strategy.run(replica_fn, args=(next(iterator),)), axis=None)
+
+        losses = [float(step(iterator)) for _ in range(3)]
+        return losses, [v.numpy() for v in layer.trainable_variables]
+
+    losses, weights = train(plain)
+    reference_losses, reference_weights = train(iter(strategy.experimental_distribute_dataset(data)))
+    np.testing.assert_allclose(losses, reference_losses, rtol=1e-6)
+    for w, r in zip(weights, reference_weights):
+        np.testing.assert_allclose(w, r, rtol=1e-6)

@@ -174,15 +174,14 @@ def measure(train_config, jit_compile, strategy):
 def _measure(train_config, jit_compile, strategy):
     from tfseg.methods import base  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from tfseg.training import trainer  # pylint: disable=import-outside-toplevel
+    from tfseg.training import strategy as strategy_lib, trainer  # pylint: disable=import-outside-toplevel
 
     r, b = train_config.resolution, train_config.batch_size
     with strategy.scope():
         model = trainer.build_method(train_config)
         model.build_for_training(b)
     batch = {"image": tf.random.uniform([b, r, r, 3], -1.0, 1.0, seed=1)}
-    iterator = iter(strategy.experimental_distribute_dataset(
-        tf.data.Dataset.from_tensors(batch).repeat()))
+    iterator = strategy_lib.distributed_iterator(strategy, tf.data.Dataset.from_tensors(batch).repeat())
     step = tf.Variable(0, dtype=tf.int64)
     stages = {}
     for stage, _, _ in trainer.stage_schedule(model, train_config):

@@ -87,6 +87,29 @@ def shard_by_example_unless_set(dataset):
     return dataset.with_options(options)
 
 
+def on_one_cpu(strategy):
+    """Whether `strategy` trains one replica, on a CPU, in one process."""
+    if not tf.distribute.has_strategy() and strategy is tf.distribute.get_strategy():
+        return not tf.config.list_logical_devices("GPU")  # the default strategy: the default device
+    devices = strategy.extended.worker_devices
+    return (strategy.num_replicas_in_sync == 1 and num_workers(strategy) == 1
+            and all(tf.DeviceSpec.from_string(d).device_type == "CPU" for d in devices))
+
+
+def distributed_iterator(strategy, dataset):
+    """An iterator over `dataset`'s global batches for a step that calls `strategy.run`.
+
+    On one CPU replica it is the dataset's plain iterator (`strategy.run` takes its tensors as they
+    are): the distributed iterator (`experimental_distribute_dataset`) there nearly doubled the time
+    of every training step on a 2-core CPU (ReDO demo, TF 2.21: 1.81 vs 0.93 s per step, the same
+    kernels each about twice as slow; `tools/benchmark.py`). Elsewhere, the distributed iterator,
+    which splits batches between replicas and prefetches to accelerators.
+    """
+    if on_one_cpu(strategy):
+        return iter(dataset)
+    return iter(strategy.experimental_distribute_dataset(dataset))
+
+
 def weights_fingerprint(variables):
     """CRC-32 of the variables' bytes, in order, as 8 hex digits.
 

@@ -245,7 +245,7 @@ def _training_dataset(config, strategy, skip_batches=0):
     dataset = strategy_lib.shard_by_example_unless_set(dataset.map(_image_only))
     if skip_batches:
         dataset = dataset.skip(skip_batches)
-    return iter(strategy.experimental_distribute_dataset(dataset))
+    return strategy_lib.distributed_iterator(strategy, dataset)
 
 
 class Trainer:
