@@ -51,11 +51,6 @@ class Periodic(NamedTuple):
     every: int
 
 
-def phase_names(phases):
-    """The names of a stage's `phases` (names or `Periodic`), every one of them."""
-    return tuple(p.phase if isinstance(p, Periodic) else p for p in phases)
-
-
 def phases_due(phases, step):
     """The names of the `phases` (names or `Periodic`) that run at training step `step` (from 0)."""
     return tuple(p.phase if isinstance(p, Periodic) else p for p in phases

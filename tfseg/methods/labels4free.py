@@ -382,7 +382,7 @@ class Labels4Free(Method):
         s = self.settings
         with tf.GradientTape() as tape:
             r1 = losses.r1_penalty(discriminator, real)
-            total = tf.nn.compute_average_loss(0.5 * s.r1_gamma * max(s.r1_interval, 1) * r1)
+            total = tf.nn.compute_average_loss(0.5 * s.r1_gamma * s.r1_interval * r1)
         grads = optimizers.gradients(tape, total, discriminator.trainable_variables, optimizer)
         return PhaseMetrics(losses={"r1": r1}), grads
 
