@@ -59,7 +59,7 @@ class ReDOSettings:
             the object (so no polarity must be guessed afterwards) and keeps F from the trivial
             split a GAN finds first on photos (one region takes most of the image). Off (0 and 1)
             by default. Measured once, on Flowers-17 at 32 px (redo_folder.gin at 32 px, batch 32,
-            range 0.1-0.4): no gain; validation fg IoU 0.250 / 0.254 / 0.244 at steps 250 / 500 /
+            range 0.1-0.4, validation masks through its colour refinement): no gain; validation fg IoU 0.250 / 0.254 / 0.244 at steps 250 / 500 /
             750, region 0 a faint soft layer over the whole image that meets the hinges without
             finding the flowers; so no config switches it on.
         object_size_weight: weight of each of the two hinges (PerturbGAN's gamma_1 is 2).
