@@ -24,8 +24,7 @@ SCRIPT = textwrap.dedent("""
         guard = nonfinite.Guard(list(model.variables)
                                 + [v for o in model.optimizers_by_name().values() for v in o.variables])
     images = tf.random.uniform([cfg.batch_size, cfg.resolution, cfg.resolution, 3], -1, 1, seed=3)
-    iterator = iter(strategy.experimental_distribute_dataset(
-        tf.data.Dataset.from_tensors({"image": images}).repeat()))
+    iterator = strategy_lib.distributed_iterator(strategy, tf.data.Dataset.from_tensors({"image": images}).repeat())
     # The phase that trains the mask network (the full two-phase step runs in the two-worker test).
     step = trainer.make_train_step(model, strategy, jit_compile=False, phases=("generator",),
                                    batches_per_step=1, guard=guard)

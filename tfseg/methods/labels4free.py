@@ -340,7 +340,7 @@ class Labels4Free(Method):
             real = batches[0]["image"]
             fake = self.sample(self.generator, real.shape[0], self.replica_seed(step, _SG_D),
                                self.settings.style_mixing_probability)
-            return self._discriminator_gradients(self.discriminator, real, fake, step)
+            return self._discriminator_gradients(self.discriminator, self.discriminator_optimizer, real, fake)
         if phase == "r1":
             return self._r1_gradients(self.discriminator, self.discriminator_optimizer, batches[0]["image"])
         if phase == "generator":
@@ -351,19 +351,19 @@ class Labels4Free(Method):
         if phase == "alpha_discriminator":
             real = batches[0]["image"]
             fake = self.render_layers(real.shape[0], self.replica_seed(step, _ALPHA_D))["composite"]
-            return self._discriminator_gradients(self.alpha_discriminator, real, fake, step)
+            return self._discriminator_gradients(self.alpha_discriminator, self.alpha_discriminator_optimizer,
+                                                 real, fake)
         if phase == "alpha":
             return self._alpha_gradients(batches[0]["image"].shape[0], step)
         if phase == "segmenter":
             return self._segmenter_gradients(step)
         raise ValueError(f"Labels4Free has no phase {phase!r}; phases are {self.phases}")
 
-    def _discriminator_gradients(self, discriminator, real, fake, step):
-        """The logistic D loss on real and generated images (R1 is a phase of its own: `_r1_gradients`)."""
+    def _discriminator_gradients(self, discriminator, optimizer, real, fake):
+        """The logistic D loss on real and generated images (R1 is a phase of its own: `_r1_gradients`).
+        `optimizer` is the phase's (the one `phase_optimizers` applies with: its loss scale counts)."""
         fake = tf.stop_gradient(fake)
         variables = discriminator.trainable_variables
-        optimizer = (self.discriminator_optimizer if discriminator is self.discriminator
-                     else self.alpha_discriminator_optimizer)
         with tf.GradientTape() as tape:
             real_scores = discriminator(real)
             fake_scores = discriminator(fake)

@@ -332,8 +332,8 @@ class Trainer:
     def _with_carried(self, values):
         """`values`, plus the last value of what a `Periodic` phase reports on the steps it skips,
         so that the console and TensorBoard show its latest figure rather than nothing."""
-        self.carried_values = {**self.carried_values, **values}
-        return dict(self.carried_values)
+        self.carried_values.update(values)
+        return self.carried_values
 
     def _batches_before(self, step):
         """Real batches the stream delivered before `step` (stages consume different numbers)."""
