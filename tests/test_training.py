@@ -225,6 +225,29 @@ def test_unwritable_model_dir_fails_before_training(tmp_path, capsys):
     assert "not writable" in err and "--model_dir" in err
 
 
+def test_workers_checking_one_model_dir_at_once_all_pass_and_leave_no_probe(tmp_path):
+    # The workers of a multi-worker run check the same model_dir at the same time (CI once failed
+    # when two of them shared one probe file and one deleted it under the other).
+    import threading
+    from tfseg.config import prepare_model_dir
+    errors = []
+
+    def check():
+        try:
+            for _ in range(200):
+                prepare_model_dir(str(tmp_path / "run"))
+        except Exception as err:  # noqa: BLE001 - collected and asserted below
+            errors.append(err)
+
+    threads = [threading.Thread(target=check) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert os.listdir(tmp_path / "run") == []
+
+
 def test_dry_run_prints_the_resolved_config_and_trains_nothing(tmp_path, capsys):
     code = run_train(f"--gin_file={REPO}/gin_configs/demo.gin", f"--model_dir={tmp_path}/run", "--dry_run")
     assert code == 0

@@ -3,6 +3,7 @@ import difflib
 import inspect
 import os
 import re
+import tempfile
 
 import gin
 from absl import logging
@@ -149,9 +150,10 @@ def prepare_model_dir(model_dir):
     """Creates `model_dir` and checks it is writable, before any training."""
     try:
         os.makedirs(model_dir, exist_ok=True)
-        probe = os.path.join(model_dir, ".tfseg_write_check")
-        with open(probe, "w") as f:
-            f.write("ok")
+        # A probe of this process's own: the workers of a multi-worker run check the same folder at
+        # once, and a shared name let one worker delete the probe another was about to delete.
+        handle, probe = tempfile.mkstemp(prefix=".tfseg_write_check_", dir=model_dir)
+        os.close(handle)
         os.remove(probe)
     except OSError as err:
         raise ConfigError(f"model_dir '{model_dir}' is not writable ({err.strerror or err}). "
