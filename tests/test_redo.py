@@ -159,6 +159,22 @@ def test_the_object_size_prior_charges_region_0_outside_its_range(coverage, hing
                                + 5.0 * named["information"] + 3.0 * named["object_size"], rtol=1e-5, atol=1e-5)
 
 
+def test_the_binarization_term_charges_soft_masks_and_joins_the_total():
+    model = _method(binarization_weight=2.0)
+    half = tf.fill([4, 16, 16, 1], 0.3)
+    model.mask_network.call = lambda images, **kw: tf.concat([half, 1.0 - half], -1)
+    batches = tuple({"image": tf.random.uniform([4, 16, 16, 3], -1, 1, seed=s)} for s in (3, 4))
+    metrics, _ = model.phase_gradients("generator", batches, tf.constant(3, tf.int64))
+    named = {k: v.numpy() for k, v in metrics.losses.items()}
+    np.testing.assert_allclose(named["mask_binarization"], [0.3] * 4, atol=1e-6)
+    np.testing.assert_allclose(named["generator_total"], named["generator_adversarial"]
+                               + 5.0 * named["information"] + 2.0 * named["mask_binarization"], rtol=1e-5, atol=1e-5)
+    _fixed_masks(model, 8 / 16)  # hard masks cost nothing
+    metrics, _ = model.phase_gradients("generator", batches, tf.constant(3, tf.int64))
+    np.testing.assert_allclose(metrics.losses["mask_binarization"].numpy(), [0.0] * 4, atol=1e-6)
+    assert "mask_binarization" not in _method().phase_gradients("generator", batches, tf.constant(3, tf.int64))[0].losses
+
+
 def test_without_the_prior_the_loss_is_the_papers_and_the_regions_are_symmetric():
     model = _method()
     _fixed_masks(model, 2 / 16)

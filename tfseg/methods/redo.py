@@ -63,6 +63,9 @@ class ReDOSettings:
             750, region 0 a faint soft layer over the whole image that meets the hinges without
             finding the flowers; so no config switches it on.
         object_size_weight: weight of each of the two hinges (PerturbGAN's gamma_1 is 2).
+        binarization_weight: weight of PerturbGAN's binarization term mean(min(m, 1 - m)) on
+            region 0 (on F only; not the paper's, 0 = off). With the size prior it stops F from
+            meeting the hinges with a faint layer over the whole image.
         learning_rate: Adam lr of G, D and the encoder.
         mask_learning_rate: Adam lr of F.
         mask_weight_decay: coupled L2 on F.
@@ -92,6 +95,7 @@ class ReDOSettings:
     object_min_coverage: float = 0.0
     object_max_coverage: float = 1.0
     object_size_weight: float = 2.0
+    binarization_weight: float = 0.0
     learning_rate: float = 1e-4
     mask_learning_rate: float = 1e-5
     mask_weight_decay: float = 1e-4
@@ -300,6 +304,10 @@ class ReDO(Method):
             object_size = self._object_size_loss(masks)
             if object_size is not None:
                 per_example += self.settings.object_size_weight * object_size
+            binarization = None
+            if self.settings.binarization_weight > 0:
+                binarization = losses.mask_binarization_loss(masks[..., :1])
+                per_example += self.settings.binarization_weight * binarization
             total = tf.nn.compute_average_loss(per_example)
             info_total = tf.nn.compute_average_loss(self.settings.info_weight * info)
         # F and the G_k descend the whole loss; the encoder only the information term (in the
@@ -315,6 +323,8 @@ class ReDO(Method):
         named_losses = {"generator_adversarial": adversarial, "information": info}
         if object_size is not None:
             named_losses["object_size"] = object_size
+        if binarization is not None:
+            named_losses["mask_binarization"] = binarization
         metrics = PhaseMetrics(
             losses={**named_losses, "generator_total": per_example},
             mask_coverage=coverage,
