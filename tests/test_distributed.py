@@ -27,10 +27,11 @@ SCRIPT = textwrap.dedent("""
     iterator = strategy_lib.distributed_iterator(strategy, tf.data.Dataset.from_tensors({"image": images}).repeat())
     # The phase that trains the mask network (the full two-phase step runs in the two-worker test).
     step = trainer.make_train_step(model, strategy, jit_compile=False, phases=("generator",),
-                                   batches_per_step=1, guard=guard)
+                                   batches_per_step=1)
     before = [v.numpy().copy() for v in model.mask_network.trainable_variables]
     with strategy_lib.graph_optimization(cfg.optimize_graphs):  # off at smoke sizes, as in a smoke run
         out = step(iterator, tf.constant(0, tf.int64))
+        guard.keep_or_revert(bool(out[nonfinite.FINITE_METRIC].numpy()))
     after = [v.numpy() for v in model.mask_network.trainable_variables]
     print("replicas", strategy.num_replicas_in_sync)
     print("one cpu", strategy_lib.on_one_cpu(strategy))

@@ -135,11 +135,11 @@ def test_guard_reverts_every_variable_after_a_non_finite_step():
     guard = nonfinite.Guard([a, b])
     a.assign([5.0, np.nan])
     b.assign(4.0)
-    guard.keep_or_revert(tf.constant(False))
+    guard.keep_or_revert(False)
     np.testing.assert_array_equal(a.numpy(), [1.0, 2.0])
     assert b.numpy() == 3.0
     b.assign(7.0)
-    guard.keep_or_revert(tf.constant(True))
+    guard.keep_or_revert(True)
     assert b.numpy() == 7.0 and guard.shadows[1].numpy() == 7.0
     assert nonfinite.all_finite({"loss": tf.constant([1.0, np.inf])}, []).numpy() == False  # noqa: E712
     assert nonfinite.all_finite({"loss": tf.constant([1.0])}, [tf.constant([np.nan])]).numpy() == False  # noqa: E712

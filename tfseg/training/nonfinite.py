@@ -3,8 +3,11 @@
 A learning rate too high, or one bad batch, can turn every weight into NaN in one update; a NaN model
 then thresholds to empty masks, scores fg IoU 0 and would be checkpointed, selected and served. The
 guard keeps a copy of every variable of the method (networks and optimizers) as of the last finite
-step. After each step, if any loss or gradient of any replica was non-finite, the variables are put
-back from the copy (the update is skipped); otherwise the copy is refreshed. The trainer counts the
+step. The step reports whether any loss or gradient of any replica was non-finite; the trainer then
+puts the variables back from the copy (the update is skipped) or refreshes the copy. Both run
+outside the step functions, in one `tf.function` of their own: inlined in every step function (a
+stage with a periodic phase has two, Labels4Free three stages) the copy's several ops per variable
+were traced again each time, a quarter of a smoke run's wall clock. The trainer counts the
 skipped steps, restores the last checkpoint after too many in a row, and stops past a second bound.
 
 The copy doubles the memory of the variables (not of the activations): `TrainConfig.skip_nonfinite`
@@ -32,24 +35,29 @@ def finite_metric(metrics, finite):
 
 
 class Guard:
-    """Shadow copies of `variables`; `keep_or_revert(finite)` runs inside the train step."""
+    """Shadow copies of `variables`; after each step the trainer calls `keep_or_revert(finite)`."""
 
     def __init__(self, variables):
         self.variables = list(variables)
         # Created under the caller's strategy scope, so they are mirrored like the originals.
         self.shadows = [tf.Variable(tf.convert_to_tensor(v), trainable=False, name="nonfinite_shadow")
                         for v in self.variables]
+        # Traced once per guard (on first use), whatever the number of step functions.
+        self._keep = tf.function(lambda: _copy(self.variables, self.shadows), autograph=False)
+        self._revert = tf.function(lambda: _copy(self.shadows, self.variables), autograph=False)
 
     def keep_or_revert(self, finite):
-        """Reverts every variable to its shadow when `finite` is False, then refreshes the shadows."""
-        for variable, shadow in zip(self.variables, self.shadows):
-            variable.assign(tf.where(finite, tf.convert_to_tensor(variable), tf.convert_to_tensor(shadow)))
-            shadow.assign(tf.convert_to_tensor(variable))
+        """After a step: refreshes the shadows when `finite` (a bool), else puts every variable back."""
+        (self._keep if bool(finite) else self._revert)()
 
     def sync(self):
         """Refreshes the shadows from the variables (after a restore)."""
-        for variable, shadow in zip(self.variables, self.shadows):
-            shadow.assign(tf.convert_to_tensor(variable))
+        self._keep()
+
+
+def _copy(sources, targets):
+    for source, target in zip(sources, targets):
+        target.assign(tf.convert_to_tensor(source))
 
 
 def nonfinite_variables(variables):

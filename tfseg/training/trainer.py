@@ -180,14 +180,14 @@ def stage_schedule(model, config):
     return schedule
 
 
-def make_train_step(model, strategy, jit_compile, phases=None, batches_per_step=None, guard=None):
+def make_train_step(model, strategy, jit_compile, phases=None, batches_per_step=None):
     """A `tf.function(iterator, step) -> metrics` running every phase of `model` (or `phases`) once.
 
     Each phase's gradient function is compiled per replica (with XLA if `jit_compile`); the
     optimizer update runs outside XLA, in the replica context, where Keras all-reduces the
     gradients. Metrics are every phase's `PhaseMetrics.flat()`, per-example values gathered from
-    all replicas, plus `nonfinite.FINITE_METRIC`. With a `nonfinite.Guard`, a step with any non-finite loss or gradient
-    is undone after it ran.
+    all replicas, plus `nonfinite.FINITE_METRIC` (a scalar bool: every loss and gradient of every
+    replica was finite), with which the caller keeps or undoes the step (`nonfinite.Guard`).
     """
     phases = tuple(model.phases if phases is None else phases)
     batches_per_step = model.batches_per_step if batches_per_step is None else batches_per_step
@@ -217,10 +217,7 @@ def make_train_step(model, strategy, jit_compile, phases=None, batches_per_step=
                     finite.append(tf.reduce_all(gathered > 0.5))
                 else:
                     out[name] = gathered
-        step_finite = tf.reduce_all(tf.stack(finite))
-        if guard is not None:
-            guard.keep_or_revert(step_finite)
-        out[nonfinite.FINITE_METRIC] = step_finite
+        out[nonfinite.FINITE_METRIC] = tf.reduce_all(tf.stack(finite))
         return out
 
     return train_step
@@ -326,7 +323,7 @@ class Trainer:
         due = phases_due(self.stage.phases, step)
         if due not in self.step_functions:
             self.step_functions[due] = make_train_step(self.model, self.strategy, self.jit, due,
-                                                       self.stage.batches_per_step, self.guard)
+                                                       self.stage.batches_per_step)
         return self.step_functions[due]
 
     def _with_carried(self, values):
@@ -400,6 +397,8 @@ class Trainer:
                 self._enter_stage(step, display)
                 values = self._train_step_at(step)(iterator, self.state.step)
                 finite = bool(values.pop(nonfinite.FINITE_METRIC).numpy())
+                if self.guard is not None:
+                    self.guard.keep_or_revert(finite)
                 self.state.step.assign_add(1)
                 step += 1
                 if display.timed_from is None:
