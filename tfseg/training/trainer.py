@@ -8,6 +8,7 @@ step is several optimizer phases anyway. Each phase's losses-and-gradients funct
 replica, compiled with XLA when asked; the optimizer update runs outside XLA in the replica
 context, where Keras all-reduces the gradients (XLA cannot compile that merge).
 """
+import functools
 import json
 import os
 import sys
@@ -194,10 +195,10 @@ def make_train_step(model, strategy, jit_compile, phases=None, batches_per_step=
     gradient_fns = {
         phase: tf.function(lambda batches, step, phase=phase:
                            model.phase_gradients(phase, batches, step),
-                           jit_compile=jit_compile)
+                           jit_compile=jit_compile, autograph=False)
         for phase in phases}
 
-    @tf.function
+    @functools.partial(tf.function, autograph=False)
     def train_step(iterator, step):
         batches = tuple(next(iterator) for _ in range(batches_per_step))
         out, finite = {}, []
