@@ -44,7 +44,7 @@ from tfseg.modeling import stylegan2 as sg2
 from tfseg.modeling.alpha_network import NUM_BLOCKS, AlphaNetwork
 
 # Random streams of `replica_seed` (< 16), one per phase; each is split into the draws of a render.
-_SG_D, _SG_G, _ALPHA_D, _ALPHA, _SEGMENTER = 0, 1, 2, 3, 4
+_SG_D, _SG_G, _ALPHA_D, _ALPHA, _SEGMENTER, _SG_PATH_LENGTH = 0, 1, 2, 3, 4, 5
 _W_AVG_SEED = 7
 _PATH_LENGTH_DECAY, _PATH_LENGTH_BATCH_SHRINK = 0.01, 2  # StyleGAN2's
 
@@ -76,8 +76,10 @@ class Labels4FreeSettings:
         r1_gamma, r1_interval: lazy R1 weight and interval, both stages (10, 16; 0 disables).
         ema_decay: per-step decay of G's EMA (rosinality: 0.5 ** (32 / 10000) = 0.9978).
         path_length_weight, path_length_interval: stage 1's lazy path-length regularisation of G
-            (StyleGAN2: 2, every 4th G step, on half the batch, running mean with decay 0.01, which
-            like the reference's is not checkpointed). 0 disables it; the CPU configs were measured
+            (StyleGAN2: 2, every 4th step, on half the batch, running mean with decay 0.01, which
+            like the reference's is not checkpointed): as in the references a G step of its own
+            (phase "path_length", a `Periodic` one) after G's adversarial step, with G's Adam
+            c-ratio interval / (interval + 1). 0 disables it; the CPU configs were measured
             without it.
         style_mixing_probability: stage 1's style mixing (StyleGAN2: 0.9): the chance that a D or G
             step draws two codes and switches from the first's styles to the second's at a random
@@ -166,8 +168,9 @@ class Labels4Free(Method):
         self.segmenter = DistilledSegmenter(s.segmenter_width, s.segmenter_residual_blocks,
                                             name="segmenter")
         r1_ratio = s.r1_interval / (s.r1_interval + 1.0) if s.r1_interval else 1.0
-        # Stage 1: no path-length regularisation, hence no lazy ratio on G.
-        self.generator_optimizer = gan_adam(s.learning_rate)
+        path_length_ratio = (s.path_length_interval / (s.path_length_interval + 1.0)
+                             if self._path_length_on() else 1.0)
+        self.generator_optimizer = gan_adam(s.learning_rate, lazy_ratio=path_length_ratio)
         self.discriminator_optimizer = gan_adam(s.learning_rate, lazy_ratio=r1_ratio)
         # Stage 2: the reference's ratios (4/5 on A is a leftover of g_reg_every = 4, kept).
         self.alpha_optimizer = gan_adam(s.alpha_learning_rate, lazy_ratio=4.0 / 5.0)
@@ -200,19 +203,24 @@ class Labels4Free(Method):
         return self.fresh_discriminator if self.fresh_discriminator is not None else self.discriminator
 
     # -- structure ------------------------------------------------------------------------------
-    phases = ("discriminator", "r1", "generator", "alpha_discriminator", "alpha_r1", "alpha", "segmenter")
+    phases = ("discriminator", "r1", "generator", "path_length", "alpha_discriminator", "alpha_r1", "alpha",
+              "segmenter")
     # The segmenter predicts the foreground layer's mask: region 0 is the object.
     foreground_by_construction = True
 
     def stages(self):
         # Lazy R1 (StyleGAN2's order): on every r1_interval-th step, after D's logistic step, a D
-        # step of its own on the penalty alone. Validation scores the distilled segmenter only:
-        # before stage 3 it is untrained.
+        # step of its own on the penalty alone; likewise the path-length penalty after G's step.
+        # Validation scores the distilled segmenter only: before stage 3 it is untrained.
         s = self.settings
         lazy = (lambda name: (Periodic(name, s.r1_interval),)) if s.r1_gamma and s.r1_interval else (lambda name: ())
-        return (Stage("stylegan2", ("discriminator", *lazy("r1"), "generator"), 1, evaluates=False),
+        path_length = (Periodic("path_length", s.path_length_interval),) if self._path_length_on() else ()
+        return (Stage("stylegan2", ("discriminator", *lazy("r1"), "generator", *path_length), 1, evaluates=False),
                 Stage("alpha", ("alpha_discriminator", *lazy("alpha_r1"), "alpha"), 1, evaluates=False),
                 Stage("segmenter", ("segmenter",), 0, evaluates=True))
+
+    def _path_length_on(self):
+        return bool(self.settings.path_length_weight and self.settings.path_length_interval)
 
     def begin_stage(self, name):
         self.stage_name = name
@@ -266,6 +274,7 @@ class Labels4Free(Method):
                 "alpha_discriminator": (self.alpha_discriminator_optimizer,
                                         self.alpha_discriminator.trainable_variables),
                 "r1": (self.discriminator_optimizer, self.discriminator.trainable_variables),
+                "path_length": (self.generator_optimizer, self.generator.trainable_variables),
                 "alpha_r1": (self.alpha_discriminator_optimizer, self.alpha_discriminator.trainable_variables),
                 "segmenter": (self.segmenter_optimizer, self.segmenter.trainable_variables)}
 
@@ -345,6 +354,8 @@ class Labels4Free(Method):
             return self._r1_gradients(self.discriminator, self.discriminator_optimizer, batches[0]["image"])
         if phase == "generator":
             return self._generator_gradients(batches[0]["image"].shape[0], step)
+        if phase == "path_length":
+            return self._path_length_gradients(batches[0]["image"].shape[0], step)
         if phase == "alpha_r1":
             return self._r1_gradients(self.alpha_discriminator, self.alpha_discriminator_optimizer,
                                       batches[0]["image"])
@@ -389,22 +400,24 @@ class Labels4Free(Method):
     def _generator_gradients(self, batch, step):
         variables = self.generator.trainable_variables
         s = self.settings
-        seed = self.replica_seed(step, _SG_G)
         with tf.GradientTape() as tape:
-            fake = self.sample(self.generator, batch, seed, s.style_mixing_probability)
+            fake = self.sample(self.generator, batch, self.replica_seed(step, _SG_G), s.style_mixing_probability)
             adversarial = losses.logistic_generator_loss(self.discriminator(fake))
-            path_penalty = tf.zeros([batch])
-            if s.path_length_weight and s.path_length_interval:
-                due = tf.equal(tf.math.floormod(tf.cast(step, tf.int64), s.path_length_interval), 0)
-                running = self.path_length_mean.value
-                path_penalty, mean = tf.cond(due, lambda: self._path_length_penalty(batch, seed, running),
-                                             lambda: (tf.zeros([batch]), tf.identity(running)))
-                running.assign(tf.stop_gradient(mean))
-            # Lazy: the penalty of every interval-th step counts interval times (the reference's scaling).
-            per_example = adversarial + s.path_length_weight * max(s.path_length_interval, 1) * path_penalty
-            total = tf.nn.compute_average_loss(per_example)
+            total = tf.nn.compute_average_loss(adversarial)
         grads = optimizers.gradients(tape, total, variables, self.generator_optimizer)
-        return PhaseMetrics(losses={"generator": adversarial, "path_length": path_penalty}), grads
+        return PhaseMetrics(losses={"generator": adversarial}), grads
+
+    def _path_length_gradients(self, batch, step):
+        """Lazy path-length regularisation, a G step of its own every `path_length_interval`-th step
+        (a `Periodic` phase): weight * interval * (length - running mean)^2, as the references."""
+        s = self.settings
+        running = self.path_length_mean.value
+        with tf.GradientTape() as tape:
+            penalty, mean = self._path_length_penalty(batch, self.replica_seed(step, _SG_PATH_LENGTH), running)
+            total = tf.nn.compute_average_loss(s.path_length_weight * s.path_length_interval * penalty)
+        running.assign(tf.stop_gradient(mean))
+        grads = optimizers.gradients(tape, total, self.generator.trainable_variables, self.generator_optimizer)
+        return PhaseMetrics(losses={"path_length": penalty}), grads
 
     def _path_length_penalty(self, batch, seed, running):
         """(path length - its running mean)^2 on half the batch, as StyleGAN2.
@@ -456,9 +469,10 @@ class Labels4Free(Method):
         return self.segmenter.gradients(out[self.settings.distill_on], out["alpha"], self.segmenter_optimizer)
 
     def apply_phase(self, phase, grads):
-        if phase in ("r1", "alpha_r1"):
-            # R1 does not depend on D's last bias: that weight has no gradient and is left alone
-            # (PyTorch's Adam skips a parameter whose gradient is None); said here, not warned each time.
+        if phase in ("r1", "alpha_r1", "path_length"):
+            # A penalty need not depend on every weight (R1 does not on D's last bias): such a weight
+            # has no gradient and is left alone (PyTorch's Adam skips a parameter whose gradient is
+            # None); said here, not warned each time.
             optimizer, variables = self.phase_optimizers()[phase]
             optimizer.apply(*zip(*[(g, v) for g, v in zip(grads, variables) if g is not None]))
             return
