@@ -7,7 +7,7 @@ step. The step reports whether any loss or gradient of any replica was non-finit
 puts the variables back from the copy (the update is skipped) or refreshes the copy. Both run
 outside the step functions, in one `tf.function` of their own: inlined in every step function (a
 stage with a periodic phase has two, Labels4Free three stages) the copy's several ops per variable
-were traced again each time, a quarter of a smoke run's wall clock. The trainer counts the
+were traced again each time (over a quarter of a profiled Labels4Free smoke run). The trainer counts the
 skipped steps, restores the last checkpoint after too many in a row, and stops past a second bound.
 
 The copy doubles the memory of the variables (not of the activations): `TrainConfig.skip_nonfinite`

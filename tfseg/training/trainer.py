@@ -192,6 +192,9 @@ def make_train_step(model, strategy, jit_compile, phases=None, batches_per_step=
     """
     phases = tuple(model.phases if phases is None else phases)
     batches_per_step = model.batches_per_step if batches_per_step is None else batches_per_step
+    # Without AutoGraph: the step's Python loops run over static phases and batches, and a method's
+    # tensor-dependent branch must be an explicit tf.cond (a tensor used as a Python bool fails at
+    # trace time, loudly). Tracing is then cheaper.
     gradient_fns = {
         phase: tf.function(lambda batches, step, phase=phase:
                            model.phase_gradients(phase, batches, step),
