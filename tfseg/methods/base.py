@@ -91,6 +91,10 @@ class Method(keras.Model):
     phases = ()
     #: How many input batches one training step consumes (ReDO: 2, its D sees a fresh real batch).
     batches_per_step = 1
+    #: Phases whose loss (a penalty) need not depend on every weight they train, e.g. R1 on D's last
+    #: bias: `apply_phase` leaves such a weight alone (PyTorch's Adam skips a parameter whose
+    #: gradient is None). In any other phase a None gradient is an error.
+    partial_gradient_phases = ()
     #: Region 0 is the object because the method is built so (a mask layer composited over a
     #: background layer). False where regions are symmetric (ReDO): without labels the trainer
     #: then picks the region by the border rule (`tfseg.evaluation.evaluator.border_region`).
@@ -154,6 +158,8 @@ class Method(keras.Model):
     def apply_phase(self, phase, grads):
         """Applies the gradients of `phase_gradients` with the phase's optimizer."""
         optimizer, variables = self.phase_optimizers()[phase]
+        if phase in self.partial_gradient_phases:
+            grads, variables = zip(*[(g, v) for g, v in zip(grads, variables) if g is not None])
         optimizer.apply(grads, variables)
 
     @property

@@ -207,6 +207,7 @@ class Labels4Free(Method):
               "segmenter")
     # The segmenter predicts the foreground layer's mask: region 0 is the object.
     foreground_by_construction = True
+    partial_gradient_phases = ("r1", "alpha_r1", "path_length")
 
     def stages(self):
         # Lazy R1 (StyleGAN2's order): on every r1_interval-th step, after D's logistic step, a D
@@ -215,7 +216,8 @@ class Labels4Free(Method):
         s = self.settings
         lazy = (lambda name: (Periodic(name, s.r1_interval),)) if s.r1_gamma and s.r1_interval else (lambda name: ())
         path_length = (Periodic("path_length", s.path_length_interval),) if self._path_length_on() else ()
-        return (Stage("stylegan2", ("discriminator", *lazy("r1"), "generator", *path_length), 1, evaluates=False),
+        return (Stage("stylegan2", ("discriminator", *lazy("r1"), "generator", *path_length), 1,
+                      evaluates=False),
                 Stage("alpha", ("alpha_discriminator", *lazy("alpha_r1"), "alpha"), 1, evaluates=False),
                 Stage("segmenter", ("segmenter",), 0, evaluates=True))
 
@@ -401,7 +403,8 @@ class Labels4Free(Method):
         variables = self.generator.trainable_variables
         s = self.settings
         with tf.GradientTape() as tape:
-            fake = self.sample(self.generator, batch, self.replica_seed(step, _SG_G), s.style_mixing_probability)
+            fake = self.sample(self.generator, batch, self.replica_seed(step, _SG_G),
+                               s.style_mixing_probability)
             adversarial = losses.logistic_generator_loss(self.discriminator(fake))
             total = tf.nn.compute_average_loss(adversarial)
         grads = optimizers.gradients(tape, total, variables, self.generator_optimizer)
@@ -413,10 +416,12 @@ class Labels4Free(Method):
         s = self.settings
         running = self.path_length_mean.value
         with tf.GradientTape() as tape:
-            penalty, mean = self._path_length_penalty(batch, self.replica_seed(step, _SG_PATH_LENGTH), running)
+            penalty, mean = self._path_length_penalty(batch, self.replica_seed(step, _SG_PATH_LENGTH),
+                                                      running)
             total = tf.nn.compute_average_loss(s.path_length_weight * s.path_length_interval * penalty)
         running.assign(tf.stop_gradient(mean))
-        grads = optimizers.gradients(tape, total, self.generator.trainable_variables, self.generator_optimizer)
+        grads = optimizers.gradients(tape, total, self.generator.trainable_variables,
+                                     self.generator_optimizer)
         return PhaseMetrics(losses={"path_length": penalty}), grads
 
     def _path_length_penalty(self, batch, seed, running):
@@ -469,13 +474,6 @@ class Labels4Free(Method):
         return self.segmenter.gradients(out[self.settings.distill_on], out["alpha"], self.segmenter_optimizer)
 
     def apply_phase(self, phase, grads):
-        if phase in ("r1", "alpha_r1", "path_length"):
-            # A penalty need not depend on every weight (R1 does not on D's last bias): such a weight
-            # has no gradient and is left alone (PyTorch's Adam skips a parameter whose gradient is
-            # None); said here, not warned each time.
-            optimizer, variables = self.phase_optimizers()[phase]
-            optimizer.apply(*zip(*[(g, v) for g, v in zip(grads, variables) if g is not None]))
-            return
         super().apply_phase(phase, grads)
         if phase == "generator":
             self.update_ema()

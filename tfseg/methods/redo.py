@@ -59,9 +59,10 @@ class ReDOSettings:
             the object (so no polarity must be guessed afterwards) and keeps F from the trivial
             split a GAN finds first on photos (one region takes most of the image). Off (0 and 1)
             by default. Measured once, on Flowers-17 at 32 px (redo_folder.gin at 32 px, batch 32,
-            range 0.1-0.4, validation masks through its colour refinement): no gain; validation fg IoU 0.250 / 0.254 / 0.244 at steps 250 / 500 /
-            750, region 0 a faint soft layer over the whole image that meets the hinges without
-            finding the flowers; so no config switches it on.
+            range 0.1-0.4, validation masks through its colour refinement): no gain; validation
+            fg IoU 0.250 / 0.254 / 0.244 at steps 250 / 500 / 750, region 0 a faint soft layer over
+            the whole image that meets the hinges without finding the flowers; so no config
+            switches it on.
         object_size_weight: weight of each of the two hinges (PerturbGAN's gamma_1 is 2).
         binarization_weight: weight of PerturbGAN's binarization term mean(min(m, 1 - m)) on
             region 0 (on F only; not the paper's, 0 = off). With the size prior it stops F from
@@ -303,13 +304,9 @@ class ReDO(Method):
                     tf.gather(codes, regions, axis=1, batch_dims=1), z)
             adversarial = losses.per_source_example(losses.hinge_generator_loss(logits), b)
             per_example = adversarial + self.settings.info_weight * info
-            object_size = self._object_size_loss(masks)
-            if object_size is not None:
-                per_example += self.settings.object_size_weight * object_size
-            binarization = None
-            if self.settings.binarization_weight > 0:
-                binarization = losses.mask_binarization_loss(masks[..., :1])
-                per_example += self.settings.binarization_weight * binarization
+            mask_priors = self._mask_priors(masks)
+            for weight, value in mask_priors.values():
+                per_example += weight * value
             total = tf.nn.compute_average_loss(per_example)
             info_total = tf.nn.compute_average_loss(self.settings.info_weight * info)
         # F and the G_k descend the whole loss; the encoder only the information term (in the
@@ -322,22 +319,29 @@ class ReDO(Method):
         enc_grads = optimizers.gradients(tape, info_total, enc_vars, self.encoder_optimizer)
         del tape
         coverage = losses.mask_coverage(masks[..., :1])
-        named_losses = {"generator_adversarial": adversarial, "information": info}
-        if object_size is not None:
-            named_losses["object_size"] = object_size
-        if binarization is not None:
-            named_losses["mask_binarization"] = binarization
+        named_losses = {"generator_adversarial": adversarial, "information": info,
+                        **{name: value for name, (_, value) in mask_priors.items()}}
         metrics = PhaseMetrics(
             losses={**named_losses, "generator_total": per_example},
             mask_coverage=coverage,
             diagnostics={"mask/binariness": losses.mask_binariness(masks[..., :1])})
         return metrics, (mask_grads, gen_grads, enc_grads)
 
-    def _object_size_loss(self, masks):
-        """`[b]` hinges of the optional size prior on region 0, or None when it is off."""
+    def _mask_priors(self, masks):
+        """tfseg's optional terms on region 0, not the paper's (on F only): `{name: (weight, [b])}`,
+        only those switched on."""
         s = self.settings
-        if not self._object_size_prior_on():
-            return None
+        priors = {}
+        if self._object_size_prior_on():
+            priors["object_size"] = (s.object_size_weight, self._object_size_loss(masks))
+        if s.binarization_weight > 0:
+            priors["mask_binarization"] = (s.binarization_weight,
+                                           losses.mask_binarization_loss(masks[..., :1]))
+        return priors
+
+    def _object_size_loss(self, masks):
+        """`[b]` hinges of the size prior on region 0 (below the min or above the max coverage)."""
+        s = self.settings
         region0 = masks[..., :1]
         return (losses.mask_size_loss(region0, s.object_min_coverage)
                 + losses.mask_excess_loss(region0, s.object_max_coverage))
