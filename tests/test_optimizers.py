@@ -70,6 +70,17 @@ def test_a_checkpoint_of_keras_adam_restores_into_the_fused_adam(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+def test_the_fused_adam_checkpoints_exactly_what_keras_adam_does():
+    children = {}
+    for cls in (keras.optimizers.Adam, optimizers.FusedAdam):
+        weights = keras.Variable(tf.ones([2]))
+        optimizer = cls(1e-3)
+        optimizer.build([weights])
+        optimizer.apply([tf.ones([2])], [weights])
+        children[cls] = set(optimizer._trackable_children())
+    assert children[optimizers.FusedAdam] == children[keras.optimizers.Adam]
+
+
 def test_loss_scaling_wraps_the_fused_adam():
     with optimizers.loss_scaling(True):
         scaled = optimizers.gan_adam(1e-3)

@@ -1,11 +1,13 @@
-"""The Adam every GAN network of tfseg trains with (beta_1 = 0, as in all three reference codes), and
-the float16 loss scaling that wraps it under the `mixed_float16` policy (`tfseg.training.precision`).
+"""The Adam every GAN network of tfseg trains with (beta_1 = 0, as in all three reference codes;
+each variable's update one fused TensorFlow kernel), and the float16 loss scaling that wraps it
+under the `mixed_float16` policy (`tfseg.training.precision`).
 
 Every gradient of a method is taken through `gradients`, so a loss-scaled optimizer sees its loss
 scaled; `LossScaleOptimizer.apply` unscales, skips a step whose gradients overflowed and adapts the
 scale. Under float32 and mixed_bfloat16 (float32's exponent range) nothing is scaled.
 """
 import contextlib
+import types
 
 import keras
 import tensorflow as tf
@@ -40,25 +42,31 @@ class FusedAdam(keras.optimizers.Adam):
     Same update, same order of terms (m += (g - m)(1 - beta_1); v += (g^2 - v)(1 - beta_2);
     var -= lr sqrt(1 - beta_2^t) / (1 - beta_1^t) m / (sqrt(v) + epsilon)), same slots and checkpoint;
     one op per variable instead of about a dozen, which is most of the optimizer's share of tracing
-    a step and of running a small network's step.
+    a step. It overrides two methods of Keras 3's TensorFlow-backend optimizer and reads Adam's slot
+    lists (`_momentums`, `_velocities`), as of Keras 3.15; tests/test_optimizers.py compares it with
+    Keras' Adam, so a change there fails a test rather than training differently.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The scalars every variable's update shares in one apply; a plain object, which the
+        # optimizer's checkpoint does not track (a dict attribute would become a dependency).
+        self._shared = types.SimpleNamespace(scalars=None)
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         # The bias-correction powers once per apply, not once per variable.
         step = tf.cast(self.iterations + 1, tf.float32)
-        self._fused_scalars = dict(
-            lr=tf.cast(learning_rate, tf.float32),
-            beta1=tf.constant(self.beta_1, tf.float32), beta2=tf.constant(self.beta_2, tf.float32),
-            beta1_power=tf.pow(tf.constant(self.beta_1, tf.float32), step),
-            beta2_power=tf.pow(tf.constant(self.beta_2, tf.float32), step),
-            epsilon=tf.constant(self.epsilon, tf.float32))
+        beta_1, beta_2 = tf.constant(self.beta_1, tf.float32), tf.constant(self.beta_2, tf.float32)
+        self._shared.scalars = dict(lr=tf.cast(learning_rate, tf.float32), beta1=beta_1, beta2=beta_2,
+                                    beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step),
+                                    epsilon=tf.constant(self.epsilon, tf.float32))
         try:
             super()._backend_update_step(grads, trainable_variables, learning_rate)
         finally:
-            self._fused_scalars = None
+            self._shared.scalars = None
 
     def update_step(self, gradient, variable, learning_rate):
-        scalars = getattr(self, "_fused_scalars", None)
+        scalars = self._shared.scalars
         if (scalars is None or self.amsgrad or isinstance(gradient, tf.IndexedSlices)
                 or variable.dtype != tf.float32):
             return super().update_step(gradient, variable, learning_rate)
@@ -80,8 +88,7 @@ def gan_adam(learning_rate, beta_2=0.99, epsilon=1e-8, lazy_ratio=1.0):
         lazy_ratio: c = interval / (interval + 1) keeps the optimizer's per-step dynamics when a
             regulariser runs every `interval` steps (StyleGAN2 appendix B); 1 when none does.
     """
-    adam = FusedAdam(learning_rate * lazy_ratio, beta_1=0.0, beta_2=beta_2**lazy_ratio,
-                                 epsilon=epsilon)
+    adam = FusedAdam(learning_rate * lazy_ratio, beta_1=0.0, beta_2=beta_2**lazy_ratio, epsilon=epsilon)
     if _LOSS_SCALING[0]:
         return keras.optimizers.LossScaleOptimizer(adam)
     return adam
