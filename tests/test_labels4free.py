@@ -236,6 +236,22 @@ def test_path_length_regularisation_is_a_g_step_of_its_own_every_interval_steps_
     assert all("path_length" not in v.path for v in model.variables)  # as the reference, not saved
 
 
+@pytest.mark.parametrize("phases", [("discriminator", "generator"), ("discriminator", "generator", "path_length")])
+def test_the_ema_follows_the_last_g_update_of_the_step_once(phases):
+    # As the references accumulate once per iteration, after the adversarial and path-length G steps.
+    from tfseg.training import trainer
+    model = _tiny_method(ema_decay=0.5, path_length_weight=2.0, path_length_interval=4)
+    strategy = tf.distribute.get_strategy()
+    iterator = iter(tf.data.Dataset.from_tensors({"image": tf.random.uniform([4, 16, 16, 3], -1, 1, seed=3)})
+                    .repeat())
+    step = trainer.make_train_step(model, strategy, jit_compile=False, phases=phases, batches_per_step=1)
+    ema_before = [e.numpy().copy() for e, _ in model._ema_pairs()]
+    step(iterator, tf.constant(8, tf.int64))
+    for (ema, g), e0 in zip(model._ema_pairs(), ema_before):
+        np.testing.assert_allclose(ema.numpy(), 0.5 * e0 + 0.5 * g.numpy(), atol=1e-6)  # G after all its updates
+    assert any(np.abs(g.numpy() - e0).max() > 0 for (_, g), e0 in zip(model._ema_pairs(), ema_before))
+
+
 def test_ema_moves_each_variable_a_fraction_one_minus_decay_towards_the_generator():
     model = _tiny_method(ema_decay=0.9)
     pairs = model._ema_pairs()

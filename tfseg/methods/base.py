@@ -155,6 +155,11 @@ class Method(keras.Model):
         raise NotImplementedError
 
     # -- shared (override where a method differs) ---------------------------------------------
+    def begin_step(self, phases):
+        """Told, while a training step is traced, the phases it runs in order (periodic ones only
+        when due): for an update that must follow the last of several, e.g. an EMA of G after every
+        G update of the step. Nothing by default."""
+
     def apply_phase(self, phase, grads):
         """Applies the gradients of `phase_gradients` with the phase's optimizer."""
         optimizer, variables = self.phase_optimizers()[phase]

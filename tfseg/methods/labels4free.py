@@ -473,9 +473,16 @@ class Labels4Free(Method):
         out = self.render_layers(self.segmenter_batch_size, self.replica_seed(step, _SEGMENTER))
         return self.segmenter.gradients(out[self.settings.distill_on], out["alpha"], self.segmenter_optimizer)
 
+    # The last phase of a step that updates G; the EMA follows it, once per step (as the
+    # references accumulate once after both G updates). Set by `begin_step` while a step is traced.
+    _last_generator_phase = "generator"
+
+    def begin_step(self, phases):
+        self._last_generator_phase = "path_length" if "path_length" in phases else "generator"
+
     def apply_phase(self, phase, grads):
         super().apply_phase(phase, grads)
-        if phase == "generator":
+        if phase == self._last_generator_phase:
             self.update_ema()
 
     def update_ema(self):

@@ -204,6 +204,7 @@ def make_train_step(model, strategy, jit_compile, phases=None, batches_per_step=
     @functools.partial(tf.function, autograph=False)
     def train_step(iterator, step):
         batches = tuple(next(iterator) for _ in range(batches_per_step))
+        model.begin_step(phases)
         out, finite = {}, []
         for phase in phases:
             def replica_fn(batches, step, phase=phase):
