@@ -81,6 +81,11 @@ def test_the_fused_adam_checkpoints_exactly_what_keras_adam_does():
     assert children[optimizers.FusedAdam] == children[keras.optimizers.Adam]
 
 
+def test_the_fused_adam_refuses_amsgrad_which_it_does_not_compute():
+    with pytest.raises(ValueError, match="no amsgrad"):
+        optimizers.FusedAdam(1e-3, amsgrad=True)
+
+
 def test_loss_scaling_wraps_the_fused_adam():
     with optimizers.loss_scaling(True):
         scaled = optimizers.gan_adam(1e-3)

@@ -49,6 +49,8 @@ class FusedAdam(keras.optimizers.Adam):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.amsgrad:
+            raise ValueError("FusedAdam has no amsgrad variant; use keras.optimizers.Adam")
         # The scalars every variable's update shares in one apply; a plain object, which the
         # optimizer's checkpoint does not track (a dict attribute would become a dependency).
         self._shared = types.SimpleNamespace(scalars=None)
@@ -66,14 +68,11 @@ class FusedAdam(keras.optimizers.Adam):
             self._shared.scalars = None
 
     def update_step(self, gradient, variable, learning_rate):
-        scalars = self._shared.scalars
-        if (scalars is None or self.amsgrad or isinstance(gradient, tf.IndexedSlices)
-                or variable.dtype != tf.float32):
-            return super().update_step(gradient, variable, learning_rate)
+        # tfseg's weights are float32 under every precision policy; the kernel refuses other dtypes.
         index = self._get_variable_index(variable)
         return tf.raw_ops.ResourceApplyAdam(
             var=_handle(variable), m=_handle(self._momentums[index]), v=_handle(self._velocities[index]),
-            grad=tf.cast(gradient, tf.float32), use_locking=False, **scalars)
+            grad=tf.cast(gradient, tf.float32), use_locking=False, **self._shared.scalars)
 
 
 def gan_adam(learning_rate, beta_2=0.99, epsilon=1e-8, lazy_ratio=1.0):
