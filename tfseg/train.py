@@ -57,6 +57,7 @@ def main(argv):
         config.parse(gin_files, FLAGS.gin_bindings)
         config.check_numeric_bindings()
         train_config = trainer.TrainConfig()
+        trainer.method_settings(train_config)  # the method's own bindings, before anything is built
         # Before any TensorFlow op: a multi-worker strategy configures collective ops, which
         # TensorFlow accepts only at program start-up.
         strategy = None if FLAGS.dry_run else strategy_lib.make_strategy()
@@ -90,8 +91,11 @@ def main(argv):
         if data_info is not None:
             print("\n".join("# " + line for line in pipeline.format_data_summary(data_info).splitlines()))
         print(f"# model_dir: {model_dir}")
-        print("# stages: " + ", ".join(f"{stage.name} steps {start + 1}-{end}"
-                                        for stage, start, end in schedule))
+        print("# stages:")
+        for stage, start, end in schedule:
+            batch = train_config.batch_size * max(1, stage.batches_per_step)
+            print(f"#   {stage.name}: steps {start + 1}-{end}, batch {batch}"
+                  + (f", {stage.note}" if stage.note else ""))
         if clash is not None:
             print("# model_dir clash (a real run stops here): " + str(clash).replace("\n", "\n# "))
         if data_problem is not None:

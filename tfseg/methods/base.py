@@ -72,11 +72,17 @@ class Stage(NamedTuple):
         batches_per_step: real batches one step consumes (0: the stage trains on generated data).
         evaluates: whether validation scores the segmenter during this stage (a generator stage
             has no segmenter of real images yet: image grids only).
+        images: a budget the method fixes, in real images (e.g. a resolution of progressive
+            growing): the stage runs ceil(images / (batch x batches_per_step)) steps, and
+            `TrainConfig.stage_steps` may not name it. None: the budget comes from the config.
+        note: what the stage trains, shown by `--dry_run` (e.g. "16 px, lr 0.001").
     """
     name: str
     phases: tuple
     batches_per_step: int = 1
     evaluates: bool = True
+    images: Optional[int] = None
+    note: str = ""
 
 
 class Method(keras.Model):

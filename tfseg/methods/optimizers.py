@@ -47,13 +47,27 @@ class FusedAdam(keras.optimizers.Adam):
     Keras' Adam, so a change there fails a test rather than training differently.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, steps_per_variable=False, **kwargs):
+        """`steps_per_variable`: count Adam's steps (its bias correction) per variable, over the
+        applies that give it a gradient, as PyTorch's Adam does, instead of once per optimizer:
+        for networks that grow (a layer that joins late starts its moments as a new one would).
+        It adds one scalar slot per variable to the checkpoint."""
         super().__init__(*args, **kwargs)
         if self.amsgrad:
             raise ValueError("FusedAdam has no amsgrad variant; use keras.optimizers.Adam")
+        self.steps_per_variable = steps_per_variable
         # The scalars every variable's update shares in one apply; a plain object, which the
         # optimizer's checkpoint does not track (a dict attribute would become a dependency).
         self._shared = types.SimpleNamespace(scalars=None)
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        if self.steps_per_variable:
+            self._variable_steps = [self.add_variable(shape=(), dtype="float32", initializer="zeros",
+                                                      name=var.path.replace("/", "_") + "_step")
+                                    for var in var_list]
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         # The bias-correction powers once per apply, not once per variable.
@@ -70,12 +84,19 @@ class FusedAdam(keras.optimizers.Adam):
     def update_step(self, gradient, variable, learning_rate):
         # tfseg's weights are float32 under every precision policy; the kernel refuses other dtypes.
         index = self._get_variable_index(variable)
+        scalars = self._shared.scalars
+        if self.steps_per_variable:
+            counter = self._variable_steps[index]
+            counter.assign_add(1.0)
+            step = tf.identity(counter.value)
+            scalars = dict(scalars, beta1_power=tf.pow(scalars["beta1"], step),
+                           beta2_power=tf.pow(scalars["beta2"], step))
         return tf.raw_ops.ResourceApplyAdam(
             var=_handle(variable), m=_handle(self._momentums[index]), v=_handle(self._velocities[index]),
-            grad=tf.cast(gradient, tf.float32), use_locking=False, **self._shared.scalars)
+            grad=tf.cast(gradient, tf.float32), use_locking=False, **scalars)
 
 
-def gan_adam(learning_rate, beta_2=0.99, epsilon=1e-8, lazy_ratio=1.0):
+def gan_adam(learning_rate, beta_2=0.99, epsilon=1e-8, lazy_ratio=1.0, steps_per_variable=False):
     """Adam(beta_1 = 0, beta_2), scaled for a lazily run regulariser: lr * c, beta_2 ** c.
 
     Inside `loss_scaling(True)` it comes wrapped in Keras' dynamic `LossScaleOptimizer`.
@@ -86,8 +107,10 @@ def gan_adam(learning_rate, beta_2=0.99, epsilon=1e-8, lazy_ratio=1.0):
         epsilon: 1e-8 as PyTorch (the references); ReDO keeps Keras' 1e-7, measured with it.
         lazy_ratio: c = interval / (interval + 1) keeps the optimizer's per-step dynamics when a
             regulariser runs every `interval` steps (StyleGAN2 appendix B); 1 when none does.
+        steps_per_variable: bias correction per variable (`FusedAdam`), for growing networks.
     """
-    adam = FusedAdam(learning_rate * lazy_ratio, beta_1=0.0, beta_2=beta_2**lazy_ratio, epsilon=epsilon)
+    adam = FusedAdam(learning_rate * lazy_ratio, beta_1=0.0, beta_2=beta_2**lazy_ratio, epsilon=epsilon,
+                     steps_per_variable=steps_per_variable)
     if _LOSS_SCALING[0]:
         return keras.optimizers.LossScaleOptimizer(adam)
     return adam

@@ -28,9 +28,11 @@ from tfseg.errors import ConfigError
 from tfseg.methods.base import Method, PhaseMetrics, Stage
 from tfseg.methods import distillation, ema
 from tfseg.methods.distillation import DistilledSegmenter
+from tfseg.methods.growth import GrowthSchedule
 from tfseg.methods import optimizers
 from tfseg.methods.optimizers import gan_adam
 from tfseg.modeling import perturbation
+from tfseg.modeling.layers import upsample_nearest
 from tfseg.modeling.stylegan import LayeredGenerator, ProGANDiscriminator
 
 ENCODER_ROUTE, DISTILLED_ROUTE = 0, 1
@@ -82,6 +84,18 @@ class PerturbGANSettings:
             styles (two codes; each synthesis network switches from the first to the second after a
             random block). The paper's code: 0.9 (`perturbgan_paper_base.gin`); tfseg's CPU configs
             were measured without it (0). Only the adversarial stage mixes.
+        progressive_start: grow the generator and critic progressively from this resolution (the
+            reference: 8) up to R, one "generator_<r>" stage per resolution, each fading in over
+            `progressive_phase_images` real images and then training as long at full weight
+            (`tfseg.methods.growth`). None (tfseg's CPU configs): train at R from the first step, one
+            "generator" stage.
+        progressive_phase_images: real images of one fade-in (and of one stable phase): the
+            reference's `--phase`, 600k.
+        progressive_batch_multiples: `{resolution: k}`: the critic's real batch and G's batch at that
+            resolution are k x `TrainConfig.batch_size` (one step reads k batches); others 1.
+            The reference's `--sched` with batch 32: {8: 8, 16: 4, 32: 2}.
+        progressive_learning_rates: `{resolution: lr}` of G and D while growing (others:
+            `learning_rate`). The reference's `--sched`: 0.0015 at 128, 0.001 below.
         ema_decay: keep an exponential moving average of G's weights with this decay per generator
             step (the reference's `g_running`: 0.999, `perturbgan_paper_base.gin`) and let every
             later use of G sample from it: the encoder route, the distilled segmenter's training
@@ -117,6 +131,10 @@ class PerturbGANSettings:
     segmenter_learning_rate: float = 1e-3
     distill_on_shifted: bool = True
     style_mixing_probability: float = 0.0
+    progressive_start: Optional[int] = None
+    progressive_phase_images: int = 600_000
+    progressive_batch_multiples: dict = dataclasses.field(default_factory=dict)
+    progressive_learning_rates: dict = dataclasses.field(default_factory=dict)
     ema_decay: Optional[float] = None
     seed: int = 0
 
@@ -124,6 +142,16 @@ class PerturbGANSettings:
         if self.encoder_target not in ENCODER_TARGETS:
             raise ConfigError(f"tfseg.methods.perturbgan.encoder_target must be one of {ENCODER_TARGETS}, "
                               f"got {self.encoder_target!r}")
+        self.growth()  # checks the progressive bindings before any network is built
+
+    def growth(self):
+        """The `GrowthSchedule` of the adversarial stage, or None without progressive growing."""
+        if self.progressive_start is None:
+            return None
+        return GrowthSchedule(self.progressive_start, self.resolution, self.progressive_phase_images,
+                              dict(self.progressive_batch_multiples), dict(self.progressive_learning_rates),
+                              self.learning_rate, "generator", ("discriminator", "generator"),
+                              "tfseg.methods.perturbgan")
 
     def build(self):
         return PerturbGAN(self)
@@ -138,29 +166,40 @@ class PerturbGAN(Method):
         self.z_dim = s.z_dim
         d_base = s.discriminator_channel_base or s.channel_base
         d_max = s.discriminator_max_channels or s.max_channels
+        self.growth = s.growth()
+        grow_from = s.progressive_start
         self.generator = LayeredGenerator(s.resolution, s.z_dim, s.w_dim, s.mapping_layers,
                                           s.channel_base, s.max_channels, s.single_generator,
-                                          s.shared_mapping, name="generator")
+                                          s.shared_mapping, grow_from=grow_from, name="generator")
         self.generator_ema = None
         if s.ema_decay is not None:
             self.generator_ema = LayeredGenerator(s.resolution, s.z_dim, s.w_dim, s.mapping_layers,
                                                   s.channel_base, s.max_channels, s.single_generator,
-                                                  s.shared_mapping, name="generator_ema")
-        self.discriminator = ProGANDiscriminator(s.resolution, d_base, d_max, name="discriminator")
+                                                  s.shared_mapping, grow_from=grow_from, name="generator_ema")
+        self.discriminator = ProGANDiscriminator(s.resolution, d_base, d_max, grow_from=grow_from,
+                                                 name="discriminator")
         self.encoder = ProGANDiscriminator(s.resolution, d_base, d_max,
                                            outputs=(self.generator.num_styles * s.w_dim
                                                     if s.encoder_target == "w" else s.z_dim),
                                            minibatch_std=False, name="encoder")
         self.segmenter = DistilledSegmenter(s.segmenter_width, s.segmenter_residual_blocks,
                                             name="segmenter")
-        self.generator_optimizer = gan_adam(s.learning_rate)
-        self.discriminator_optimizer = gan_adam(s.learning_rate)
+        # While growing, a phase leaves the layers of higher resolutions (and the heads it no longer
+        # uses) without gradient; Adam skips them, and counts its steps per weight (as PyTorch's
+        # Adam, the reference's) so that a layer fading in starts with a fresh bias correction.
+        growing = self.growth is not None
+        self.partial_gradient_phases = ("discriminator", "generator") if growing else ()
+        self.generator_optimizer = gan_adam(s.learning_rate, steps_per_variable=growing)
+        self.discriminator_optimizer = gan_adam(s.learning_rate, steps_per_variable=growing)
         self.encoder_optimizer = gan_adam(s.encoder_learning_rate)
         self.segmenter_optimizer = gan_adam(s.segmenter_learning_rate)
         # Which route segments real photos; stored in checkpoints, set by `begin_stage`.
         self.segmentation_route = tf.Variable(DISTILLED_ROUTE, dtype=tf.int32, trainable=False,
                                               name="segmentation_route")
         self.stage_name = "generator"
+        #: The resolution the adversarial stage trains at now (below R only while growing).
+        self.level = None
+        self.global_batch = None
 
     # -- structure ------------------------------------------------------------------------------
     phases = ("discriminator", "generator", "encoder", "segmenter")
@@ -168,12 +207,24 @@ class PerturbGAN(Method):
     foreground_by_construction = True
 
     def stages(self):
-        return (Stage("generator", ("discriminator", "generator"), 1, evaluates=False),
+        adversarial = (Stage("generator", ("discriminator", "generator"), 1, evaluates=False),)
+        if self.growth is not None:
+            adversarial = self.growth.stages()
+        return (*adversarial,
                 Stage("encoder", ("encoder",), 1, evaluates=True),
                 Stage("segmenter", ("segmenter",), 0, evaluates=True))
 
+    @property
+    def adversarial_stage(self):
+        """Whether the current stage trains G and D (the first, or one per resolution while growing)."""
+        return self.stage_name.startswith("generator")
+
     def begin_stage(self, name):
         self.stage_name = name
+        self.level = self.growth.level_of(name) if self.growth is not None else None
+        if self.level is not None:
+            for optimizer in (self.generator_optimizer, self.discriminator_optimizer):
+                optimizer.learning_rate = self.level.learning_rate
         if name == "encoder":
             self.segmentation_route.assign(ENCODER_ROUTE)
         elif name == "segmenter":
@@ -181,6 +232,7 @@ class PerturbGAN(Method):
 
     def build_for_training(self, global_batch_size):
         r = self.resolution
+        self.global_batch = global_batch_size
         self.segmenter_batch_size = distillation.samples_per_replica(global_batch_size)
         images = tf.zeros([2, r, r, 3])
         self.generator(tf.zeros([2, self.z_dim]))
@@ -188,6 +240,8 @@ class PerturbGAN(Method):
             self.generator_ema(tf.zeros([2, self.z_dim]))
             ema.copy(self._ema_pairs())  # the average starts at G's initial weights
         self.discriminator(images)
+        for level in () if self.growth is None else self.growth.levels[:-1]:  # the lower fromRGBs
+            self.discriminator(tf.zeros([2, level.resolution, level.resolution, 3]))
         self.encoder(images)
         self.segmenter(images)
         self.build_optimizers()
@@ -212,7 +266,22 @@ class PerturbGAN(Method):
                 "segmenter": (self.segmenter_optimizer, self.segmenter.trainable_variables)}
 
     # -- generation -----------------------------------------------------------------------------
-    def render(self, batch, seeds, perturb=True, mixing_seed=None, generator=None):
+    def growth_args(self, step):
+        """`{"resolution", "alpha"}` for G and D at global step `step` of a growth stage ({}
+        otherwise: R, nothing faded)."""
+        if self.level is None:
+            return {}
+        alpha = self.growth.alpha(self.level, step, self.global_batch) if self.level.fades_in else None
+        return {"resolution": self.level.resolution, "alpha": alpha}
+
+    def real_at_level(self, batches):
+        """The real images of one critic step: every batch the step read, at the current resolution
+        (area-averaged down from R while growing)."""
+        real = batches[0]["image"] if len(batches) == 1 else ops.concatenate([b["image"] for b in batches], 0)
+        factor = self.resolution // self.level.resolution if self.level is not None else 1
+        return real if factor == 1 else ops.average_pool(real, factor, factor)
+
+    def render(self, batch, seeds, perturb=True, mixing_seed=None, generator=None, growth=None):
         """Draws layers from fresh z and composites them, shifted (training path) or not.
 
         Args:
@@ -222,22 +291,24 @@ class PerturbGAN(Method):
             mixing_seed: the step's seed of the style-mixing decision (None: no mixing); used only
                 when `style_mixing_probability` > 0.
             generator: the network that draws (default: the trained G; `sampler` after stage 1).
+            growth: `growth_args(step)` while growing: draw at that resolution, faded in.
         Returns:
             dict: the generator's layers, "composite" (unshifted), "shifted_mask" and
-            "shifted_composite" `[b, R, R, 3|1]`.
+            "shifted_composite" `[b, r, r, 3|1]` (r = R unless growing).
         """
+        growth = growth or {}
+        size = growth.get("resolution", self.resolution)
         z = tf.random.stateless_normal([batch, self.z_dim], seeds["z"])
         mixing = None
         if mixing_seed is not None and self.settings.style_mixing_probability > 0:
-            mixing = self._mixing(batch, seeds["z"], mixing_seed)
+            mixing = self._mixing(batch, seeds["z"], mixing_seed, size)
         generator = self.generator if generator is None else generator
-        out = dict(generator(z, noise_seed=seeds["noise"], mixing=mixing))
+        out = dict(generator(z, noise_seed=seeds["noise"], mixing=mixing, **growth))
         out["composite"] = perturbation.composite(out["foreground"], out["mask"], out["background"])
         if not perturb:
             out["shifted_mask"], out["shifted_composite"] = out["mask"], out["composite"]
             return out
-        shifts = perturbation.random_shifts(batch, self.resolution, self.settings.shift_fraction,
-                                            seeds["shift"])
+        shifts = perturbation.random_shifts(batch, size, self.settings.shift_fraction, seeds["shift"])
         moved = perturbation.shift_layers(ops.concatenate([out["foreground"], out["mask"]], -1), shifts)
         background = perturbation.contrast_jitter(out["background"], self.settings.background_contrast_jitter,
                                                   seeds["jitter"])
@@ -245,15 +316,17 @@ class PerturbGAN(Method):
         out["shifted_composite"] = perturbation.composite(moved[..., :3], moved[..., 3:], background)
         return out
 
-    def _mixing(self, batch, z_seed, decision_seed):
+    def _mixing(self, batch, z_seed, decision_seed, resolution=None):
         """`(z2, crossovers)` for `LayeredGenerator`: with probability `style_mixing_probability`
-        a crossover per synthesis network in 0..blocks-2 (so the second style draws at least the
-        last block), else crossovers past the last block (no mixing)."""
+        a crossover per synthesis network in 0..blocks-2 of the blocks drawing `resolution` (so the
+        second style draws at least the last of them; default R), else crossovers past the last
+        block (no mixing)."""
         g = self.generator
+        blocks = g.blocks_at(resolution or self.resolution)
         mix = tf.random.stateless_uniform([], decision_seed) < self.settings.style_mixing_probability
         z2 = tf.random.stateless_normal([batch, self.z_dim], tf.random.experimental.stateless_fold_in(z_seed, 1))
         drawn = tf.random.stateless_uniform([g.num_styles], tf.random.experimental.stateless_fold_in(z_seed, 2),
-                                            minval=0, maxval=max(1, g.num_blocks - 1), dtype=tf.int32)
+                                            minval=0, maxval=max(1, blocks - 1), dtype=tf.int32)
         return z2, tf.where(mix, drawn, g.num_blocks - 1)
 
     def _seeds(self, step, z, noise, shift, jitter):
@@ -290,9 +363,9 @@ class PerturbGAN(Method):
     # -- training phases ------------------------------------------------------------------------
     def phase_gradients(self, phase, batches, step):
         if phase == "discriminator":
-            return self._discriminator_gradients(batches[0]["image"], step)
+            return self._discriminator_gradients(self.real_at_level(batches), step)
         if phase == "generator":
-            return self._generator_gradients(batches[0]["image"].shape[0], step)
+            return self._generator_gradients(sum(b["image"].shape[0] for b in batches), step)
         if phase == "encoder":
             return self._encoder_gradients(batches[0]["image"], step)
         if phase == "segmenter":
@@ -301,15 +374,20 @@ class PerturbGAN(Method):
 
     def _discriminator_gradients(self, real, step):
         b = real.shape[0]
+        growth = self.growth_args(step)
         fake = tf.stop_gradient(self.render(b, self._seeds(step, _D_Z, _D_NOISE, _D_SHIFT, _D_JITTER),
-                                            mixing_seed=self.replica_seed(step, _MIX_DECISION))
+                                            mixing_seed=self.replica_seed(step, _MIX_DECISION), growth=growth)
                                 ["shifted_composite"])
         u = tf.random.stateless_uniform([b], self.replica_seed(step, _D_MIX))
         variables = self.discriminator.trainable_variables
+
+        def critic(images):
+            return self.discriminator(images, alpha=growth.get("alpha"))
+
         with tf.GradientTape() as tape:
-            real_scores = self.discriminator(real)
-            fake_scores = self.discriminator(fake)
-            penalty = losses.gradient_penalty(self.discriminator, losses.interpolate(real, fake, u))
+            real_scores = critic(real)
+            fake_scores = critic(fake)
+            penalty = losses.gradient_penalty(critic, losses.interpolate(real, fake, u))
             per_example = (losses.wasserstein_discriminator_loss(real_scores, fake_scores)
                            + self.settings.gradient_penalty_weight * penalty
                            + self.settings.drift_weight * losses.drift_loss(real_scores))
@@ -323,10 +401,11 @@ class PerturbGAN(Method):
 
     def _generator_gradients(self, batch, step):
         variables = self.generator.trainable_variables
+        growth = self.growth_args(step)
         with tf.GradientTape() as tape:
             out = self.render(batch, self._seeds(step, _G_Z, _G_NOISE, _G_SHIFT, _G_JITTER),
-                              mixing_seed=self.replica_seed(step, _MIX_DECISION))
-            scores = self.discriminator(out["shifted_composite"])
+                              mixing_seed=self.replica_seed(step, _MIX_DECISION), growth=growth)
+            scores = self.discriminator(out["shifted_composite"], alpha=growth.get("alpha"))
             adversarial = losses.wasserstein_generator_loss(scores)
             # Both mask terms on the shifted mask, as in the reference code (docs/methods.md §1.9).
             size = losses.mask_size_loss(out["shifted_mask"], self.settings.min_mask_coverage)
@@ -385,11 +464,12 @@ class PerturbGAN(Method):
         b = images.shape[0]
         fixed = {name: tf.constant([self.base_seed, 20_000 + k], tf.int64)
                  for k, name in enumerate(("z", "noise", "shift", "jitter"))}
-        out = self.render(b, fixed, generator=self.sampler)
-        named = {"background": out["background"], "foreground": out["foreground"],
-                 "mask": out["mask"], "composite": out["composite"],
-                 "shifted_composite": out["shifted_composite"]}
-        if self.stage_name != "generator":
+        growth = self.growth_args(step)
+        out = self.render(b, fixed, generator=self.sampler, growth=growth)
+        factor = self.resolution // growth.get("resolution", self.resolution)
+        named = {name: out[name] if factor == 1 else upsample_nearest(out[name], factor)
+                 for name in ("background", "foreground", "mask", "composite", "shifted_composite")}
+        if not self.adversarial_stage:
             named["real"] = images
             if self.stage_name == "encoder":
                 named["reconstruction"] = self.reconstruct(images)["composite"]

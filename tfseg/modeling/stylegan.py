@@ -112,39 +112,74 @@ class StyledBlock(keras.layers.Layer):
         return self.adain_b(E.leaky_relu(h + self.noise_b * noise), w)
 
 
+def growth_resolutions(resolution, grow_from):
+    """The resolutions below R that progressive growing trains at (and that need heads of their
+    own), from `grow_from`; none without growing."""
+    return [] if grow_from is None else [r for r in _resolutions(resolution) if grow_from <= r < resolution]
+
+
 class SynthesisNetwork(keras.layers.Layer):
     """Style w -> `[b, R, R, out_channels]`, linear output (EqualConv 1x1 head).
+
+    With `grow_from` (progressive growing), every resolution from it up has a head of its own
+    ("toRGB"), and `call(..., resolution=r, alpha=a)` stops at r and fades it in: (1 - a) x the
+    nearest-upsampled head of r/2 + a x the head of r (blended before any sigmoid, as the reference).
 
     Call args:
         w: `[b, w_dim]` (every block), or `[b, num_blocks, w_dim]`, a style per block (style mixing).
         noise_seed: stateless seed `[2]` for the per-block noise maps, or None for no noise
             (deterministic rendering, used by the encoder route and evaluation).
+        resolution: stop at this resolution (default R); alpha: its fade-in weight (None: 1).
     """
 
-    def __init__(self, resolution, out_channels, channel_base=1024, max_channels=64, **kwargs):
+    def __init__(self, resolution, out_channels, channel_base=1024, max_channels=64, grow_from=None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.resolutions = _resolutions(resolution)
         self.blocks = [StyledBlock(channels_at(r, channel_base, max_channels), first=(i == 0),
                                    name=f"block{r}") for i, r in enumerate(self.resolutions)]
         self.head = E.EqualConv2D(out_channels, 1, name="head")
+        self.growth_resolutions = growth_resolutions(resolution, grow_from)
+        if self.growth_resolutions:
+            self.growth_heads = [E.EqualConv2D(out_channels, 1, name=f"head{r}") for r in self.growth_resolutions]
+
+    def head_at(self, resolution):
+        """The output layer at `resolution` (R's is `head`, the one a network without growing has)."""
+        if resolution == self.resolutions[-1]:
+            return self.head
+        if resolution not in self.growth_resolutions:
+            raise ValueError(f"{self.name} has no output at {resolution} px; it grows over "
+                             f"{self.growth_resolutions + self.resolutions[-1:]}")
+        return self.growth_heads[self.growth_resolutions.index(resolution)]
 
     def build(self, w_shape):
         x_shape = None
         for r, block in zip(self.resolutions, self.blocks):
             block.build(x_shape, w_shape)
             x_shape = (None, r, r, block.channels)
+            if r in self.growth_resolutions:
+                self.head_at(r).build(x_shape)
         self.head.build(x_shape)
 
-    def call(self, w, noise_seed=None):
-        h = None
+    def call(self, w, noise_seed=None, resolution=None, alpha=None):
+        resolution = resolution or self.resolutions[-1]
+        head = self.head_at(resolution)
+        h = previous = None
         for i, (r, block) in enumerate(zip(self.resolutions, self.blocks)):
+            if r > resolution:
+                break
             if noise_seed is None:
                 noise = 0.0
             else:
                 noise = tf.random.stateless_normal([ops.shape(w)[0], r, r, 1],
                                                    noise_seed + tf.constant([1_000_003, 0], noise_seed.dtype) * (i + 1))
+            previous = h
             h = block(w[:, i] if len(w.shape) == 3 else w, x=h, noise=noise)
-        return self.head(h)
+        out = head(h)
+        if alpha is None:
+            return out
+        skip = upsample_nearest(self.head_at(resolution // 2)(previous))
+        return skip + ops.cast(alpha, out.dtype) * (out - skip)
 
 
 def mix_styles(first, second, crossover, num_blocks):
@@ -166,26 +201,25 @@ class LayeredGenerator(keras.layers.Layer):
         shared_mapping: one mapping network for both synthesis networks (`common_style`).
 
     Call: `z [b, z_dim]` -> dict with background `[b, R, R, 3]`, foreground `[b, R, R, 3]`,
-    mask_logits and mask `[b, R, R, 1]` (sigmoid). `styles [b, num_styles, w_dim]` replaces the
+    mask_logits and mask `[b, R, R, 1]` (sigmoid); with `resolution` r (progressive growing, built
+    with `grow_from`) the same at r px, faded in by `alpha`. `styles [b, num_styles, w_dim]` replaces the
     mapping networks' output (the encoder route feeds its own styles). `mixing = (z2, crossovers)`
     mixes styles: synthesis network i draws blocks 0..crossovers[i] with z's style, the later
     ones with z2's (`mix_styles`; each network has its own crossover, as in the reference).
     """
 
     def __init__(self, resolution, z_dim=128, w_dim=128, mapping_layers=4, channel_base=1024,
-                 max_channels=64, single_generator=False, shared_mapping=False, **kwargs):
+                 max_channels=64, single_generator=False, shared_mapping=False, grow_from=None, **kwargs):
         super().__init__(**kwargs)
         self.z_dim = z_dim
         self.w_dim = w_dim
         self.single_generator = single_generator
+        widths = dict(channel_base=channel_base, max_channels=max_channels, grow_from=grow_from)
         if single_generator:
-            self.synthesis = [SynthesisNetwork(resolution, 7, channel_base, max_channels,
-                                               name="layers")]
+            self.synthesis = [SynthesisNetwork(resolution, 7, name="layers", **widths)]
         else:
-            self.synthesis = [SynthesisNetwork(resolution, 3, channel_base, max_channels,
-                                               name="background"),
-                              SynthesisNetwork(resolution, 4, channel_base, max_channels,
-                                               name="foreground")]
+            self.synthesis = [SynthesisNetwork(resolution, 3, name="background", **widths),
+                              SynthesisNetwork(resolution, 4, name="foreground", **widths)]
         num_mappings = 1 if (single_generator or shared_mapping) else 2
         self.mappings = [MappingNetwork(w_dim, mapping_layers, name=f"mapping{i}")
                          for i in range(num_mappings)]
@@ -210,7 +244,11 @@ class LayeredGenerator(keras.layers.Layer):
         """Blocks (resolutions) of each synthesis network: crossovers are drawn below this."""
         return len(self.synthesis[0].blocks)
 
-    def call(self, z=None, noise_seed=None, styles=None, mixing=None):
+    def blocks_at(self, resolution):
+        """Blocks a synthesis network runs to draw at `resolution` (progressive growing)."""
+        return self.synthesis[0].resolutions.index(resolution) + 1
+
+    def call(self, z=None, noise_seed=None, styles=None, mixing=None, resolution=None, alpha=None):
         if styles is None:
             styles = self.styles(z)
         seeds = [None] * self.num_styles
@@ -223,7 +261,8 @@ class LayeredGenerator(keras.layers.Layer):
             second = self.styles(z2)
             per_network = [mix_styles(w, second[:, i], crossovers[i], self.num_blocks)
                            for i, w in enumerate(per_network)]
-        outputs = [net(per_network[i], noise_seed=seeds[i]) for i, net in enumerate(self.synthesis)]
+        outputs = [net(per_network[i], noise_seed=seeds[i], resolution=resolution, alpha=alpha)
+                   for i, net in enumerate(self.synthesis)]
         if self.single_generator:
             out = outputs[0]
             background, foreground, logits = out[..., :3], out[..., 3:6], out[..., 6:]
@@ -243,16 +282,25 @@ class ProGANDiscriminator(L.BuiltOnFirstCall, keras.layers.Layer):
     Call: `[b, R, R, 3]` -> `[b]` scores (outputs = 1) or `[b, outputs]`.
     `features(images)` returns the 4x4 activation before the minibatch stddev (`[b, 4, 4, C]`),
     the discriminator features of PerturbGAN's L_auto.
+
+    With `grow_from` (progressive growing) every resolution from it up has its own fromRGB, and
+    images of r px enter at r; with `alpha` the first block's output is faded in: (1 - alpha) x
+    fromRGB_{r/2}(avgpool(x)) + alpha x block_r(fromRGB_r(x)), as the reference.
     """
 
     def __init__(self, resolution, channel_base=1024, max_channels=64, outputs=1,
-                 minibatch_std=True, **kwargs):
+                 minibatch_std=True, grow_from=None, **kwargs):
         super().__init__(**kwargs)
         self.outputs = outputs
         self.minibatch_std = minibatch_std
+        self.resolution = resolution
         res = _resolutions(resolution)[::-1]  # R, R/2, ..., 4
+        self.down_resolutions = res[:-1]
         ch = lambda r: channels_at(r, channel_base, max_channels)  # noqa: E731
         self.from_rgb = E.EqualConv2D(ch(resolution), 1, name="from_rgb")
+        self.growth_resolutions = growth_resolutions(resolution, grow_from)
+        if self.growth_resolutions:
+            self.growth_from_rgb = [E.EqualConv2D(ch(r), 1, name=f"from_rgb{r}") for r in self.growth_resolutions]
         self.down = []
         for r in res[:-1]:
             self.down.append((E.EqualConv2D(ch(r), 3, name=f"conv{r}_a"),
@@ -261,16 +309,30 @@ class ProGANDiscriminator(L.BuiltOnFirstCall, keras.layers.Layer):
         self.final_dense = E.EqualDense(ch(4), name="final_dense")
         self.output_dense = E.EqualDense(outputs, gain=1.0, name="output")
 
-    def features(self, images):
-        h = E.leaky_relu(self.from_rgb(images))
-        for conv_a, conv_b in self.down:
+    def from_rgb_at(self, resolution):
+        """The input layer at `resolution` (R's is `from_rgb`, the one a critic without growing has)."""
+        if resolution == self.resolution:
+            return self.from_rgb
+        if resolution not in self.growth_resolutions:
+            raise ValueError(f"{self.name} takes {self.growth_resolutions + [self.resolution]} px images, "
+                             f"got {resolution} px")
+        return self.growth_from_rgb[self.growth_resolutions.index(resolution)]
+
+    def features(self, images, alpha=None):
+        r = images.shape[1]
+        h = E.leaky_relu(self.from_rgb_at(r)(images))
+        first = self.down_resolutions.index(r) if r in self.down_resolutions else len(self.down)
+        for i, (conv_a, conv_b) in enumerate(self.down[first:]):
             h = E.leaky_relu(conv_a(h))
             h = conv_b(E.blur(h))
             h = E.leaky_relu(ops.average_pool(h, 2, 2))
+            if i == 0 and alpha is not None:
+                skip = E.leaky_relu(self.from_rgb_at(r // 2)(ops.average_pool(images, 2, 2)))
+                h = skip + ops.cast(alpha, h.dtype) * (h - skip)
         return L.float32(h)
 
-    def call(self, images):
-        h = self.features(images)
+    def call(self, images, alpha=None):
+        h = self.features(images, alpha)
         if self.minibatch_std:
             h = E.minibatch_stddev(h)
         h = E.leaky_relu(self.final_conv(h))

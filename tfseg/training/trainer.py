@@ -10,6 +10,7 @@ context, where Keras all-reduces the gradients (XLA cannot compile that merge).
 """
 import functools
 import json
+import math
 import os
 import sys
 import tempfile
@@ -165,9 +166,17 @@ def stage_schedule(model, config):
     if unknown:
         raise ConfigError(f"tfseg.training.TrainConfig.stage_steps names {unknown}, but this "
                           f"method's stages are {names}.")
+    fixed = sorted(stage.name for stage in stages if stage.images is not None and stage.name in config.stage_steps)
+    if fixed:
+        raise ConfigError(f"tfseg.training.TrainConfig.stage_steps names {fixed}, whose length the method "
+                          "fixes in images (e.g. progressive growing's progressive_phase_images): remove "
+                          "them from stage_steps.")
     schedule, start = [], 0
     for stage in stages:
-        steps = config.stage_steps.get(stage.name, config.num_steps)
+        if stage.images is not None:
+            steps = math.ceil(stage.images / (config.batch_size * max(1, stage.batches_per_step)))
+        else:
+            steps = config.stage_steps.get(stage.name, config.num_steps)
         if steps is None:
             raise ConfigError(
                 f"no step budget for stage '{stage.name}': bind tfseg.training.TrainConfig."
@@ -228,10 +237,14 @@ def make_train_step(model, strategy, jit_compile, phases=None, batches_per_step=
     return train_step
 
 
+def method_settings(config, restarts=0):
+    """The method's settings dataclass for `config` (its bindings checked; no network built)."""
+    return config.method(resolution=config.resolution, seed=config.seed + 1000 * restarts)
+
+
 def build_method(config, restarts=0):
     """The method of `config`, seeded anew for every automatic restart, with gin's mask refinement."""
-    settings = config.method(resolution=config.resolution, seed=config.seed + 1000 * restarts)
-    method = settings.build()
+    method = method_settings(config, restarts).build()
     method.mask_refinement = refinement.mask_refinement()
     return method
 
@@ -310,13 +323,18 @@ class Trainer:
         self.model.begin_stage(stage.name)
         self._compile_step()
         if display is not None:
+            display.images_per_step = self._images_per_step()
             self._stage_header(display)
+
+    def _images_per_step(self):
+        """Real images one step of the current stage reads (at least a batch: generated ones)."""
+        return self.config.batch_size * max(1, self.stage.batches_per_step)
 
     def _stage_header(self, display):
         stage, start, end = self._stage_at(int(self.state.step.numpy()))
         number = [s for s, _, _ in self.schedule].index(stage) + 1
         display.message(f"stage {number}/{len(self.schedule)} '{stage.name}': steps {start + 1}-{end} "
-                        f"of {self.total_steps}")
+                        f"of {self.total_steps}" + (f" ({stage.note})" if stage.note else ""))
 
     def _compile_step(self):
         """Forgets the step functions of the last stage; `_train_step_at` traces this stage's."""
@@ -377,8 +395,7 @@ class Trainer:
         if self.guard is not None:
             self.guard.sync()
         step = int(self.state.step.numpy())
-        display = progress.TrainingProgress(self.total_steps, step,
-                                            cfg.batch_size * max(1, self.model.batches_per_step), self.stream)
+        display = progress.TrainingProgress(self.total_steps, step, self._images_per_step(), self.stream)
         if resumed and step >= self.total_steps:
             display.message(f"already finished: {resumed} is at step {step} of {self.total_steps}; "
                             "scoring it again (raise the step budget to train more)")
@@ -386,6 +403,7 @@ class Trainer:
         if resumed:
             display.message(f"resumed from {resumed} at step {step}")
         self._enter_stage(step)
+        display.images_per_step = self._images_per_step()
         self._stage_header(display)
         with self.writers["train"].as_default(step=step):
             # Indented: TensorBoard renders text summaries as Markdown.
