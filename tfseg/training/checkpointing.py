@@ -19,16 +19,36 @@ class RunState:
         self.best_score = tf.Variable(-1.0, dtype=tf.float32, trainable=False, name="best_score")
 
 
+#: The checkpoint entry of the weights nothing else reaches (`unreached_weights`).
+UNREACHED = "unreached"
+
+
+def unreached_weights(model):
+    """The model's weights that a checkpoint of the model, its optimizers and its non-trainable
+    variables does not reach, e.g. G's moving average.
+
+    A Keras 3 network held in a list (a synthesis network's blocks, a generator's mapping networks)
+    is not reached through the model's attributes by a `tf.train.Checkpoint`: its weights are saved
+    only where an optimizer lists them. These are the ones no optimizer trains.
+    """
+    reached = tf.train.Checkpoint(model=model, optimizers=model.optimizers_by_name(),
+                                  non_trainable=list(model.non_trainable_variables))
+    reached = {id(t) for t in tf.train.TrackableView(reached).descendants()}
+    return [v for v in model.variables if id(v) not in reached and id(getattr(v, "value", v)) not in reached]
+
+
 def make_checkpoint(model, state):
     """A `tf.train.Checkpoint` of a method, its optimizers and the run state.
 
     The flat list of non-trainable variables is listed explicitly: Keras 3 wrappers
-    (SpectralNormalization's power-iteration vector) are not reached through the model alone.
+    (SpectralNormalization's power-iteration vector) are not reached through the model alone;
+    so are the weights no optimizer trains (`unreached_weights`), where a method has any.
     """
+    extra = unreached_weights(model)
     return tf.train.Checkpoint(model=model, optimizers=model.optimizers_by_name(),
                                non_trainable=list(model.non_trainable_variables),
                                step=state.step, restarts=state.restarts,
-                               best_score=state.best_score)
+                               best_score=state.best_score, **({UNREACHED: extra} if extra else {}))
 
 
 def managers(checkpoint, model_dir, keep=3):
@@ -55,6 +75,13 @@ def restore(checkpoint, path):
         checkpoint.restore(path).assert_existing_objects_matched()
     except (AssertionError, ValueError) as err:
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        if hasattr(checkpoint, UNREACHED) and not any(
+                key.startswith(UNREACHED + "/") for key in tf.train.load_checkpoint(path).get_variable_to_shape_map()):
+            raise CheckpointMismatch(
+                f"checkpoint {path} was written by a tfseg that did not save G's moving average (the "
+                "EMA generator of Labels4Free, and of PerturbGAN with ema_decay): resumed, it would "
+                "sample from an untrained generator. Train it afresh in another --model_dir; the run "
+                "was left as it was.") from err
         raise CheckpointMismatch(
             f"checkpoint {path} does not fit the networks this config builds ({first}). It was written "
             "with another network layout: other bindings, or an older tfseg (ReDO runs made before "
