@@ -290,8 +290,23 @@ def test_every_weight_of_a_method_survives_a_checkpoint_its_moving_average_inclu
     has_average = getattr(model, "generator_ema", None) is not None
     assert bool(checkpointing.unreached_weights(model)) == has_average
     if has_average:  # a checkpoint written before the averages were saved is refused, saying why
-        legacy = tf.train.Checkpoint(model=fresh, optimizers=fresh.optimizers_by_name(),
-                                     non_trainable=list(fresh.non_trainable_variables))
+        legacy = checkpointing.make_checkpoint(fresh, checkpointing.RunState(), include_unreached=False)
         legacy_path = legacy.save(str(tmp_path / "legacy"))
-        with pytest.raises(checkpointing.CheckpointMismatch, match="did not save G's moving average"):
+        with pytest.raises(checkpointing.MissingAverages, match="did not save G's moving average"):
             checkpointing.restore(fresh_checkpoint, legacy_path)
+        # Evaluation, export and prediction still read such a run: everything trained is there.
+        checkpointing.restore(checkpointing.make_checkpoint(fresh, checkpointing.RunState(),
+                                                            include_unreached=False), legacy_path)
+
+
+def test_a_run_saved_before_the_averages_still_loads_for_evaluation_export_and_prediction(tmp_path, monkeypatch, capsys):
+    from tfseg.training import checkpointing, loading  # noqa: PLC0415
+    made = checkpointing.make_checkpoint
+    monkeypatch.setattr(checkpointing, "make_checkpoint",
+                        lambda model, state, include_unreached=True: made(model, state, include_unreached=False))
+    run_fixture.write_untrained_run(str(tmp_path), "demo_labels4free.gin", foreground_region=1)
+    monkeypatch.undo()
+    gin.clear_config()
+    model, _, path = loading.load_trained(str(tmp_path))
+    assert path.endswith("ckpt-2") and int(model.foreground_region.numpy()) == 1  # restored
+    assert "predates saved moving averages" in capsys.readouterr().err

@@ -37,14 +37,15 @@ def unreached_weights(model):
     return [v for v in model.variables if id(v) not in reached and id(getattr(v, "value", v)) not in reached]
 
 
-def make_checkpoint(model, state):
+def make_checkpoint(model, state, include_unreached=True):
     """A `tf.train.Checkpoint` of a method, its optimizers and the run state.
 
     The flat list of non-trainable variables is listed explicitly: Keras 3 wrappers
     (SpectralNormalization's power-iteration vector) are not reached through the model alone;
-    so are the weights no optimizer trains (`unreached_weights`), where a method has any.
+    so are the weights no optimizer trains (`unreached_weights`), where a method has any
+    (`include_unreached=False`: the layout before they were, to read an older run's segmenter).
     """
-    extra = unreached_weights(model)
+    extra = unreached_weights(model) if include_unreached else []
     return tf.train.Checkpoint(model=model, optimizers=model.optimizers_by_name(),
                                non_trainable=list(model.non_trainable_variables),
                                step=state.step, restarts=state.restarts,
@@ -63,6 +64,10 @@ class CheckpointMismatch(RunDirError):
     """A readable checkpoint whose variables do not fit the networks this config builds."""
 
 
+class MissingAverages(CheckpointMismatch):
+    """A checkpoint written before tfseg saved the weights no optimizer trains (G's moving average)."""
+
+
 def restore(checkpoint, path):
     """Restores `path` and checks every variable of the model found its value.
 
@@ -77,7 +82,7 @@ def restore(checkpoint, path):
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         if hasattr(checkpoint, UNREACHED) and not any(
                 key.startswith(UNREACHED + "/") for key in tf.train.load_checkpoint(path).get_variable_to_shape_map()):
-            raise CheckpointMismatch(
+            raise MissingAverages(
                 f"checkpoint {path} was written by a tfseg that did not save G's moving average (the "
                 "EMA generator of Labels4Free, and of PerturbGAN with ema_decay): resumed, it would "
                 "sample from an untrained generator. Train it afresh in another --model_dir; the run "

@@ -1,4 +1,6 @@
 """Rebuilds a trained method from its run directory (for evaluation, export and prediction)."""
+import sys
+
 from tfseg import config, registry
 from tfseg.errors import ConfigError
 from tfseg.methods import optimizers
@@ -23,5 +25,11 @@ def load_trained(model_dir, which="best", extra_bindings=()):
         model = trainer.build_method(train_config, restarts=checkpointing.saved_restarts(path))
         model.build_for_training(train_config.batch_size)
     state = checkpointing.RunState()
-    checkpointing.restore(checkpointing.make_checkpoint(model, state), path)
+    try:
+        checkpointing.restore(checkpointing.make_checkpoint(model, state), path)
+    except checkpointing.MissingAverages:
+        # Everything an optimizer trained is there, the segmenter included: only G's average is not.
+        checkpointing.restore(checkpointing.make_checkpoint(model, state, include_unreached=False), path)
+        print(f"warning: {path} predates saved moving averages: G's EMA keeps its initial weights "
+              "(the distilled segmenter is unaffected; PerturbGAN's encoder route is not usable)", file=sys.stderr)
     return model, train_config, path
