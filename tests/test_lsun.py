@@ -150,11 +150,12 @@ def test_make_dataset_gives_normalised_batches_from_lsun(horse):
     assert "mask" not in batch
 
 
-def _smoke_total_steps(gin_file, bindings):
-    """Two steps per stage of `gin_file` in smoke mode."""
+def _smoke_schedule(gin_file, bindings):
+    """`[(stage name, first step, end step)]` of `gin_file` in smoke mode."""
     config.parse([os.path.join(REPO, gin_file), config.SMOKE_CONFIG], bindings)
     train_config = trainer.TrainConfig()
-    return 2 * len(trainer.stage_schedule(trainer.build_method(train_config), train_config))
+    return [(stage.name, start, end)
+            for stage, start, end in trainer.stage_schedule(trainer.build_method(train_config), train_config)]
 
 
 LSUN_BINDINGS = ["tfseg.data.make_dataset.source=@tfseg.data.lsun_source", "tfseg.data.lsun_source.lmdb_dir='{}'"]
@@ -169,8 +170,11 @@ def test_smoke_run_on_an_lsun_lmdb_reports_images_found_and_skipped(horse, tmp_p
                         *[f"--gin_bindings={binding}" for binding in bindings])
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    total = _smoke_total_steps(gin_file, bindings)
-    assert total == 6  # three stages of two steps
+    schedule = _smoke_schedule(gin_file, bindings)
+    # Progressive growing at the smoke size: 8 and 16 px, one step each; then two encoder and two segmenter steps.
+    assert [(name, end - start) for name, start, end in schedule] == [
+        ("generator_8", 1), ("generator_16", 1), ("encoder", 2), ("segmenter", 2)]
+    total = schedule[-1][2]
     assert f"step {total}/{total}" in out
     assert checkpointing.latest_checkpoint(model_dir, "latest").endswith(f"ckpt-{total}")
     assert re.search(rf"^data: LSUN LMDB '{re.escape(folder)}' \(first 100,000\)$", out, re.M), out

@@ -68,6 +68,10 @@ def define_flags():
     flags.DEFINE_integer("input_warmup", 5, "Untimed batches first (they also fill the shuffle buffer).")
 
 
+#: PerturbGAN's paper configs grow progressively; a paper-shape step is timed at the final resolution.
+_AT_FINAL_RESOLUTION = ["tfseg.methods.perturbgan.progressive_start = None",
+                        "tfseg.training.TrainConfig.stage_steps = {'generator': 1, 'encoder': 1, 'segmenter': 1}"]
+
 #: The papers' shapes (issue 13), `{name: (gin files, bindings, what it is)}`. Synthetic inputs; the
 #: data sources the configs name are never read.
 PAPER_WORKLOADS = {
@@ -79,9 +83,11 @@ PAPER_WORKLOADS = {
         "tfseg.training.TrainConfig.batch_size = 25", "tfseg.methods.redo.redraw_every_region = True",
         "tfseg.methods.redo.shared_encoder_trunk = False"],
         "the same with the reference's work: every region redrawn, a separate z-encoder"),
-    "perturbgan_64": (["lsun_horse.gin"], ["tfseg.training.TrainConfig.resolution = 64"],
-                      "PerturbGAN, 64 px, batch 32, 512-channel StyleGANs and critic"),
-    "perturbgan_128": (["lsun_horse.gin"], [], "PerturbGAN, 128 px, batch 32, 512-channel StyleGANs and critic"),
+    # The iteration at the final resolution (the reference's last stage): progressive growing off.
+    "perturbgan_64": (["lsun_horse.gin"], ["tfseg.training.TrainConfig.resolution = 64", *_AT_FINAL_RESOLUTION],
+                      "PerturbGAN, 64 px, batch 32, 512-channel StyleGANs and critic, at the final resolution"),
+    "perturbgan_128": (["lsun_horse.gin"], _AT_FINAL_RESOLUTION,
+                       "PerturbGAN, 128 px, batch 32, 512-channel StyleGANs and critic, at the final resolution"),
     "labels4free_256": (["labels4free_lsun_horse.gin"], [
         "tfseg.training.TrainConfig.batch_size = 4", "tfseg.methods.labels4free.pretrained_dir = None",
         "tfseg.training.TrainConfig.stage_steps = {'stylegan2': 1, 'alpha': 1, 'segmenter': 1}"],
