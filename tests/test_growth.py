@@ -219,3 +219,30 @@ def test_a_run_stopped_mid_fade_resumes_to_the_weights_of_an_uninterrupted_one(t
     assert a.keys() == b.keys() and len(a) > 10
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7, err_msg=key)
+
+
+def test_per_variable_adam_steps_update_alike_under_a_mirrored_strategy():
+    def train(strategy):
+        with strategy.scope():
+            variables = [keras.Variable(np.linspace(-1, 1, 6, dtype="float32").reshape(2, 3) * (i + 1))
+                         for i in range(2)]
+            optimizer = optimizers.gan_adam(0.01, steps_per_variable=True)
+            optimizer.build(variables)
+
+        @tf.function
+        def step(k, both):
+            def replica_fn():
+                chosen = variables if both else variables[:1]
+                optimizer.apply([tf.cos(v.value * (k + 1.0)) for v in chosen], chosen)
+            strategy.run(replica_fn)
+
+        for k in range(4):
+            step(tf.constant(float(k)), both=k >= 2)
+        steps = [float(v.numpy()) for v in optimizer.variables if v.path.endswith("_step")]
+        return [v.numpy() for v in variables + optimizer.variables], steps
+
+    plain, plain_steps = train(tf.distribute.get_strategy())
+    mirrored, mirrored_steps = train(tf.distribute.MirroredStrategy(["/cpu:0"]))
+    assert plain_steps == mirrored_steps == [4.0, 2.0]  # the second weight joined at the third apply
+    for a, b in zip(plain, mirrored):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
