@@ -93,7 +93,8 @@ def restore(checkpoint, path):
             "tfseg.methods.redo.spectral_norm existed need --gin_bindings=\"tfseg.methods.redo."
             "spectral_norm='keras'\"; ReDO runs of a config other than demo.gin made before the reference "
             "defaults also need \"tfseg.methods.redo.generator_seed_multiplier=2\" and "
-            "\"tfseg.methods.redo.shared_encoder_trunk=True\"). Resume it with the bindings it was made "
+            "\"tfseg.methods.redo.shared_encoder_trunk=True\"; PerturbGAN runs made before its encoder predicted z need "
+            "\"tfseg.methods.perturbgan.encoder_target='w'\"). Resume it with the bindings it was made "
             "with, or pass another "
             "--model_dir; the run was left as it was.") from err
 
