@@ -60,7 +60,7 @@ def test_alpha_rises_linearly_over_the_fade_in_and_matches_between_python_and_gr
     for step, alpha in expected.items():
         assert schedule.alpha(level16, step, 4) == alpha
         assert float(schedule.alpha(level16, tf.constant(step, tf.int64), 4)) == alpha
-    assert schedule.fade_steps(level16, 4) == 4
+    assert [stage.fixed_steps(4) for stage in schedule.stages()] == [4, 8, 8]
 
 
 def test_a_synthesis_network_fades_its_new_resolution_in_from_the_upsampled_lower_one():

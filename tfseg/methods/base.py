@@ -7,6 +7,7 @@ which runs outside XLA (optimizer updates under a strategy cannot be compiled: t
 replicas). Losses are scaled by the *global* batch so that summing gradients over replicas
 gives the global mean.
 """
+import math
 from typing import NamedTuple, Optional
 
 import keras
@@ -83,6 +84,13 @@ class Stage(NamedTuple):
     evaluates: bool = True
     images: Optional[int] = None
     note: str = ""
+
+    def fixed_steps(self, global_batch):
+        """Steps of a stage whose budget the method fixes in images, at a run batch of `global_batch`
+        (None when the config sets the budget)."""
+        if self.images is None:
+            return None
+        return math.ceil(self.images / (global_batch * max(1, self.batches_per_step)))
 
 
 class Method(keras.Model):

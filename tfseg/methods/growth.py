@@ -88,16 +88,12 @@ class GrowthSchedule:
         fade = f"fade-in over {self.phase_images} images" if level.fades_in else "no fade-in"
         return f"{level.resolution} px, lr {level.learning_rate:g}, {fade}"
 
-    def fade_steps(self, level, global_batch):
-        """Steps of a level's fade-in at a run batch of `global_batch`."""
-        return math.ceil(self.phase_images / (global_batch * level.batch_multiple))
-
     def first_steps(self, global_batch):
         """`{stage_name: first step}`: the growth stages are the first of the run, in this order."""
         first, out = 0, {}
-        for level in self.levels:
-            out[level.stage_name] = first
-            first += math.ceil(2 * self.phase_images / (global_batch * level.batch_multiple))
+        for stage in self.stages():
+            out[stage.name] = first
+            first += stage.fixed_steps(global_batch)
         return out
 
     def alpha(self, level, step, global_batch):

@@ -10,7 +10,6 @@ context, where Keras all-reduces the gradients (XLA cannot compile that merge).
 """
 import functools
 import json
-import math
 import os
 import sys
 import tempfile
@@ -173,9 +172,8 @@ def stage_schedule(model, config):
                           "them from stage_steps.")
     schedule, start = [], 0
     for stage in stages:
-        if stage.images is not None:
-            steps = math.ceil(stage.images / (config.batch_size * max(1, stage.batches_per_step)))
-        else:
+        steps = stage.fixed_steps(config.batch_size)
+        if steps is None:
             steps = config.stage_steps.get(stage.name, config.num_steps)
         if steps is None:
             raise ConfigError(
