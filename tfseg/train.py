@@ -93,8 +93,7 @@ def main(argv):
         print(f"# model_dir: {model_dir}")
         print("# stages:")
         for stage, start, end in schedule:
-            batch = train_config.batch_size * max(1, stage.batches_per_step)
-            print(f"#   {stage.name}: steps {start + 1}-{end}, batch {batch}"
+            print(f"#   {stage.name}: steps {start + 1}-{end}, batch {stage.images_per_step(train_config.batch_size)}"
                   + (f", {stage.note}" if stage.note else ""))
         if clash is not None:
             print("# model_dir clash (a real run stops here): " + str(clash).replace("\n", "\n# "))

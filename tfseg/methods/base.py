@@ -85,12 +85,17 @@ class Stage(NamedTuple):
     images: Optional[int] = None
     note: str = ""
 
+    def images_per_step(self, global_batch):
+        """Real images one step reads at a run batch of `global_batch` (a batch when it reads none:
+        a stage on generated data still draws a batch)."""
+        return global_batch * max(1, self.batches_per_step)
+
     def fixed_steps(self, global_batch):
         """Steps of a stage whose budget the method fixes in images, at a run batch of `global_batch`
         (None when the config sets the budget)."""
         if self.images is None:
             return None
-        return math.ceil(self.images / (global_batch * max(1, self.batches_per_step)))
+        return math.ceil(self.images / self.images_per_step(global_batch))
 
 
 class Method(keras.Model):

@@ -11,13 +11,23 @@ one step consumes that many batches of the input stream) and its own learning ra
 Everything here is a function of the step, so a run stopped mid-fade resumes with the same alpha;
 the networks blend their outputs with it (`tfseg.modeling.stylegan`).
 """
-import math
 from typing import NamedTuple
 
 import tensorflow as tf
 
 from tfseg.errors import ConfigError
 from tfseg.methods.base import Stage
+from tfseg.modeling.resolutions import power_of_two_log2
+from tfseg.modeling.stylegan import growth_resolutions
+
+
+def _is_resolution(value):
+    """Whether `value` is a size the networks have (a power of two >= 4)."""
+    try:
+        power_of_two_log2(value, 4, "StyleGAN")
+    except (ValueError, TypeError):
+        return False
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class Level(NamedTuple):
@@ -47,20 +57,19 @@ class GrowthSchedule:
 
     def __init__(self, start, resolution, phase_images, batch_multiples, learning_rates,
                  default_learning_rate, stage_prefix, phases, binding):
-        log_start = math.log2(start) if start > 0 else -1
-        if start < 8 or start > resolution or log_start != int(log_start):
+        if not (_is_resolution(start) and 8 <= start <= resolution):
             raise ConfigError(f"{binding}.progressive_start must be a power of two between 8 and the "
                               f"resolution ({resolution}), got {start}")
         if not isinstance(phase_images, int) or phase_images < 1:
             raise ConfigError(f"{binding}.progressive_phase_images must be a whole number >= 1, got {phase_images!r}")
-        self.resolutions = [2**k for k in range(int(log_start), int(math.log2(resolution)) + 1)]
+        self.resolutions = growth_resolutions(resolution, start) + [resolution]
         for name, table, valid, wanted in (
                 ("progressive_batch_multiples", batch_multiples,
                  lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "whole numbers >= 1"),
                 ("progressive_learning_rates", learning_rates,
                  lambda v: isinstance(v, (int, float)) and v > 0, "numbers > 0")):
             # A table may name resolutions this run does not reach (the reference's tables go to 1024).
-            unknown = sorted(r for r in table if not (isinstance(r, int) and r >= 4 and r & (r - 1) == 0))
+            unknown = sorted(r for r in table if not _is_resolution(r))
             if unknown:
                 raise ConfigError(f"{binding}.{name} names {unknown}, which are not resolutions (powers "
                                   f"of two); progressive growing trains at {self.resolutions}")

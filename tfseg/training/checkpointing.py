@@ -23,6 +23,14 @@ class RunState:
 UNREACHED = "unreached"
 
 
+def _model_children(model):
+    """What every checkpoint of a method holds of it: the model, its optimizers, its non-trainable
+    variables (Keras 3 wrappers' state, e.g. SpectralNormalization's vector, is not reached through
+    the model alone)."""
+    return dict(model=model, optimizers=model.optimizers_by_name(),
+                non_trainable=list(model.non_trainable_variables))
+
+
 def unreached_weights(model):
     """The model's weights that a checkpoint of the model, its optimizers and its non-trainable
     variables does not reach, e.g. G's moving average.
@@ -31,24 +39,18 @@ def unreached_weights(model):
     is not reached through the model's attributes by a `tf.train.Checkpoint`: its weights are saved
     only where an optimizer lists them. These are the ones no optimizer trains.
     """
-    reached = tf.train.Checkpoint(model=model, optimizers=model.optimizers_by_name(),
-                                  non_trainable=list(model.non_trainable_variables))
-    reached = {id(t) for t in tf.train.TrackableView(reached).descendants()}
+    root = tf.train.Checkpoint(**_model_children(model))  # held here: the view keeps only a weak reference
+    reached = {id(t) for t in tf.train.TrackableView(root).descendants()}
     return [v for v in model.variables if id(v) not in reached and id(getattr(v, "value", v)) not in reached]
 
 
 def make_checkpoint(model, state, include_unreached=True):
-    """A `tf.train.Checkpoint` of a method, its optimizers and the run state.
-
-    The flat list of non-trainable variables is listed explicitly: Keras 3 wrappers
-    (SpectralNormalization's power-iteration vector) are not reached through the model alone;
-    so are the weights no optimizer trains (`unreached_weights`), where a method has any
-    (`include_unreached=False`: the layout before they were, to read an older run's segmenter).
+    """A `tf.train.Checkpoint` of a method (`_model_children`) and the run state, plus the weights
+    no optimizer trains (`unreached_weights`) where a method has any (`include_unreached=False`: the
+    layout before they were, to read an older run's segmenter).
     """
     extra = unreached_weights(model) if include_unreached else []
-    return tf.train.Checkpoint(model=model, optimizers=model.optimizers_by_name(),
-                               non_trainable=list(model.non_trainable_variables),
-                               step=state.step, restarts=state.restarts,
+    return tf.train.Checkpoint(**_model_children(model), step=state.step, restarts=state.restarts,
                                best_score=state.best_score, **({UNREACHED: extra} if extra else {}))
 
 

@@ -321,12 +321,8 @@ class Trainer:
         self.model.begin_stage(stage.name)
         self._compile_step()
         if display is not None:
-            display.images_per_step = self._images_per_step()
+            display.images_per_step = self.stage.images_per_step(self.config.batch_size)
             self._stage_header(display)
-
-    def _images_per_step(self):
-        """Real images one step of the current stage reads (at least a batch: generated ones)."""
-        return self.config.batch_size * max(1, self.stage.batches_per_step)
 
     def _stage_header(self, display):
         stage, start, end = self._stage_at(int(self.state.step.numpy()))
@@ -393,7 +389,8 @@ class Trainer:
         if self.guard is not None:
             self.guard.sync()
         step = int(self.state.step.numpy())
-        display = progress.TrainingProgress(self.total_steps, step, self._images_per_step(), self.stream)
+        display = progress.TrainingProgress(self.total_steps, step,
+                                            self._stage_at(step)[0].images_per_step(cfg.batch_size), self.stream)
         if resumed and step >= self.total_steps:
             display.message(f"already finished: {resumed} is at step {step} of {self.total_steps}; "
                             "scoring it again (raise the step budget to train more)")
@@ -401,7 +398,6 @@ class Trainer:
         if resumed:
             display.message(f"resumed from {resumed} at step {step}")
         self._enter_stage(step)
-        display.images_per_step = self._images_per_step()
         self._stage_header(display)
         with self.writers["train"].as_default(step=step):
             # Indented: TensorBoard renders text summaries as Markdown.
