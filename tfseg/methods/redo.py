@@ -17,6 +17,7 @@ from tfseg.errors import ConfigError
 from tfseg.methods.base import Method, PhaseMetrics
 from tfseg.methods import optimizers
 from tfseg.methods.optimizers import gan_adam
+from tfseg.modeling import equivariance
 from tfseg.modeling import spectral_norm as spectral_norm_lib
 from tfseg.modeling.mask_network import MaskNetwork
 from tfseg.modeling.redo_discriminator import Discriminator
@@ -69,6 +70,11 @@ class ReDOSettings:
             meeting the hinges with a faint layer over the whole image. Measured once with that
             prior on Flowers-17 at 32 px: hard masks, but one bottom strip for every photo
             (validation 0.28 -> 0.24 over 1,250 steps; docs/real_photos.md); no config sets it.
+        equivariance_weight: weight of tfseg's crop-equivariance term on F (not the paper's, 0 =
+            off): mean |F(crop(x)) - crop(F(x))| over a random box per image (side
+            `equivariance_min_scale` to 1 of the image; `tfseg.modeling.equivariance`). A fixed
+            split (F ignoring its input) disagrees with itself under crops; one extra pass of F.
+        equivariance_min_scale: smallest side of the equivariance term's boxes.
         learning_rate: Adam lr of G, D and the encoder.
         mask_learning_rate: Adam lr of F.
         mask_weight_decay: coupled L2 on F.
@@ -99,6 +105,8 @@ class ReDOSettings:
     object_max_coverage: float = 1.0
     object_size_weight: float = 2.0
     binarization_weight: float = 0.0
+    equivariance_weight: float = 0.0
+    equivariance_min_scale: float = 0.6
     learning_rate: float = 1e-4
     mask_learning_rate: float = 1e-5
     mask_weight_decay: float = 1e-4
@@ -111,6 +119,9 @@ class ReDOSettings:
             raise ConfigError("tfseg.methods.redo.object_min_coverage and object_max_coverage must satisfy "
                               f"0 <= min < max <= 1, got {self.object_min_coverage} and "
                               f"{self.object_max_coverage}")
+        if not 0.0 < self.equivariance_min_scale <= 1.0:
+            raise ConfigError("tfseg.methods.redo.equivariance_min_scale must be in (0, 1], got "
+                              f"{self.equivariance_min_scale}")
         if self.spectral_norm not in spectral_norm_lib.STYLES:
             raise ConfigError(f"tfseg.methods.redo.spectral_norm must be one of {spectral_norm_lib.STYLES}, "
                               f"got {self.spectral_norm!r}")
@@ -304,7 +315,7 @@ class ReDO(Method):
                     tf.gather(codes, regions, axis=1, batch_dims=1), z)
             adversarial = losses.per_source_example(losses.hinge_generator_loss(logits), b)
             per_example = adversarial + self.settings.info_weight * info
-            mask_priors = self._mask_priors(masks)
+            mask_priors = self._mask_priors(images, masks, step)
             for weight, value in mask_priors.values():
                 per_example += weight * value
             total = tf.nn.compute_average_loss(per_example)
@@ -327,8 +338,8 @@ class ReDO(Method):
             diagnostics={"mask/binariness": losses.mask_binariness(masks[..., :1])})
         return metrics, (mask_grads, gen_grads, enc_grads)
 
-    def _mask_priors(self, masks):
-        """tfseg's optional terms on region 0, not the paper's (on F only): `{name: (weight, [b])}`,
+    def _mask_priors(self, images, masks, step):
+        """tfseg's optional terms on F's masks, not the paper's (on F only): `{name: (weight, [b])}`,
         only those switched on."""
         s = self.settings
         priors = {}
@@ -337,7 +348,18 @@ class ReDO(Method):
         if s.binarization_weight > 0:
             priors["mask_binarization"] = (s.binarization_weight,
                                            losses.mask_binarization_loss(masks[..., :1]))
+        if s.equivariance_weight > 0:
+            priors["mask_equivariance"] = (s.equivariance_weight, self._equivariance_loss(images, masks, step))
         return priors
+
+    def _equivariance_loss(self, images, masks, step):
+        """`[b]` disagreement of F with itself under one random crop per image (F only: the masks
+        are F's own, and the crops of the images carry no gradient to other networks)."""
+        boxes = equivariance.random_crop_boxes(images.shape[0], self.settings.equivariance_min_scale,
+                                               self.replica_seed(step, stream=1))
+        r = self.resolution
+        masks_of_crops = self.mask_network(equivariance.crop(images, boxes, r), training=True)
+        return equivariance.equivariance_loss(masks_of_crops, equivariance.crop(masks, boxes, r))
 
     def _object_size_loss(self, masks):
         """`[b]` hinges of the size prior on region 0 (below the min or above the max coverage)."""
