@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from tfseg.methods import redo
+from tfseg.modeling import equivariance
 
 TINY = dict(z_dim=4, mask_width=4, mask_residual_blocks=1, generator_width=4, generator_self_attention=False,
             discriminator_width=4, discriminator_self_attention=False)
@@ -207,3 +208,66 @@ def test_the_prior_trains_only_the_mask_network_towards_its_range():
 def test_a_size_prior_range_that_cannot_hold_is_refused_with_its_binding(low, high):
     with pytest.raises(redo.ConfigError, match="object_min_coverage"):
         redo.ReDOSettings(16, object_min_coverage=low, object_max_coverage=high)
+
+
+def test_crop_boxes_are_squares_inside_the_image_no_smaller_than_the_minimum():
+    boxes = equivariance.random_crop_boxes(256, 0.6, tf.constant([1, 2], tf.int64)).numpy()
+    sides = boxes[:, 2] - boxes[:, 0]
+    np.testing.assert_allclose(sides, boxes[:, 3] - boxes[:, 1], atol=1e-6)
+    assert boxes.min() >= 0.0 and boxes.max() <= 1.0 + 1e-6
+    assert sides.min() >= 0.6 - 1e-6 and sides.max() > 0.95 and sides.min() < 0.65  # the whole range is drawn
+    assert len(np.unique(np.round(boxes[:, 0], 3))) > 100                         # positions vary
+
+
+def _masks_from_red(images, **kwargs):
+    """A mask network that follows the photo pointwise (and linearly, so crops commute with it)."""
+    red = (images[..., :1] + 1.0) / 2.0
+    return tf.concat([red, 1.0 - red], -1)
+
+
+def test_the_equivariance_term_charges_a_split_that_ignores_the_photo_and_not_one_that_follows_it():
+    model = _method(equivariance_weight=4.0)
+    x = np.linspace(-1, 1, 16, dtype=np.float32)
+    images = tf.constant(np.broadcast_to(x[None, None, :, None], [4, 16, 16, 3]).copy())  # red rises left to right
+    batches = ({"image": images}, {"image": images})
+    model.mask_network.call = _masks_from_red
+    metrics, _ = model.phase_gradients("generator", batches, tf.constant(3, tf.int64))
+    np.testing.assert_allclose(metrics.losses["mask_equivariance"].numpy(), [0.0] * 4, atol=1e-5)
+    _fixed_masks(model, 8 / 16)  # the same top half for every image and every crop of it
+    metrics, _ = model.phase_gradients("generator", batches, tf.constant(3, tf.int64))
+    named = {k: v.numpy() for k, v in metrics.losses.items()}
+    assert named["mask_equivariance"].min() > 1e-3 and named["mask_equivariance"].mean() > 0.02  # every crop disagrees
+    np.testing.assert_allclose(named["generator_total"], named["generator_adversarial"] + 5.0 * named["information"]
+                               + 4.0 * named["mask_equivariance"], rtol=1e-5, atol=1e-5)
+    assert "mask_equivariance" not in _method().phase_gradients("generator", batches, tf.constant(3, tf.int64))[0].losses
+
+
+def test_the_equivariance_term_trains_only_the_mask_network_and_lowers_its_disagreement():
+    model = _method(equivariance_weight=1.0)
+    images = tf.random.uniform([4, 16, 16, 3], -1, 1, seed=5)
+    masks_before = model.mask_network(images)
+    others = model._generator_variables() + model._discriminator_variables() + model._encoder_variables()
+    variables = model.mask_network.trainable_variables
+    step = tf.constant(7, tf.int64)
+
+    def disagreement():
+        return tf.reduce_mean(model._equivariance_loss(images, model.mask_network(images, training=True), step))
+
+    with tf.GradientTape(persistent=True) as tape:
+        loss = disagreement()
+    assert all(g is None for g in tape.gradient(loss, others))
+    grads = tape.gradient(loss, variables)
+    before = float(loss)
+    for _ in range(5):
+        with tf.GradientTape() as tape:
+            loss = disagreement()
+        for v, g in zip(variables, tape.gradient(loss, variables)):
+            v.assign_sub(0.01 * g / (tf.norm(g) + 1e-12))
+    assert float(disagreement()) < before
+    assert any(float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+    assert not np.allclose(model.mask_network(images).numpy(), masks_before.numpy())
+
+
+def test_an_equivariance_box_that_cannot_be_drawn_is_refused_with_its_binding():
+    with pytest.raises(redo.ConfigError, match="equivariance_min_scale"):
+        redo.ReDOSettings(16, equivariance_min_scale=0.0)
