@@ -16,6 +16,10 @@ process of its own, and prints seconds per step, images/s and the process's peak
 (which includes TensorFlow itself, about 1 GiB). Add --workloads=NAME,... to choose some; any
 --gin_file / --gin_bindings given apply after each workload's own (the tests shrink them that way).
 
+--profile adds, per stage, where a step's time goes: TensorFlow's profiler over --profile_steps
+steps, kernel time summed by op type and by network (forward and backward apart), the largest
+first (tools/op_profile.py).
+
 --input_pipeline times `tfseg.data.make_dataset("train", ...)` alone, no model, on each source
 given: a photo folder (--image_dir), an LSUN LMDB (--lsun_lmdb), TFRecord shards
 (--tfrecord_pattern), and with --input_gin_source the
@@ -35,6 +39,8 @@ import time
 
 from absl import app, flags
 
+import op_profile  # tools/, beside this file
+
 FLAGS = flags.FLAGS
 
 
@@ -53,6 +59,10 @@ def define_flags():
     flags.DEFINE_bool("paper_shapes", False, "Time the papers' workloads (PAPER_WORKLOADS), one process "
                       "per workload and XLA setting, with peak memory.")
     flags.DEFINE_list("workloads", None, "With --paper_shapes: only these workloads.")
+    flags.DEFINE_bool("profile", False, "Also trace --profile_steps steps of each stage with TensorFlow's "
+                      "profiler and print where their time goes: kernel time by op type and by network "
+                      "(tools/op_profile.py). With --paper_shapes, for every workload.")
+    flags.DEFINE_integer("profile_steps", 1, "Steps traced per stage by --profile.")
     flags.DEFINE_bool("input_pipeline", False, "Time the input pipeline alone on --image_dir, --lsun_lmdb "
                       "and/or the gin-bound source (--input_gin_source). Without --gin_file, only that.")
     flags.DEFINE_string("image_dir", None, "A folder of photos for --input_pipeline.")
@@ -94,6 +104,9 @@ PAPER_WORKLOADS = {
         "Labels4Free at 256 px, batch 4: the StyleGAN2 step, the alpha-network step, the segmenter"),
 }
 
+#: Starts each --profile section of the output (a workload's process prints them; the parent relays them).
+_PROFILE_HEADING = "where the time goes:"
+
 #: A row of the single-config table: XLA, stage, train img/s, train steps/s, inference img/s.
 _ROW = re.compile(r"^(on|off)\s+(\S+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", re.M)
 
@@ -103,7 +116,7 @@ def run_workload(name, jit, extra_files=(), extra_bindings=(), steps=3, repeats=
 
     Returns:
         `({stage: (seconds per step, train images/s)}, inference images/s, peak resident memory in
-        bytes)`.
+        bytes, the --profile tables the process printed (empty without --profile))`.
 
     Raises:
         RuntimeError: the process failed; the message holds the end of its error output.
@@ -115,6 +128,8 @@ def run_workload(name, jit, extra_files=(), extra_bindings=(), steps=3, repeats=
     args = [sys.executable, os.path.abspath(__file__), *[f"--gin_file={f}" for f in files],
             *[f"--gin_bindings={b}" for b in bindings], f"--xla={'true' if jit else 'false'}", "--nosavedmodel",
             "--inference_batch=0", f"--steps={steps}", f"--repeats={repeats}", f"--warmup={warmup}"]
+    if FLAGS.profile:
+        args += ["--profile", f"--profile_steps={FLAGS.profile_steps}"]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         process = subprocess.Popen(args, stdout=out, stderr=err)  # quiet: main() silences TensorFlow
         _, status, usage = os.wait4(process.pid, 0)
@@ -129,13 +144,14 @@ def run_workload(name, jit, extra_files=(), extra_bindings=(), steps=3, repeats=
     for _, stage, train_rate, steps_per_s, infer_rate in _ROW.findall(text):
         stages[stage] = (1.0 / float(steps_per_s) if float(steps_per_s) else float("inf"), float(train_rate))
         inference = float(infer_rate)
-    return stages, inference, usage.ru_maxrss * 1024  # Linux reports kilobytes
+    profiles = text[text.index(_PROFILE_HEADING):].strip() if _PROFILE_HEADING in text else ""
+    return stages, inference, usage.ru_maxrss * 1024, profiles  # Linux reports kilobytes
 
 
 def format_paper_table(results):
     """`{(workload, XLA): (stages, inference, peak bytes)}` -> the --paper_shapes table."""
     lines = [f"{'workload':<26}{'XLA':<5}{'stage':<12}{'s/step':>10}{'img/s':>10}{'infer img/s':>13}{'peak GiB':>10}"]
-    for (name, jit), (stages, inference, peak) in results.items():
+    for (name, jit), (stages, inference, peak, _) in results.items():
         for stage, (seconds, rate) in stages.items():
             lines.append(f"{name:<26}{'on' if jit else 'off':<5}{stage:<12}{seconds:>10.2f}{rate:>10.2f}"
                          f"{inference:>13.1f}{peak / 2**30:>10.2f}")
@@ -167,8 +183,8 @@ def measure(train_config, jit_compile, strategy):
 
     Returns:
         `({stage: (train images/s, images per step, real images per step)}, inference images/s,
-        model)`. A stage that trains on generated images counts the batch it draws per step, and
-        reads 0 real images.
+        model, {stage: --profile tables})`. A stage that trains on generated images counts the batch
+        it draws per step, and reads 0 real images.
     """
     from tfseg.training import precision  # pylint: disable=import-outside-toplevel
     from tfseg.training import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
@@ -189,7 +205,7 @@ def _measure(train_config, jit_compile, strategy):
     batch = {"image": tf.random.uniform([b, r, r, 3], -1.0, 1.0, seed=1)}
     iterator = strategy_lib.distributed_iterator(strategy, tf.data.Dataset.from_tensors(batch).repeat())
     step = tf.Variable(0, dtype=tf.int64)
-    stages = {}
+    stages, profiles = {}, {}
     for stage, _, _ in trainer.stage_schedule(model, train_config):
         model.begin_stage(stage.name)
         # The step of most iterations: a lazy regulariser (a `Periodic` phase) is left out.
@@ -198,13 +214,22 @@ def _measure(train_config, jit_compile, strategy):
         per_step = b * max(1, stage.batches_per_step)
         rate = _median_rate(lambda: step_fn(iterator, step), per_step, FLAGS.steps, FLAGS.repeats, FLAGS.warmup)
         stages[stage.name] = (rate, per_step, b * stage.batches_per_step)
+        if FLAGS.profile:
+            profiles[stage.name] = _profile_tables(lambda: step_fn(iterator, step))
 
     inference_batch = FLAGS.inference_batch or b
     images = tf.random.uniform([inference_batch, r, r, 3], -1.0, 1.0, seed=2)
     segment = tf.function(model.segment, jit_compile=jit_compile)
     infer_rate = _median_rate(lambda: segment(images), inference_batch, FLAGS.steps, FLAGS.repeats,
                               FLAGS.warmup)
-    return stages, infer_rate, model
+    return stages, infer_rate, model, profiles
+
+
+def _profile_tables(fn):
+    """--profile's two tables for one stage's step."""
+    by_type, by_network = op_profile.profile(fn, FLAGS.profile_steps)
+    return (op_profile.format_table(by_type, "op type", FLAGS.profile_steps) + "\n"
+            + op_profile.format_table(by_network, "first name scope (network or layer)", FLAGS.profile_steps))
 
 
 def measure_savedmodel(model, train_config):
@@ -273,7 +298,7 @@ def format_consumption_table(rows, slowest_input):
     lines = [f"\nwhat one training step consumes, beside the slowest input pipeline above "
              f"({slowest_input:.1f} images/s):",
              f"{'XLA':<6}{'stage':<12}{'s/step':>10}{'real img/s':>12}{'input / consumed':>18}"]
-    for jit, (stages, _, _) in rows.items():
+    for jit, (stages, _, _, _) in rows.items():
         for name, (train_rate, per_step, real_per_step) in stages.items():
             seconds = per_step / train_rate
             consumed = real_per_step / seconds
@@ -325,7 +350,7 @@ def main(argv):
           f"batch {train_config.batch_size} | replicas {strategy.num_replicas_in_sync} | "
           f"median of {FLAGS.repeats} x {FLAGS.steps} steps")
     print(f"{'XLA':<6}{'stage':<12}{'train img/s':>14}{'train steps/s':>16}{'inference img/s':>18}")
-    for jit, (stages, infer_rate, _) in rows.items():
+    for jit, (stages, infer_rate, _, _) in rows.items():
         for name, (train_rate, per_step, _) in stages.items():
             print(f"{'on' if jit else 'off':<6}{name:<12}{train_rate:>14.1f}"
                   f"{train_rate / per_step:>16.5f}{infer_rate:>18.1f}")
@@ -335,6 +360,10 @@ def main(argv):
         print(f"XLA on / off: inference x{rows[True][1] / rows[False][1]:.2f}")
     if input_rates:
         print(format_consumption_table(rows, min(input_rates.values())))
+    for jit, (_, _, _, profiles) in rows.items():
+        for name, tables in profiles.items():
+            print(f"\n{_PROFILE_HEADING} {name}, XLA {'on' if jit else 'off'} ({FLAGS.profile_steps} step(s) "
+                  f"traced; kernel time summed over threads):\n{tables}")
     if FLAGS.savedmodel:
         model = next(iter(rows.values()))[2]
         rates = measure_savedmodel(model, train_config)
@@ -380,6 +409,9 @@ def paper_shapes_main():
     print(f"\npaper shapes: median of {counts[1]} x {counts[0]} steps after {counts[2]} untimed; "
           "peak = the process's peak resident memory, TensorFlow included")
     print(format_paper_table(results))
+    for (name, jit), result in results.items():
+        if result[3]:
+            print(f"\n{name}, XLA {'on' if jit else 'off'}:\n{result[3]}")
     return 0
 
 
