@@ -22,7 +22,7 @@ def test_benchmark_prints_training_inference_and_savedmodel_rates():
     result = subprocess.run(
         [sys.executable, "tools/benchmark.py", "--gin_file=gin_configs/demo.gin",
          "--gin_file=gin_configs/smoke.gin", "--steps=1", "--repeats=1", "--warmup=1",
-         "--inference_batch=2"],
+         "--inference_batch=2", "--profile"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -32,6 +32,12 @@ def test_benchmark_prints_training_inference_and_savedmodel_rates():
     assert "XLA on / off, train: training x" in out
     assert re.search(r"^serving_default bytes\s+[\d.]+\s+[\d.]+$", out, re.M), out
     assert re.search(r"^serve_image_tensor\s+[\d.]+\s+[\d.]+$", out, re.M), out
+    # --profile: where ReDO's step spends its time, XLA off; D's backward pass is in it.
+    section = out.split("where the time goes: train, XLA off")[1].split("where the time goes")[0]
+    shares = [float(v) for v in re.findall(r"([\d.]+)%$", section, re.M)]
+    assert abs(sum(shares) / 2 - 100.0) < 1.0, section  # two tables, each summing to 100 %
+    assert re.search(r"^discriminator \(backward\)\s+[\d.]+\s+[\d.]+%$", section, re.M), section
+    assert "where the time goes: train, XLA on: not traced (XLA's fused kernels carry no op" in out
 
 
 @pytest.mark.slow
@@ -40,7 +46,7 @@ def test_paper_shapes_time_every_stage_of_a_workload_in_a_process_of_its_own_wit
     result = subprocess.run(
         [sys.executable, "tools/benchmark.py", "--paper_shapes", "--workloads=perturbgan_64",
          "--gin_file=gin_configs/smoke.gin", "--gin_bindings=tfseg.training.TrainConfig.resolution=16",
-         "--gin_bindings=tfseg.training.TrainConfig.batch_size=4", "--steps=1", "--xla=false"],
+         "--gin_bindings=tfseg.training.TrainConfig.batch_size=4", "--steps=1", "--xla=false", "--profile"],
         cwd=REPO, capture_output=True, text=True, timeout=600,  # the user's environment: no log level set
         env={**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, "PYTHONPATH": REPO})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -55,6 +61,13 @@ def test_paper_shapes_time_every_stage_of_a_workload_in_a_process_of_its_own_wit
         seconds, rate, _, peak_gib = map(float, row.groups())
         assert seconds > 0 and rate > 0
         assert 0.3 < peak_gib < 20  # TensorFlow alone takes several hundred MB
+    # The workload's --profile tables, relayed from its process: each stage's, the critic's backward pass
+    # in the generator stage (the gradient penalty's double backward).
+    relayed = result.stdout.split("perturbgan_64, XLA off:")[1]
+    for stage in ("generator", "encoder", "segmenter"):
+        assert f"where the time goes: {stage}, XLA off" in relayed
+    generator = relayed.split("where the time goes: generator")[1].split("where the time goes")[0]
+    assert re.search(r"^discriminator \(backward\)\s+[\d.]+\s+[\d.]+%$", generator, re.M), generator
 
 
 def test_paper_workloads_exist_and_a_wrong_name_lists_them():
@@ -67,7 +80,7 @@ def test_paper_workloads_exist_and_a_wrong_name_lists_them():
 
 
 def test_paper_table_shows_seconds_per_step_images_per_second_and_peak_memory():
-    table = benchmark.format_paper_table({("redo_128", False): ({"train": (17.0, 2.94)}, 100.7, 3 * 2**30)})
+    table = benchmark.format_paper_table({("redo_128", False): ({"train": (17.0, 2.94)}, 100.7, 3 * 2**30, "")})
     assert re.search(r"^redo_128\s+off\s+train\s+17\.00\s+2\.94\s+100\.7\s+3\.00$", table, re.M), table
 
 
@@ -93,7 +106,7 @@ def test_input_pipeline_rates_of_a_photo_folder_an_lsun_lmdb_and_tfrecord_shards
 
 
 def test_consumption_table_sets_step_time_and_real_images_beside_the_input_rate():
-    rows = {False: ({"generator": (0.5, 32, 32), "segmenter": (4.0, 32, 0)}, 10.0, None)}
+    rows = {False: ({"generator": (0.5, 32, 32), "segmenter": (4.0, 32, 0)}, 10.0, None, {})}
     table = benchmark.format_consumption_table(rows, slowest_input=800.0)
     assert re.search(r"^off\s+generator\s+64\.00\s+0\.50\s+1600\.0x$", table, re.M), table
     assert re.search(r"^off\s+segmenter\s+8\.00\s+0\.00\s+generated$", table, re.M), table

@@ -18,7 +18,8 @@ def profile(fn, steps=1):
     """Traces `steps` calls of `fn` (already traced and warm) and sums their kernel time.
 
     Returns:
-        `(by_type, by_network)`: `{name: picoseconds over all steps}` each.
+        `(by_type, by_network)`: `{name: picoseconds over all steps}` each; "network" is the first
+        name scope of the op, a network where the code calls one through Keras, else a layer.
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     with tempfile.TemporaryDirectory() as logdir:
