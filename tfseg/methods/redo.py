@@ -324,22 +324,14 @@ class ReDO(Method):
                 per_example += weight * value
             total = tf.nn.compute_average_loss(per_example)
             info_total = tf.nn.compute_average_loss(self.settings.info_weight * info)
-        # F and the G_k descend the whole loss; the encoder only the information term. A separate
-        # encoder's weights reach the loss through that term alone, so one backward pass serves F,
-        # the G_k and the encoder (the encoder's backward pass is then not run twice: measured, it
-        # was 17 % of the paper-shape step's kernel time). On D's shared trunk the adversarial term
-        # must not train the trunk from G's side: a second pass of the information term alone.
-        separate_encoder = self.encoder is not None
-        shared_pass = mask_vars + gen_vars + (enc_vars if separate_encoder else [])
-        grads = optimizers.gradients(tape, total, shared_pass, self.mask_optimizer)
-        mask_grads = grads[:len(mask_vars)]
-        gen_grads = optimizers.rescaled(grads[len(mask_vars):len(mask_vars) + len(gen_vars)],
-                                        self.mask_optimizer, self.generator_optimizer)
-        if separate_encoder:
-            enc_grads = optimizers.rescaled(grads[len(mask_vars) + len(gen_vars):], self.mask_optimizer,
-                                            self.encoder_optimizer)
-        else:
-            enc_grads = optimizers.gradients(tape, info_total, enc_vars, self.encoder_optimizer)
+        # F and the G_k descend the whole loss; the encoder only the information term (in the
+        # shared-trunk arrangement the adversarial term must not train D's trunk from G's side).
+        # Two backward passes, not three: F and the G_k share the one through D and G.
+        mask_and_gen_grads = optimizers.gradients(tape, total, mask_vars + gen_vars, self.mask_optimizer)
+        mask_grads = mask_and_gen_grads[:len(mask_vars)]
+        gen_grads = optimizers.rescaled(mask_and_gen_grads[len(mask_vars):], self.mask_optimizer,
+                                        self.generator_optimizer)
+        enc_grads = optimizers.gradients(tape, info_total, enc_vars, self.encoder_optimizer)
         del tape
         coverage = losses.mask_coverage(masks[..., :1])
         named_losses = {"generator_adversarial": adversarial, "information": info,
