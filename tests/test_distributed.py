@@ -12,10 +12,14 @@ SCRIPT = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import sys
+    sys.path.insert(0, "tests")
+    import test_adding_a_method  # the toy method: the trainer's step, not a method's, is under test here
     from tfseg import config, registry
     from tfseg.training import nonfinite, strategy as strategy_lib, trainer
     registry.import_configurables()
-    config.parse(["gin_configs/demo.gin", "gin_configs/smoke.gin"], [])
+    config.parse(["gin_configs/demo.gin", "gin_configs/smoke.gin"],
+                 ["tfseg.training.TrainConfig.method = @tests.two_colours"])
     cfg = trainer.TrainConfig()
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
@@ -25,9 +29,8 @@ SCRIPT = textwrap.dedent("""
                                 + [v for o in model.optimizers_by_name().values() for v in o.variables])
     images = tf.random.uniform([cfg.batch_size, cfg.resolution, cfg.resolution, 3], -1, 1, seed=3)
     iterator = strategy_lib.distributed_iterator(strategy, tf.data.Dataset.from_tensors({"image": images}).repeat())
-    # The phase that trains the mask network (the full two-phase step runs in the two-worker test).
-    step = trainer.make_train_step(model, strategy, jit_compile=False, phases=("generator",),
-                                   batches_per_step=1)
+    # ReDO's and PerturbGAN's full steps run on two replicas in the two-worker test.
+    step = trainer.make_train_step(model, strategy, jit_compile=False, phases=("train",), batches_per_step=1)
     before = [v.numpy().copy() for v in model.mask_network.trainable_variables]
     with strategy_lib.graph_optimization(cfg.optimize_graphs):  # off at smoke sizes, as in a smoke run
         out = step(iterator, tf.constant(0, tf.int64))
@@ -35,7 +38,7 @@ SCRIPT = textwrap.dedent("""
     after = [v.numpy() for v in model.mask_network.trainable_variables]
     print("replicas", strategy.num_replicas_in_sync)
     print("one cpu", strategy_lib.on_one_cpu(strategy))
-    print("examples", out["loss/information"].shape[0])
+    print("examples", out["loss/rebuild"].shape[0])
     print("changed", any(abs(a - b).max() > 0 for a, b in zip(before, after)))
     print("finite", bool(out[nonfinite.FINITE_METRIC].numpy()))
     shadow = guard.shadows[guard.variables.index(model.mask_network.trainable_variables[0])]

@@ -274,7 +274,7 @@ def test_an_equivariance_box_that_cannot_be_drawn_is_refused_with_its_binding():
         redo.ReDOSettings(16, equivariance_min_scale=0.0)
 
 
-def test_a_separate_encoder_gets_the_information_terms_gradient_from_the_one_shared_backward_pass():
+def test_a_separate_encoder_descends_the_information_term_alone():
     model = _method(shared_encoder_trunk=False)
     images = tf.random.uniform([4, 16, 16, 3], -1, 1, seed=3)
     batches = ({"image": images}, {"image": tf.random.uniform([4, 16, 16, 3], -1, 1, seed=4)})
