@@ -7,6 +7,7 @@ make that rebuild good. No label is read, as in the real methods.
 """
 import dataclasses
 import io
+import json
 import os
 
 import gin
@@ -158,3 +159,41 @@ def test_a_periodic_phase_runs_every_nth_step_and_its_last_figure_is_shown_betwe
     shown = {n: float(line.split("tick ")[1].split()[0]) for n, line in lines.items()}
     assert shown == {1: 0.0, 2: 0.0, 3: 0.0, 4: 3.0, 5: 3.0, 6: 3.0, 7: 6.0}
     assert all("rebuild" in line for line in lines.values())
+
+
+class ObjectInRegion0Method(TwoColourMethod):
+    """The toy method claiming, as PerturbGAN and Labels4Free do, that region 0 is the object."""
+
+    foreground_by_construction = True
+    foreground_reason = "the toy's mask is the object"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("labels_pick", [0, 1])
+def test_the_console_says_when_labels_overrule_the_region_a_method_makes_the_object(labels_pick, tmp_path,
+                                                                                      monkeypatch):
+    from tfseg.evaluation import evaluator
+    monkeypatch.setattr(TwoColourSettings, "build", lambda settings: ObjectInRegion0Method(settings))
+    real_evaluate = evaluator.evaluate
+
+    def evaluate(model, dataset, max_examples=None, choose_region=False):
+        results, sample = real_evaluate(model, dataset, max_examples=max_examples, choose_region=False)
+        if choose_region:  # validation: the labels prefer `labels_pick`
+            model.foreground_region.assign(labels_pick)
+            results = {**results, "foreground_region": labels_pick}
+        return results, sample
+
+    monkeypatch.setattr(evaluator, "evaluate", evaluate)
+    stream = io.StringIO()
+    model_dir = tmp_path / "run"
+    trainer.Trainer(str(model_dir), _parse(), stream=stream).train()
+    out = stream.getvalue()
+    with open(model_dir / "foreground.json") as f:
+        chosen = json.load(f)
+    assert chosen["region"] == labels_pick and chosen["rule"] == "validation"
+    said = "overruling region 0, the object by construction (the toy's mask is the object)"
+    if labels_pick == 1:
+        assert "foreground: region 1, chosen by the validation rule: best fg IoU" in out and said in out
+        assert said in chosen["why"]
+    else:
+        assert "overruling" not in out and "foreground:" not in out  # the expected choice is not news

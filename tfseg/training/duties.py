@@ -100,8 +100,8 @@ class Validate(Every):
         results, sample = evaluator.evaluate(trainer.model, eval_dataset(cfg, "validation"),
                                              max_examples=cfg.eval_examples, choose_region=choose)
         if choose:
-            record_foreground(trainer, step, "validation", "best fg IoU on the labelled validation split",
-                              quiet=True)
+            why, overruled = validation_choice(trainer.model, results["foreground_region"])
+            record_foreground(trainer, step, "validation", why, quiet=not overruled)
         else:
             record_foreground(trainer, step, "binding", "tfseg.training.TrainConfig.foreground_region")
         with trainer.writers["validation"].as_default(step=step):
@@ -193,6 +193,17 @@ def choose_foreground_without_labels(trainer, step, images):
         shares = ", ".join(f"region {k} {c:.2f}" for k, c in enumerate(coverage))
         record_foreground(trainer, step, "border", f"it covers the image border least ({shares}; "
                           f"{len(images)} training photos, no labelled validation split)")
+
+
+def validation_choice(model, region):
+    """`(why, overruled)` for the region labelled validation chose: `overruled` when the method makes
+    region 0 the object by construction and the labels took another (its layers swapped roles: the
+    console says so, as the training samples will show the object outside the mask layer)."""
+    why = "best fg IoU on the labelled validation split"
+    if not (model.foreground_by_construction and region != 0):
+        return why, False
+    return (f"{why}, overruling region 0, the object by construction ({model.foreground_reason}): "
+            "this run's masks score better inverted, the object is outside its mask layer"), True
 
 
 def record_foreground(trainer, step, rule, why, quiet=False):
