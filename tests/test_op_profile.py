@@ -15,6 +15,8 @@ import op_profile  # noqa: E402  pylint: disable=wrong-import-position
     ("StatefulPartitionedCall_1/gradient_tape/discriminator_3/discriminator_trunk_1/conv/Conv2DBackpropFilter",
      "discriminator (backward)"),
     ("StatefulPartitionedCall/generator_1_1/up_res_block_5_1/conv/Conv2D", "generator"),
+    ("StatefulPartitionedCall/gradient_tape/gradient_tape_1/discriminator_2/block/conv/Conv2D",
+     "discriminator (double backward)"),
     ("StatefulPartitionedCall/mask_network_1/conv2d_9_1/convolution", "mask_network"),
     ("StatefulPartitionedCall/fused_adam_1/ResourceApplyAdam", "optimizer updates"),
     ("StatefulPartitionedCall/mul_4", "(outside any network)"),

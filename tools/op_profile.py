@@ -66,21 +66,22 @@ _WRAPPERS = re.compile(r"^(StatefulPartitionedCall|PartitionedCall|__inference|r
 def network_of(op_name):
     """The network an op belongs to, from its name:
     `StatefulPartitionedCall/discriminator_1/trunk/conv/Conv2D` -> `discriminator`,
-    `.../gradient_tape/generator_1_1/...` -> `generator (backward)`, an optimizer's update ->
-    `optimizer updates`. Keras numbers a scope again on each call (`_1`, `_2`), and the numbers
+    `.../gradient_tape/generator_1_1/...` -> `generator (backward)`, a gradient penalty's
+    `gradient_tape/gradient_tape/discriminator/...` -> `discriminator (double backward)`, an
+    optimizer's update -> `optimizer updates`. Keras numbers a scope again on each call (`_1`, `_2`), and the numbers
     of the n region generators look alike, so trailing numbers are dropped."""
     parts = [p for p in op_name.split("/") if p]
     while len(parts) > 1 and _WRAPPERS.match(parts[0]):
         parts = parts[1:]
-    backward = len(parts) > 1 and parts[0] == "gradient_tape"
-    if backward:
-        parts = parts[1:]
+    order = 0  # a gradient of a gradient (a gradient penalty) is named gradient_tape/gradient_tape/...
+    while len(parts) > 1 and re.fullmatch(r"gradient_tape(_\d+)?", parts[0]):
+        order, parts = order + 1, parts[1:]
     if len(parts) < 2:
         return "(outside any network)"
     name = re.sub(r"(_\d+)+$", "", parts[0])
     if "adam" in name.lower() or name.startswith("update"):
         return "optimizer updates"
-    return f"{name} (backward)" if backward else name
+    return name + {0: "", 1: " (backward)"}.get(order, " (double backward)")
 
 
 def format_table(counter, title, steps, top=12):
