@@ -150,7 +150,7 @@ def run_workload(name, jit, extra_files=(), extra_bindings=(), steps=3, repeats=
 
 
 def format_paper_table(results):
-    """`{(workload, XLA): (stages, inference, peak bytes)}` -> the --paper_shapes table."""
+    """`{(workload, XLA): (stages, inference, peak bytes, profile tables)}` -> the --paper_shapes table."""
     lines = [f"{'workload':<26}{'XLA':<5}{'stage':<12}{'s/step':>10}{'img/s':>10}{'infer img/s':>13}{'peak GiB':>10}"]
     for (name, jit), (stages, inference, peak, _) in results.items():
         for stage, (seconds, rate) in stages.items():
