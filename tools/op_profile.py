@@ -68,8 +68,8 @@ def network_of(op_name):
     `StatefulPartitionedCall/discriminator_1/trunk/conv/Conv2D` -> `discriminator`,
     `.../gradient_tape/generator_1_1/...` -> `generator (backward)`, a gradient penalty's
     `gradient_tape/gradient_tape/discriminator/...` -> `discriminator (double backward)`, an
-    optimizer's update -> `optimizer updates`. Keras numbers a scope again on each call (`_1`, `_2`), and the numbers
-    of the n region generators look alike, so trailing numbers are dropped."""
+    optimizer's update -> `optimizer updates`. Keras numbers a scope again on each call (`_1`,
+    `_2`), and the numbers of the n region generators look alike, so trailing numbers are dropped."""
     parts = [p for p in op_name.split("/") if p]
     while len(parts) > 1 and _WRAPPERS.match(parts[0]):
         parts = parts[1:]
