@@ -17,6 +17,11 @@ import benchmark  # noqa: E402  pylint: disable=wrong-import-position
 import lsun_fixture  # noqa: E402  pylint: disable=wrong-import-position
 
 
+def _profile_section(out, heading):
+    """The --profile tables printed under "where the time goes: <heading>", up to the next section."""
+    return out.split(f"where the time goes: {heading}")[1].split("where the time goes")[0]
+
+
 @pytest.mark.slow
 def test_benchmark_prints_training_inference_and_savedmodel_rates():
     result = subprocess.run(
@@ -33,7 +38,7 @@ def test_benchmark_prints_training_inference_and_savedmodel_rates():
     assert re.search(r"^serving_default bytes\s+[\d.]+\s+[\d.]+$", out, re.M), out
     assert re.search(r"^serve_image_tensor\s+[\d.]+\s+[\d.]+$", out, re.M), out
     # --profile: where ReDO's step spends its time, XLA off; D's backward pass is in it.
-    section = out.split("where the time goes: train, XLA off")[1].split("where the time goes")[0]
+    section = _profile_section(out, "train, XLA off")
     shares = [float(v) for v in re.findall(r"([\d.]+)%$", section, re.M)]
     assert abs(sum(shares) / 2 - 100.0) < 1.0, section  # two tables, each summing to 100 %
     assert re.search(r"^discriminator \(backward\)\s+[\d.]+\s+[\d.]+%$", section, re.M), section
@@ -66,7 +71,7 @@ def test_paper_shapes_time_every_stage_of_a_workload_in_a_process_of_its_own_wit
     relayed = result.stdout.split("perturbgan_64, XLA off:")[1]
     for stage in ("generator", "encoder", "segmenter"):
         assert f"where the time goes: {stage}, XLA off" in relayed
-    generator = relayed.split("where the time goes: generator")[1].split("where the time goes")[0]
+    generator = _profile_section(relayed, "generator")
     assert re.search(r"^discriminator \(backward\)\s+[\d.]+\s+[\d.]+%$", generator, re.M), generator
 
 

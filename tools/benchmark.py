@@ -212,7 +212,7 @@ def _measure(train_config, jit_compile, strategy):
         # The step of most iterations: a lazy regulariser (a `Periodic` phase) is left out.
         step_fn = trainer.make_train_step(model, strategy, jit_compile, base.every_step_phases(stage.phases),
                                           stage.batches_per_step)
-        per_step = b * max(1, stage.batches_per_step)
+        per_step = stage.images_per_step(b)
         rate = _median_rate(lambda: step_fn(iterator, step), per_step, FLAGS.steps, FLAGS.repeats, FLAGS.warmup)
         stages[stage.name] = (rate, per_step, b * stage.batches_per_step)
         if FLAGS.profile:  # XLA's fused kernels carry no op names: nothing to attribute, so XLA off only
