@@ -52,7 +52,13 @@ def _assert_trained_two_steps_per_stage_and_scored_test(model_dir, out):
     with open(os.path.join(model_dir, "eval_test.json")) as f:
         results = json.load(f)
     assert results["num_images"] == 8 and "test split, checkpoint" in out
-    assert os.path.exists(os.path.join(model_dir, "config.gin"))
+    with open(os.path.join(model_dir, "config.gin")) as f:
+        bound = f.read()
+    with open(os.path.join(model_dir, trainer.OPERATIVE_CONFIG_FILE)) as f:
+        operative = f.read()
+    # A default nobody bound is in the operative record only; a bound value is in both.
+    assert "TrainConfig.keep_checkpoints = 3" in operative and "keep_checkpoints" not in bound
+    assert "TrainConfig.batch_size = " in operative and "TrainConfig.batch_size = " in bound
     assert os.path.exists(os.path.join(model_dir, "eval_test.png"))
     return results
 

@@ -120,8 +120,7 @@ def main(argv):
             finally:
                 if not chief:
                     shutil.rmtree(job.write_dir, ignore_errors=True)
-            if chief:
-                config.save_config(model_dir, "operative_config.gin")
+            job.write_operative_config()  # again: evaluation may have called more configurables
     except RunDirError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

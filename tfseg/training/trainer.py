@@ -29,6 +29,8 @@ from tfseg.training import duties as duties_lib
 from tfseg.training import strategy as strategy_lib
 
 CONFIG_FILE = "config.gin"
+#: Every value the run used, defaults included (informational; nothing reads it back).
+OPERATIVE_CONFIG_FILE = "operative_config.gin"
 #: Validation scores that may choose the best checkpoint (`TrainConfig.selection_metric`), all
 #: computed by `tfseg.evaluation.evaluator.evaluate`.
 SELECTION_METRICS = ("fg_iou", "miou", "accuracy", "best_perm_fg_iou", "redo_iou")
@@ -324,6 +326,18 @@ class Trainer:
             display.images_per_step = self.stage.images_per_step(self.config.batch_size)
             self._stage_header(display)
 
+    def write_operative_config(self):
+        """Writes `OPERATIVE_CONFIG_FILE`: every value the run uses, defaults included.
+
+        config.gin holds only what was bound (what evaluate, export and resume re-read, so that a
+        run follows later defaults only where tfseg checks them); this file answers "what did this
+        run train with" after a default changed. Called once the networks and the data pipeline are
+        built, so their configurables have been called, and again at the end. Chief only.
+        """
+        if self.is_chief:
+            with open(os.path.join(self.model_dir, OPERATIVE_CONFIG_FILE), "w", encoding="utf-8") as f:
+                f.write(gin.operative_config_str())
+
     def _stage_header(self, display):
         stage, start, end = self._stage_at(int(self.state.step.numpy()))
         number = [s for s, _, _ in self.schedule].index(stage) + 1
@@ -407,6 +421,7 @@ class Trainer:
             display.message(f"advancing the data stream past the {skip} batches already trained on "
                             "(exact resume; tfseg.training.TrainConfig.exact_resume = False skips this)")
         iterator = _training_dataset(cfg, self.strategy, skip)
+        self.write_operative_config()
         self.display, self.last_metrics, self.last_validation = display, None, None
         self.nonfinite_total, self.nonfinite_in_a_row, restores = 0, 0, 0
         with signals.StopRequests() as stop:
