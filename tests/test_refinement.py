@@ -64,7 +64,8 @@ def test_smoothing_keeps_a_lone_pixel_of_object_colour_out_of_the_background():
 
 
 def test_gin_switch_is_off_by_default_and_bad_settings_name_the_binding():
-    config.parse([os.path.join(REPO, "gin_configs", "demo.gin")])
+    # The shipped configs switch it on; the switch itself defaults to off.
+    config.parse([os.path.join(REPO, "gin_configs", "redo_base.gin")], ["tfseg.training.TrainConfig.resolution = 32"])
     assert refinement.mask_refinement() is None
     assert trainer.build_method(trainer.TrainConfig()).mask_refinement is None
     config.parse([os.path.join(REPO, "gin_configs", "demo.gin")], ["tfseg.mask_refinement.colour = True",

@@ -259,7 +259,7 @@ def test_dry_run_prints_the_resolved_config_and_trains_nothing(tmp_path, capsys)
     code = run_train(f"--gin_file={REPO}/gin_configs/demo.gin", f"--model_dir={tmp_path}/run", "--dry_run")
     assert code == 0
     out = capsys.readouterr().out
-    assert "TrainConfig.num_steps = 3000" in out and "dry run" in out
+    assert "TrainConfig.num_steps = 1800" in out and "dry run" in out
     assert not os.path.exists(f"{tmp_path}/run/checkpoints")
 
 
