@@ -24,7 +24,9 @@ setuptools.setup(
     extras_require={
         "cpu": ["tensorflow-cpu>=2.21,<2.22"],
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
-        "test": ["pytest>=8", "pytest-xdist"],
+        # pytest 9.2 moved node ids where pytest-xdist 3.8's --dist loadgroup cannot tag them: the
+        # groups are silently ignored (pytest-xdist issue #1386) and every shared run is made twice.
+        "test": ["pytest>=8,<9.2", "pytest-xdist>=3.5"],
         # tools/convert_stylegan2.py reads PyTorch .pt checkpoints (the CPU wheel is enough).
         "convert": ["torch>=2.1"],
     },
