@@ -260,6 +260,8 @@ def test_dry_run_prints_the_resolved_config_and_trains_nothing(tmp_path, capsys)
     assert code == 0
     out = capsys.readouterr().out
     assert "TrainConfig.num_steps = 1800" in out and "dry run" in out
+    # ReDO's step reads one batch per phase: the batch size is the config's, not twice it.
+    assert "#   train: steps 1-1800, batch 32 x 2 a step (64 images)" in out
     assert not os.path.exists(f"{tmp_path}/run/checkpoints")
 
 

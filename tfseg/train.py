@@ -33,6 +33,15 @@ def default_model_dir(gin_files):
     return os.path.join("runs", stem)
 
 
+def _step_reads(stage, batch_size):
+    """What one step of `stage` reads, for --dry_run. ReDO's step reads a fresh batch per phase, so
+    "batch 64" for its batch 32 read as a misconfigured batch size."""
+    if stage.batches_per_step > 1:
+        return (f"batch {batch_size} x {stage.batches_per_step} a step "
+                f"({stage.images_per_step(batch_size)} images)")
+    return f"batch {stage.images_per_step(batch_size)}"
+
+
 def main(argv):
     del argv
     # Imports after flag parsing so that --help is quick.
@@ -93,7 +102,7 @@ def main(argv):
         print(f"# model_dir: {model_dir}")
         print("# stages:")
         for stage, start, end in schedule:
-            print(f"#   {stage.name}: steps {start + 1}-{end}, batch {stage.images_per_step(train_config.batch_size)}"
+            print(f"#   {stage.name}: steps {start + 1}-{end}, {_step_reads(stage, train_config.batch_size)}"
                   + (f", {stage.note}" if stage.note else ""))
         if clash is not None:
             print("# model_dir clash (a real run stops here): " + str(clash).replace("\n", "\n# "))
