@@ -71,7 +71,7 @@ def test_every_shipped_config_resolves_and_builds_its_networks(gin_file, tmp_pat
     assert "# dry run: config resolved, data found; not training." in out
     cfg = trainer.TrainConfig()
     stages = [stage.name for stage, _, _ in trainer.stage_schedule(trainer.build_method(cfg), cfg)]
-    listed = re.findall(r"^#   (\S+): steps \d+-\d+, batch \d+", out, re.M)
+    listed = re.findall(r"^#   (\S+): steps \d+-\d+, (?:batch \d+|\d+ images a step \(\d+ batches of \d+\))", out, re.M)
     assert listed == stages
     model = trainer.build_method(cfg)
     model.build_for_training(cfg.batch_size)  # every variable, at the smoke sizes the config resolves to
@@ -261,7 +261,7 @@ def test_dry_run_prints_the_resolved_config_and_trains_nothing(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "TrainConfig.num_steps = 1800" in out and "dry run" in out
     # ReDO's step reads one batch per phase: the batch size is the config's, not twice it.
-    assert "#   train: steps 1-1800, batch 32 x 2 a step (64 images)" in out
+    assert "#   train: steps 1-1800, 64 images a step (2 batches of 32)" in out
     assert not os.path.exists(f"{tmp_path}/run/checkpoints")
 
 
@@ -286,7 +286,7 @@ def test_dry_run_of_lsun_horse_resolves_the_paper_config_and_reports_the_missing
     out = capsys.readouterr().out
     assert "perturbgan.min_mask_coverage = 0.2" in out and "TrainConfig.resolution = 128" in out
     # The reference's progressive schedule, one stage per resolution (docs/methods.md).
-    assert "#   generator_8: steps 1-4688, batch 256, 8 px, lr 0.001, no fade-in" in out
+    assert "#   generator_8: steps 1-4688, 256 images a step (8 batches of 32), 8 px, lr 0.001, no fade-in" in out
     assert "#   generator_128: steps 70314-107813, batch 32, 128 px, lr 0.0015, fade-in over 600000 images" in out
     assert "#   encoder: steps 107814-127813, batch 32" in out
     assert "data NOT ready" in out and "tfseg.data.lsun_source.lmdb_dir" in out and "horse.zip" in out

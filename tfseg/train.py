@@ -34,12 +34,13 @@ def default_model_dir(gin_files):
 
 
 def _step_reads(stage, batch_size):
-    """What one step of `stage` reads, for --dry_run. ReDO's step reads a fresh batch per phase, so
-    "batch 64" for its batch 32 read as a misconfigured batch size."""
+    """What one step of `stage` reads, for --dry_run. A step that reads several batches says so: ReDO
+    gives each phase a batch of its own, progressive growing joins them into one larger batch, and a
+    bare "batch 64" for ReDO's batch 32 read as a misconfigured batch size."""
     if stage.batches_per_step > 1:
-        return (f"batch {batch_size} x {stage.batches_per_step} a step "
-                f"({stage.images_per_step(batch_size)} images)")
-    return f"batch {stage.images_per_step(batch_size)}"
+        return (f"{stage.images_per_step(batch_size)} images a step "
+                f"({stage.batches_per_step} batches of {batch_size})")
+    return f"batch {batch_size}"
 
 
 def main(argv):
