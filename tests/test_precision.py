@@ -3,6 +3,8 @@
 Each method is built tiny under each policy from the same seed and trained a few steps of every
 stage on the same images; its losses must stay finite and close to the float32 run's.
 """
+import os
+
 import gin
 import keras
 import numpy as np
@@ -153,21 +155,31 @@ def test_float16_loss_scaling_skips_an_overflowed_step_and_lowers_the_scale():
 
 
 @pytest.mark.slow
-def test_a_float16_run_trains_resumes_and_evaluates_in_float32(tmp_path, capsys):
+def test_a_float16_run_trains_resumes_and_evaluates_in_float32(tmp_path, capsys, monkeypatch):
+    import json  # noqa: PLC0415
     from test_training import REPO, run_train  # noqa: PLC0415  (absl flags are defined there)
     from tfseg.training import loading  # noqa: PLC0415
     model_dir = str(tmp_path / "run")
     args = [f"--gin_file={REPO}/gin_configs/demo.gin", "--smoke", f"--model_dir={model_dir}",
             "--gin_bindings=tfseg.training.TrainConfig.precision='mixed_float16'"]
+    scored_in = []  # the compute dtypes of the networks the run's test split was scored with
+    score_split = trainer.run_split_evaluation
+    monkeypatch.setattr(trainer, "run_split_evaluation", lambda model, *a: (
+        scored_in.append({layer.compute_dtype for layer in model._flatten_layers()}), score_split(model, *a))[1])
     assert run_train(*args) == 0
     out = capsys.readouterr().out
     assert "step 2/2" in out and "test split, checkpoint" in out
     assert keras.config.dtype_policy().name == "float32"  # the policy did not outlive the run
+    assert scored_in == [{"float32"}]  # the test score is the float32 networks', as the export computes
     # evaluation and export rebuild float32 networks that take the float16 run's checkpoint
     model, train_config, _ = loading.load_trained(model_dir)
     assert train_config.precision == "mixed_float16" and model.loss_scaled
     assert all(layer.compute_dtype == "float32" for layer in model._flatten_layers())
     assert model.segment(tf.zeros([1, 16, 16, 3])).dtype == tf.float32
+    # so tfseg.evaluate's rescoring gives the run's own test score
+    rescored = score_split(model, train_config, str(tmp_path), "test")  # writes tmp_path/eval_test.json
+    with open(os.path.join(model_dir, "eval_test.json")) as f:
+        assert json.load(f)["fg_iou"] == pytest.approx(rescored["fg_iou"])
     # and a longer run resumes from it in float16
     assert run_train(*args, "--gin_bindings=tfseg.training.TrainConfig.num_steps=3") == 0
     assert "step 3/3" in capsys.readouterr().out

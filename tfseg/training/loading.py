@@ -3,8 +3,7 @@ import sys
 
 from tfseg import config, registry
 from tfseg.errors import ConfigError
-from tfseg.methods import optimizers
-from tfseg.training import checkpointing, precision, trainer
+from tfseg.training import checkpointing, trainer
 
 
 def load_trained(model_dir, which="best", extra_bindings=()):
@@ -20,10 +19,7 @@ def load_trained(model_dir, which="best", extra_bindings=()):
         raise ConfigError(f"'{model_dir}' has no checkpoint yet. Train first (python -m "
                           f"tfseg.train --model_dir={model_dir} ...) or check the path.")
     train_config = trainer.TrainConfig()
-    # float32 networks whatever the run trained in; its optimizers as it had them.
-    with optimizers.loss_scaling(precision.loss_scaled(train_config.precision)):
-        model = trainer.build_method(train_config, restarts=checkpointing.saved_restarts(path))
-        model.build_for_training(train_config.batch_size)
+    model = trainer.build_float32(train_config, path)
     state = checkpointing.RunState()
     try:
         checkpointing.restore(checkpointing.make_checkpoint(model, state), path)

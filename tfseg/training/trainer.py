@@ -21,6 +21,7 @@ import tensorflow as tf
 from tfseg.data import decode, pipeline
 from tfseg.errors import ConfigError, DataError, SplitUnavailableError
 from tfseg.evaluation import evaluator, grids, metrics
+from tfseg.methods import optimizers
 from tfseg.methods.base import phases_due
 from tfseg.modeling import refinement
 from tfseg import progress
@@ -247,6 +248,17 @@ def build_method(config, restarts=0):
     method = method_settings(config, restarts).build()
     method.mask_refinement = refinement.mask_refinement()
     return method
+
+
+def build_float32(config, checkpoint_path):
+    """The method of `config` with float32 networks, whatever precision its run trained in, ready for
+    `checkpoint_path`'s weights: the test score, evaluation, export and prediction compute what a
+    user's export computes. Its optimizers are built as the run had them (loss scaling included), so
+    the checkpoint's slots find their variables."""
+    with precision.policy("float32"), optimizers.loss_scaling(precision.loss_scaled(config.precision)):
+        model = build_method(config, restarts=checkpointing.saved_restarts(checkpoint_path))
+        model.build_for_training(config.batch_size)
+    return model
 
 
 def _image_only(example):
@@ -515,7 +527,8 @@ class Trainer:
         return checkpointing.saved_restarts(path) if path else 0
 
     def final_evaluation(self, display=None):
-        """Restores the validation-best checkpoint and scores it on the test split."""
+        """Restores the validation-best checkpoint and scores it on the test split, in float32 (a
+        16-bit run's checkpoint goes into float32 networks, as `tfseg.evaluate` and the export do)."""
         best = self.best.latest_checkpoint
         if best:
             checkpointing.restore(self.checkpoint, best)
@@ -524,10 +537,14 @@ class Trainer:
                 "no labelled test split: nothing to score. Masks of your images: see the "
                 "TensorBoard image grids, or export the model and run tfseg.predict.")
             return {}
-        results = run_split_evaluation(self.model, self.config, self.write_dir, "test")
+        path, model = best or self.latest.latest_checkpoint, self.model
+        if self.config.precision != "float32" and path:
+            model = build_float32(self.config, path)
+            checkpointing.restore(checkpointing.make_checkpoint(model, checkpointing.RunState()), path)
+        results = run_split_evaluation(model, self.config, self.write_dir, "test")
         text = metrics.format_table(results)
         (display.message if display else print)(
-            f"test split, checkpoint {best or self.latest.latest_checkpoint}:\n{text}")
+            f"test split, checkpoint {path}:\n{text}")
         return results
 
 
