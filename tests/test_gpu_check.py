@@ -73,10 +73,14 @@ def test_the_planned_training_resolves_at_128_px(tmp_path):
     assert "#   train: steps 1-1000000" in result.stdout
 
 
-def test_a_run_past_its_minutes_is_stopped_with_ctrl_c_and_said_so(tmp_path):
+def test_a_run_past_its_minutes_is_stopped_with_ctrl_c_and_killed_if_it_ignores_it(tmp_path, monkeypatch):
     waits = "import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    raise SystemExit(130)"
     code, _, seconds, stopped = gpu_check.run_check([sys.executable, "-c", waits], str(tmp_path / "log"), 1.0)
     assert stopped and code == 128 + signal.SIGINT and seconds < 30
+    monkeypatch.setattr(gpu_check, "STOP_GRACE_SECONDS", 1.0)
+    deaf = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)"
+    code, _, seconds, stopped = gpu_check.run_check([sys.executable, "-c", deaf], str(tmp_path / "log"), 1.0)
+    assert stopped and code == -signal.SIGKILL and seconds < 30  # killed, not waited for
     code, output, _, stopped = gpu_check.run_check([sys.executable, "-c", "print('done')"], str(tmp_path / "log"), 30)
     assert not stopped and code == 0 and output == "done\n"
 

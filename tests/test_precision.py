@@ -164,8 +164,12 @@ def test_a_float16_run_trains_resumes_and_evaluates_in_float32(tmp_path, capsys,
             "--gin_bindings=tfseg.training.TrainConfig.precision='mixed_float16'"]
     scored_in = []  # the compute dtypes of the networks the run's test split was scored with
     score_split = trainer.run_split_evaluation
-    monkeypatch.setattr(trainer, "run_split_evaluation", lambda model, *a: (
-        scored_in.append({layer.compute_dtype for layer in model._flatten_layers()}), score_split(model, *a))[1])
+
+    def recording_score_split(model, *args):
+        scored_in.append({layer.compute_dtype for layer in model._flatten_layers()})
+        return score_split(model, *args)
+
+    monkeypatch.setattr(trainer, "run_split_evaluation", recording_score_split)
     assert run_train(*args) == 0
     out = capsys.readouterr().out
     assert "step 2/2" in out and "test split, checkpoint" in out

@@ -41,6 +41,10 @@ GPU_TESTS = ["tests/test_precision.py", "tests/test_distributed.py", "tests/test
 DEFAULT_WORKLOADS = ["redo_128_reference_work", "perturbgan_64"]
 
 
+#: Seconds a stopped training may take to finish its step and checkpoint before it is killed.
+STOP_GRACE_SECONDS = 300
+
+
 def define_flags():
     """Defines the flags (only when run as a script, so tests can import this module)."""
     flags.DEFINE_string("out", "gpu_check", "Folder for the logs and the training run.")
@@ -101,8 +105,12 @@ def run_check(argv, log_path, stop_after=None):
             process.wait(timeout=stop_after)
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGINT)
-            process.wait()
             stopped = True
+            try:  # tfseg finishes the step it is in and writes a checkpoint: seconds, not minutes
+                process.wait(timeout=STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()  # a run that ignores Ctrl-C fails its row rather than hang the check
+                process.wait()
         log.seek(0)
         return process.returncode, log.read(), time.monotonic() - start, stopped
 

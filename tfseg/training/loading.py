@@ -1,6 +1,4 @@
 """Rebuilds a trained method from its run directory (for evaluation, export and prediction)."""
-import sys
-
 from tfseg import config, registry
 from tfseg.errors import ConfigError
 from tfseg.training import checkpointing, trainer
@@ -19,13 +17,5 @@ def load_trained(model_dir, which="best", extra_bindings=()):
         raise ConfigError(f"'{model_dir}' has no checkpoint yet. Train first (python -m "
                           f"tfseg.train --model_dir={model_dir} ...) or check the path.")
     train_config = trainer.TrainConfig()
-    model = trainer.build_float32(train_config, path)
-    state = checkpointing.RunState()
-    try:
-        checkpointing.restore(checkpointing.make_checkpoint(model, state), path)
-    except checkpointing.MissingAverages:
-        # Everything an optimizer trained is there, the segmenter included: only G's average is not.
-        checkpointing.restore(checkpointing.make_checkpoint(model, state, include_unreached=False), path)
-        print(f"warning: {path} predates saved moving averages: G's EMA keeps its initial weights "
-              "(the distilled segmenter is unaffected; PerturbGAN's encoder route is not usable)", file=sys.stderr)
+    model = trainer.restore_float32(train_config, path)
     return model, train_config, path

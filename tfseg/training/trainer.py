@@ -250,14 +250,22 @@ def build_method(config, restarts=0):
     return method
 
 
-def build_float32(config, checkpoint_path):
-    """The method of `config` with float32 networks, whatever precision its run trained in, ready for
-    `checkpoint_path`'s weights: the test score, evaluation, export and prediction compute what a
-    user's export computes. Its optimizers are built as the run had them (loss scaling included), so
-    the checkpoint's slots find their variables."""
+def restore_float32(config, checkpoint_path):
+    """The method of `config` with float32 networks, whatever precision its run trained in, holding
+    `checkpoint_path`'s weights: the run's test score, evaluation, export and prediction compute what
+    a user's export computes. Its optimizers are built as the run had them (loss scaling included),
+    so the checkpoint's slots find their variables."""
     with precision.policy("float32"), optimizers.loss_scaling(precision.loss_scaled(config.precision)):
         model = build_method(config, restarts=checkpointing.saved_restarts(checkpoint_path))
         model.build_for_training(config.batch_size)
+    state = checkpointing.RunState()
+    try:
+        checkpointing.restore(checkpointing.make_checkpoint(model, state), checkpoint_path)
+    except checkpointing.MissingAverages:
+        # Everything an optimizer trained is there, the segmenter included: only G's average is not.
+        checkpointing.restore(checkpointing.make_checkpoint(model, state, include_unreached=False), checkpoint_path)
+        print(f"warning: {checkpoint_path} predates saved moving averages: G's EMA keeps its initial weights "
+              "(the distilled segmenter is unaffected; PerturbGAN's encoder route is not usable)", file=sys.stderr)
     return model
 
 
@@ -539,8 +547,7 @@ class Trainer:
             return {}
         path, model = best or self.latest.latest_checkpoint, self.model
         if self.config.precision != "float32" and path:
-            model = build_float32(self.config, path)
-            checkpointing.restore(checkpointing.make_checkpoint(model, checkpointing.RunState()), path)
+            model = restore_float32(self.config, path)
         results = run_split_evaluation(model, self.config, self.write_dir, "test")
         text = metrics.format_table(results)
         (display.message if display else print)(
