@@ -27,8 +27,11 @@ setuptools.setup(
         # pytest 9.2 moved node ids where pytest-xdist 3.8's --dist loadgroup cannot tag them: the
         # groups are silently ignored (pytest-xdist issue #1386) and every shared run is made twice.
         "test": ["pytest>=8,<9.2", "pytest-xdist>=3.5"],
-        # tools/convert_stylegan2.py reads PyTorch .pt checkpoints (the CPU wheel is enough).
-        "convert": ["torch>=2.1"],
+        # The converters (tools/convert_*.py) read PyTorch checkpoints, and the equivalence tests
+        # (pytest -m reference) run the authors' code beside tfseg. torch is pinned: 2.13.0 is served
+        # as a CPU wheel, while an open range began pulling a multi-GB CUDA build.
+        "convert": ["torch==2.13.0"],
+        "reference": ["torch==2.13.0"],
     },
     entry_points={
         "console_scripts": [
