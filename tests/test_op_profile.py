@@ -59,6 +59,40 @@ def test_kernel_events_of_the_compute_threads_are_summed_and_bookkeeping_is_left
     assert dict(by_network) == {"discriminator (backward)": 300, "discriminator": 100, "generator": 50}
 
 
+@pytest.mark.parametrize("kernel_type,op_type", [
+    ("_MklNativeConv2D", "Conv2D"),          # oneDNN on (TensorFlow's default on Intel CPUs)
+    ("_MklConv2D", "Conv2D"),
+    ("_MklNativeFusedConv2D", "Conv2D"),
+    ("_MklNativePadWithFusedConv2D", "Conv2D"),
+    ("_MklNativeConv2DWithBias", "Conv2D"),
+    ("_FusedConv2D", "Conv2D"),              # the graph optimiser's fusion, oneDNN off
+    ("_MklNativeConv2DBackpropFilter", "Conv2DBackpropFilter"),
+    ("_MklNativeConv2DBackpropInput", "Conv2DBackpropInput"),
+    ("_MklMatMul", "MatMul"),
+    ("_MklNativeFusedMatMul", "MatMul"),
+    ("_MklFusedDepthwiseConv2dNative", "DepthwiseConv2dNative"),
+    ("_MklNativeFusedBatchNormV3", "FusedBatchNormV3"),
+    ("FusedBatchNormV3", "FusedBatchNormV3"),
+    ("Conv2D", "Conv2D"),
+    ("Sum", "Sum"),
+])
+def test_onednn_and_fused_kernel_names_are_filed_under_the_op_type_they_compute(kernel_type, op_type):
+    assert op_profile.op_type_of(kernel_type) == op_type
+
+
+def test_a_trace_with_onednn_kernel_names_sums_them_with_the_plain_kernels():
+    # What the Intel Xeon session's profile held: oneDNN kernels beside Eigen's.
+    trace = _space({"tf_Compute/1": [
+        ("StatefulPartitionedCall/discriminator_1/conv/Conv2D:_MklNativeConv2D", 400),
+        ("StatefulPartitionedCall/generator_0/conv/Conv2D:_MklNativeFusedConv2D", 100),
+        ("StatefulPartitionedCall/generator_0/conv/Conv2D:Conv2D", 50),
+        ("StatefulPartitionedCall/generator_0/dense/MatMul:_MklMatMul", 20),
+        ("StatefulPartitionedCall/Sum:Sum", 10)]})
+    by_type, by_network = op_profile.kernel_times(trace)
+    assert dict(by_type) == {"Conv2D": 550, "MatMul": 20, "Sum": 10}
+    assert by_network["generator"] == 170 and by_network["discriminator"] == 400
+
+
 def test_the_table_shows_milliseconds_per_step_and_shares_largest_first_with_the_rest_in_one_row():
     import collections
     counter = collections.Counter({"Conv2D": 6e9, "MatMul": 3e9, "Add": 0.5e9, "Mul": 0.5e9})

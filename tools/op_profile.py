@@ -4,7 +4,9 @@
 (the XPlane protobuf TensorFlow writes) without TensorBoard's profile plugin: every kernel event on
 TensorFlow's compute threads is named `<op name>:<op type>`; its duration is summed by type and by
 the network its name belongs to (the first name scope, with a gradient's `gradient_tape/` prefix
-read as that network's backward pass). Kernels on parallel threads overlap, so the figures are
+read as that network's backward pass). With oneDNN on (TensorFlow's default on Intel CPUs) kernels
+carry oneDNN's names (`_MklNativeConv2D`, `_MklNativeFusedConv2D`, `_MklMatMul`); `op_type_of` files
+them, and the graph optimiser's fused kernels (`_FusedConv2D`), under the op type they compute. Kernels on parallel threads overlap, so the figures are
 kernel time, not wall time; shares are of the total kernel time.
 """
 import collections
@@ -54,9 +56,24 @@ def kernel_times(xspace_bytes):
                 op_name, sep, op_type = name.rpartition(":")
                 if not sep or not op_name or "::" in name:
                     continue  # the executor's own bookkeeping (ExecutorState::Process), not a kernel
-                by_type[op_type] += event.duration_ps
+                by_type[op_type_of(op_type)] += event.duration_ps
                 by_network[network_of(op_name)] += event.duration_ps
     return by_type, by_network
+
+
+#: oneDNN's kernel prefix: `_MklConv2D`, `_MklNativeConv2D` (its "native format" build, TF >= 2.5).
+_ONEDNN_PREFIX = re.compile(r"^_Mkl(Native)?")
+#: A convolution or matmul fused with its bias, activation or padding by the graph optimiser
+#: (`_FusedConv2D`, `FusedMatMul`, `PadWithFusedConv2D`) still spends its time in that op.
+_FUSION_PREFIX = re.compile(r"^_?(?:PadWith|Fused)+(?=(?:Conv|MatMul|BatchMatMul|DepthwiseConv))")
+
+
+def op_type_of(kernel_type):
+    """The op type a kernel computes: `_MklNativeFusedConv2D` -> `Conv2D`, `_MklMatMul` -> `MatMul`,
+    `_MklNativeConv2DBackpropFilter` -> `Conv2DBackpropFilter`; other names are returned as they are
+    (`FusedBatchNormV3` is an op type of its own)."""
+    op_type = _FUSION_PREFIX.sub("", _ONEDNN_PREFIX.sub("", kernel_type))
+    return re.sub(r"(?<=Conv2D)WithBias$", "", op_type)
 
 
 #: Name scopes every op of a step may sit in, which say nothing of the network.
