@@ -100,6 +100,16 @@ class PerturbGANSettings:
             The reference's `--sched` with batch 32: {8: 8, 16: 4, 32: 2}.
         progressive_learning_rates: `{resolution: lr}` of G and D while growing (others:
             `learning_rate`). The reference's `--sched`: 0.0015 at 128, 0.001 below.
+        style_gain: equalized gain of G's AdaIN style layers (tfseg: 1; the authors' StyleGAN v1
+            port: sqrt(2), as every other equalized layer of it).
+        equalized_noise: G's per-channel noise strengths are equalized (x sqrt(2 / channels) at run
+            time), as the authors' port; False (tfseg): plain weights.
+        fused_scale_from: from this resolution up, G's blocks upsample with one fused transposed
+            conv and D's blocks downsample with one fused stride-2 conv (the authors' port: 128);
+            None (tfseg): nearest x2 + conv, conv + average pool everywhere.
+        discriminator_widen_first_conv: D's block r -> r/2 changes width in its first conv (the
+            authors' port) rather than its second (tfseg). D only; the encoder keeps tfseg's layout.
+        discriminator_output_gain: equalized gain of D's output layer (tfseg 1; the port sqrt(2)).
         ema_decay: keep an exponential moving average of G's weights with this decay per generator
             step (the reference's `g_running`: 0.999, `perturbgan_paper_base.gin`) and let every
             later use of G sample from it: the encoder route, the distilled segmenter's training
@@ -139,6 +149,11 @@ class PerturbGANSettings:
     progressive_phase_images: int = 600_000
     progressive_batch_multiples: dict = dataclasses.field(default_factory=dict)
     progressive_learning_rates: dict = dataclasses.field(default_factory=dict)
+    style_gain: float = 1.0
+    equalized_noise: bool = False
+    fused_scale_from: Optional[int] = None
+    discriminator_widen_first_conv: bool = False
+    discriminator_output_gain: float = 1.0
     ema_decay: Optional[float] = None
     seed: int = 0
 
@@ -172,16 +187,21 @@ class PerturbGAN(Method):
         d_max = s.discriminator_max_channels or s.max_channels
         self.growth = s.growth()
         grow_from = s.progressive_start
+        port = dict(style_gain=s.style_gain, equalized_noise=s.equalized_noise,
+                    fused_scale_from=s.fused_scale_from)
         self.generator = LayeredGenerator(s.resolution, s.z_dim, s.w_dim, s.mapping_layers,
                                           s.channel_base, s.max_channels, s.single_generator,
-                                          s.shared_mapping, grow_from=grow_from, name="generator")
+                                          s.shared_mapping, grow_from=grow_from, name="generator", **port)
         self.generator_ema = None
         if s.ema_decay is not None:
             self.generator_ema = LayeredGenerator(s.resolution, s.z_dim, s.w_dim, s.mapping_layers,
                                                   s.channel_base, s.max_channels, s.single_generator,
-                                                  s.shared_mapping, grow_from=grow_from, name="generator_ema")
+                                                  s.shared_mapping, grow_from=grow_from, name="generator_ema",
+                                                  **port)
         self.discriminator = ProGANDiscriminator(s.resolution, d_base, d_max, grow_from=grow_from,
-                                                 name="discriminator")
+                                                 widen_first_conv=s.discriminator_widen_first_conv,
+                                                 output_gain=s.discriminator_output_gain,
+                                                 fused_scale_from=s.fused_scale_from, name="discriminator")
         self.encoder = ProGANDiscriminator(s.resolution, d_base, d_max,
                                            outputs=(self.generator.num_styles * s.w_dim
                                                     if s.encoder_target == "w" else s.z_dim),
@@ -204,6 +224,10 @@ class PerturbGAN(Method):
         #: The resolution the adversarial stage trains at now (below R only while growing).
         self.level = None
         self.global_batch = None
+        #: `{(phase, name): value}` replacing a random draw of the adversarial phases ("z", "mixing"
+        #: = (z2, crossovers), "noise", "shifts", "jitter", "interpolation"): the equivalence tests
+        #: inject the authors' draws (tests/test_reference_perturbgan.py). None in training.
+        self.injected_draws = None
 
     # -- structure ------------------------------------------------------------------------------
     phases = ("discriminator", "generator", "encoder", "segmenter")
@@ -285,7 +309,13 @@ class PerturbGAN(Method):
         factor = self.resolution // self.level.resolution if self.level is not None else 1
         return real if factor == 1 else ops.average_pool(real, factor, factor)
 
-    def render(self, batch, seeds, perturb=True, mixing_seed=None, generator=None, growth=None):
+    def _drawn(self, phase, name, draw):
+        """`draw()`, unless the test injected this draw of `phase` (`injected_draws`)."""
+        if self.injected_draws is not None and (phase, name) in self.injected_draws:
+            return self.injected_draws[(phase, name)]
+        return draw()
+
+    def render(self, batch, seeds, perturb=True, mixing_seed=None, generator=None, growth=None, phase=None):
         """Draws layers from fresh z and composites them, shifted (training path) or not.
 
         Args:
@@ -296,26 +326,29 @@ class PerturbGAN(Method):
                 when `style_mixing_probability` > 0.
             generator: the network that draws (default: the trained G; `sampler` after stage 1).
             growth: `growth_args(step)` while growing: draw at that resolution, faded in.
+            phase: the phase drawing ("discriminator", "generator"), for `injected_draws`.
         Returns:
             dict: the generator's layers, "composite" (unshifted), "shifted_mask" and
             "shifted_composite" `[b, r, r, 3|1]` (r = R unless growing).
         """
         growth = growth or {}
         size = growth.get("resolution", self.resolution)
-        z = tf.random.stateless_normal([batch, self.z_dim], seeds["z"])
+        z = self._drawn(phase, "z", lambda: tf.random.stateless_normal([batch, self.z_dim], seeds["z"]))
         mixing = None
         if mixing_seed is not None and self.settings.style_mixing_probability > 0:
-            mixing = self._mixing(batch, seeds["z"], mixing_seed, size)
+            mixing = self._drawn(phase, "mixing", lambda: self._mixing(batch, seeds["z"], mixing_seed, size))
         generator = self.generator if generator is None else generator
-        out = dict(generator(z, noise_seed=seeds["noise"], mixing=mixing, **growth))
+        out = dict(generator(z, noise_seed=seeds["noise"], mixing=mixing, noise=self._drawn(phase, "noise", lambda: None),
+                             **growth))
         out["composite"] = perturbation.composite(out["foreground"], out["mask"], out["background"])
         if not perturb:
             out["shifted_mask"], out["shifted_composite"] = out["mask"], out["composite"]
             return out
-        shifts = perturbation.random_shifts(batch, size, self.settings.shift_fraction, seeds["shift"])
+        shifts = self._drawn(phase, "shifts", lambda: perturbation.random_shifts(
+            batch, size, self.settings.shift_fraction, seeds["shift"]))
         moved = perturbation.shift_layers(ops.concatenate([out["foreground"], out["mask"]], -1), shifts)
         background = perturbation.contrast_jitter(out["background"], self.settings.background_contrast_jitter,
-                                                  seeds["jitter"])
+                                                  seeds["jitter"], factors=self._drawn(phase, "jitter", lambda: None))
         out["shifted_mask"] = moved[..., 3:]
         out["shifted_composite"] = perturbation.composite(moved[..., :3], moved[..., 3:], background)
         return out
@@ -380,9 +413,11 @@ class PerturbGAN(Method):
         b = real.shape[0]
         growth = self.growth_args(step)
         fake = tf.stop_gradient(self.render(b, self._seeds(step, _D_Z, _D_NOISE, _D_SHIFT, _D_JITTER),
-                                            mixing_seed=self.replica_seed(step, _MIX_DECISION), growth=growth)
+                                            mixing_seed=self.replica_seed(step, _MIX_DECISION), growth=growth,
+                                            phase="discriminator")
                                 ["shifted_composite"])
-        u = tf.random.stateless_uniform([b], self.replica_seed(step, _D_MIX))
+        u = self._drawn("discriminator", "interpolation",
+                        lambda: tf.random.stateless_uniform([b], self.replica_seed(step, _D_MIX)))
         variables = self.discriminator.trainable_variables
 
         def critic(images):
@@ -408,7 +443,8 @@ class PerturbGAN(Method):
         growth = self.growth_args(step)
         with tf.GradientTape() as tape:
             out = self.render(batch, self._seeds(step, _G_Z, _G_NOISE, _G_SHIFT, _G_JITTER),
-                              mixing_seed=self.replica_seed(step, _MIX_DECISION), growth=growth)
+                              mixing_seed=self.replica_seed(step, _MIX_DECISION), growth=growth,
+                              phase="generator")
             scores = self.discriminator(out["shifted_composite"], alpha=growth.get("alpha"))
             adversarial = losses.wasserstein_generator_loss(scores)
             # Both mask terms on the shifted mask, as in the reference code (docs/methods.md §1.9).

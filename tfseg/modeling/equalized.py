@@ -93,6 +93,46 @@ class EqualConv2D(keras.layers.Layer):
         return y
 
 
+class FusedScaleConv2D(keras.layers.Layer):
+    """A 3x3 equalized conv fused with a x2 resampling, as StyleGAN v1 does at 128 px and above.
+
+    The stored 3x3 kernel (times sqrt(2 / fan_in), fan_in = C_in x 9) is zero-padded to 5x5 and
+    summed over its four 2x2-shifted 4x4 windows / 4, giving a 4x4 kernel that is applied with
+    stride 2: a transposed conv for "up" (`[b, H, W, C_in] -> [b, 2H, 2W, filters]`, equal to
+    nearest x2 then the 3x3 conv smoothed by a 2x2 box) or a conv for "down"
+    (`[b, H, W, C_in] -> [b, H/2, W/2, filters]`, the 3x3 conv then a 2x2 average pool, in one op).
+    The kernel is stored `[3, 3, C_in, filters]` in both directions.
+    """
+
+    def __init__(self, filters, direction, gain=SQRT2, **kwargs):
+        super().__init__(**kwargs)
+        if direction not in ("up", "down"):
+            raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
+        self.filters = filters
+        self.direction = direction
+        self.gain = gain
+
+    def build(self, input_shape):
+        fan_in = input_shape[-1] * 9
+        self.scale = self.gain / math.sqrt(fan_in)
+        self.kernel = self.add_weight(shape=(3, 3, input_shape[-1], self.filters), name="kernel",
+                                      initializer=keras.initializers.RandomNormal(stddev=1.0))
+        self.bias = self.add_weight(shape=(self.filters,), name="bias", initializer="zeros")
+
+    def kernel4(self, dtype):
+        """The 4x4 kernel `[4, 4, C_in, filters]` the stride-2 op applies."""
+        k = ops.pad(ops.cast(self.kernel, dtype) * self.scale, [[1, 1], [1, 1], [0, 0], [0, 0]])
+        return (k[1:, 1:] + k[:-1, 1:] + k[1:, :-1] + k[:-1, :-1]) / 4.0
+
+    def call(self, x):
+        k = self.kernel4(x.dtype)
+        if self.direction == "down":
+            y = ops.conv(x, k, strides=2, padding="same")
+        else:
+            y = ops.conv_transpose(x, ops.transpose(k, (0, 1, 3, 2)), strides=2, padding="same")
+        return y + ops.cast(self.bias, y.dtype)
+
+
 def blur(x):
     """Depthwise [1,2,1] x [1,2,1] / 16 blur with zero padding 1 (StyleGAN v1). `[b,H,W,C]`."""
     channels = x.shape[-1]

@@ -48,7 +48,7 @@ def shift_layers(layers, shifts):
     return tf.einsum("bkw,biwc->bikc", cols, moved)
 
 
-def contrast_jitter(background, strength, seed):
+def contrast_jitter(background, strength, seed, factors=None):
     """Per-sample contrast change c ~ U[1 - s, 1 + s] around each channel's mean, clipped to its range.
 
     B' = clip((B - mean_ch) * c + mean_ch, min_ch(B), max_ch(B)); statistics per image and channel.
@@ -57,11 +57,15 @@ def contrast_jitter(background, strength, seed):
         background: `[batch, H, W, 3]`.
         strength: s (0.3 gives (0.7, 1.3); 0 returns the input).
         seed: stateless seed `[2]`.
+        factors: the factors c `[batch]` themselves instead of drawing them (injected by tests).
     """
     if not strength:
         return background
     batch = background.shape[0]
-    c = tf.random.stateless_uniform([batch, 1, 1, 1], seed, 1.0 - strength, 1.0 + strength)
+    if factors is not None:
+        c = ops.reshape(ops.cast(factors, background.dtype), (-1, 1, 1, 1))
+    else:
+        c = tf.random.stateless_uniform([batch, 1, 1, 1], seed, 1.0 - strength, 1.0 + strength)
     mean = ops.mean(background, axis=(1, 2), keepdims=True)
     low = ops.min(background, axis=(1, 2), keepdims=True)
     high = ops.max(background, axis=(1, 2), keepdims=True)

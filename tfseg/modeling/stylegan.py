@@ -54,11 +54,21 @@ class MappingNetwork(keras.layers.Layer):
 
 
 class AdaIN(keras.layers.Layer):
-    """Instance norm without affine, then gamma(w) * h + beta(w), gamma initialised at 1."""
+    """Instance norm without affine, then gamma(w) * h + beta(w), gamma initialised at 1.
+
+    `style_gain`: the equalized gain of the style dense layer: 1 (tfseg's default) or sqrt(2), the
+    gain every equalized layer of the authors' StyleGAN v1 port has (`perturbgan_paper_base.gin`).
+    gamma is stored as 1 + the layer's output (the port stores it with a bias initialised at 1: the
+    same function, the converter subtracts 1).
+    """
+
+    def __init__(self, style_gain=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.style_gain = style_gain
 
     def build(self, x_shape, w_shape):
         self.channels = x_shape[-1]
-        self.style = E.EqualDense(2 * self.channels, gain=1.0, name="style")
+        self.style = E.EqualDense(2 * self.channels, gain=self.style_gain, name="style")
         self.style.build(w_shape)
 
     def call(self, x, w):
@@ -73,18 +83,28 @@ class AdaIN(keras.layers.Layer):
 class StyledBlock(keras.layers.Layer):
     """One resolution: [conv-A -> noise -> LReLU -> AdaIN] -> [conv3x3 -> noise -> LReLU -> AdaIN].
 
-    conv-A is the learned constant for the first block, else nearest x2 -> conv3x3 -> blur.
+    conv-A is the learned constant for the first block, else nearest x2 -> conv3x3 -> blur, or with
+    `fused` a 3x3 transposed conv of stride 2 (`equalized.FusedScaleConv2D`) -> blur.
     One noise map per block is shared by both convs; its per-channel weights start at 0.
+    `equalized_noise`: those weights are multiplied by sqrt(2 / channels) at run time, as the
+    authors' port (it applies its equalized learning rate to them too); `style_gain`: see `AdaIN`.
     """
 
-    def __init__(self, channels, first=False, **kwargs):
+    def __init__(self, channels, first=False, style_gain=1.0, equalized_noise=False, fused=False, **kwargs):
         super().__init__(**kwargs)
         self.channels = channels
         self.first = first
-        self.conv_a = None if first else E.EqualConv2D(channels, 3, name="conv_a")
+        self.fused = fused and not first
+        self.noise_scale = E.SQRT2 / (channels ** 0.5) if equalized_noise else 1.0
+        if first:
+            self.conv_a = None
+        elif self.fused:
+            self.conv_a = E.FusedScaleConv2D(channels, "up", name="conv_a")
+        else:
+            self.conv_a = E.EqualConv2D(channels, 3, name="conv_a")
         self.conv_b = E.EqualConv2D(channels, 3, name="conv_b")
-        self.adain_a = AdaIN(name="adain_a")
-        self.adain_b = AdaIN(name="adain_b")
+        self.adain_a = AdaIN(style_gain, name="adain_a")
+        self.adain_b = AdaIN(style_gain, name="adain_b")
 
     def build(self, x_shape, w_shape):
         c = self.channels
@@ -94,7 +114,8 @@ class StyledBlock(keras.layers.Layer):
             size = 4
         else:
             size = x_shape[1] * 2
-            self.conv_a.build((None, size, size, x_shape[-1]))
+            self.conv_a.build((None, x_shape[1], x_shape[1], x_shape[-1]) if self.fused
+                              else (None, size, size, x_shape[-1]))
         self.noise_a = self.add_weight(shape=(c,), name="noise_a", initializer="zeros")
         self.noise_b = self.add_weight(shape=(c,), name="noise_b", initializer="zeros")
         self.conv_b.build((None, size, size, c))
@@ -104,12 +125,14 @@ class StyledBlock(keras.layers.Layer):
     def call(self, w, x=None, noise=0.0):
         if self.first:
             h = ops.tile(self.constant, (ops.shape(w)[0], 1, 1, 1))
+        elif self.fused:
+            h = E.blur(self.conv_a(x))
         else:
             h = E.blur(self.conv_a(upsample_nearest(x)))
         noise = ops.cast(noise, h.dtype)  # drawn in float32; 16-bit under mixed precision
-        h = self.adain_a(E.leaky_relu(h + self.noise_a * noise), w)
+        h = self.adain_a(E.leaky_relu(h + self.noise_a * self.noise_scale * noise), w)
         h = self.conv_b(h)
-        return self.adain_b(E.leaky_relu(h + self.noise_b * noise), w)
+        return self.adain_b(E.leaky_relu(h + self.noise_b * self.noise_scale * noise), w)
 
 
 def growth_resolutions(resolution, grow_from):
@@ -130,13 +153,20 @@ class SynthesisNetwork(keras.layers.Layer):
         noise_seed: stateless seed `[2]` for the per-block noise maps, or None for no noise
             (deterministic rendering, used by the encoder route and evaluation).
         resolution: stop at this resolution (default R); alpha: its fade-in weight (None: 1).
+        noise: the per-block noise maps `[b, r, r, 1]` themselves (a list, one per block run),
+            instead of drawing them from `noise_seed` (the equivalence tests inject the authors' draws).
+
+    `style_gain`, `equalized_noise`: see `StyledBlock`; `fused_scale_from`: blocks of this
+    resolution and above upsample with a fused transposed conv (the authors' port: 128), None: never.
     """
 
     def __init__(self, resolution, out_channels, channel_base=1024, max_channels=64, grow_from=None,
-                 **kwargs):
+                 style_gain=1.0, equalized_noise=False, fused_scale_from=None, **kwargs):
         super().__init__(**kwargs)
         self.resolutions = _resolutions(resolution)
         self.blocks = [StyledBlock(channels_at(r, channel_base, max_channels), first=(i == 0),
+                                   style_gain=style_gain, equalized_noise=equalized_noise,
+                                   fused=fused_scale_from is not None and r >= fused_scale_from,
                                    name=f"block{r}") for i, r in enumerate(self.resolutions)]
         self.head = E.EqualConv2D(out_channels, 1, name="head")
         self.growth_resolutions = growth_resolutions(resolution, grow_from)
@@ -161,20 +191,22 @@ class SynthesisNetwork(keras.layers.Layer):
                 self.head_at(r).build(x_shape)
         self.head.build(x_shape)
 
-    def call(self, w, noise_seed=None, resolution=None, alpha=None):
+    def call(self, w, noise_seed=None, resolution=None, alpha=None, noise=None):
         resolution = resolution or self.resolutions[-1]
         head = self.head_at(resolution)
         h = previous = None
         for i, (r, block) in enumerate(zip(self.resolutions, self.blocks)):
             if r > resolution:
                 break
-            if noise_seed is None:
-                noise = 0.0
+            if noise is not None:
+                block_noise = noise[i]
+            elif noise_seed is None:
+                block_noise = 0.0
             else:
-                noise = tf.random.stateless_normal([ops.shape(w)[0], r, r, 1],
-                                                   noise_seed + tf.constant([1_000_003, 0], noise_seed.dtype) * (i + 1))
+                block_noise = tf.random.stateless_normal(
+                    [ops.shape(w)[0], r, r, 1], noise_seed + tf.constant([1_000_003, 0], noise_seed.dtype) * (i + 1))
             previous = h
-            h = block(w[:, i] if len(w.shape) == 3 else w, x=h, noise=noise)
+            h = block(w[:, i] if len(w.shape) == 3 else w, x=h, noise=block_noise)
         out = head(h)
         if alpha is None:
             return out
@@ -199,6 +231,8 @@ class LayeredGenerator(keras.layers.Layer):
         channel_base, max_channels: width of the synthesis networks (see module docstring).
         single_generator: one synthesis network with 7 outputs (ablation (h)).
         shared_mapping: one mapping network for both synthesis networks (`common_style`).
+        style_gain, equalized_noise, fused_scale_from: the authors' StyleGAN v1 port's choices
+            (`SynthesisNetwork`; defaults: tfseg's).
 
     Call: `z [b, z_dim]` -> dict with background `[b, R, R, 3]`, foreground `[b, R, R, 3]`,
     mask_logits and mask `[b, R, R, 1]` (sigmoid); with `resolution` r (progressive growing, built
@@ -206,15 +240,18 @@ class LayeredGenerator(keras.layers.Layer):
     mapping networks' output (the encoder route feeds its own styles). `mixing = (z2, crossovers)`
     mixes styles: synthesis network i draws blocks 0..crossovers[i] with z's style, the later
     ones with z2's (`mix_styles`; each network has its own crossover, as in the reference).
+    `noise`: per synthesis network, its list of per-block noise maps (instead of `noise_seed`).
     """
 
     def __init__(self, resolution, z_dim=128, w_dim=128, mapping_layers=4, channel_base=1024,
-                 max_channels=64, single_generator=False, shared_mapping=False, grow_from=None, **kwargs):
+                 max_channels=64, single_generator=False, shared_mapping=False, grow_from=None,
+                 style_gain=1.0, equalized_noise=False, fused_scale_from=None, **kwargs):
         super().__init__(**kwargs)
         self.z_dim = z_dim
         self.w_dim = w_dim
         self.single_generator = single_generator
-        widths = dict(channel_base=channel_base, max_channels=max_channels, grow_from=grow_from)
+        widths = dict(channel_base=channel_base, max_channels=max_channels, grow_from=grow_from,
+                      style_gain=style_gain, equalized_noise=equalized_noise, fused_scale_from=fused_scale_from)
         if single_generator:
             self.synthesis = [SynthesisNetwork(resolution, 7, name="layers", **widths)]
         else:
@@ -248,7 +285,7 @@ class LayeredGenerator(keras.layers.Layer):
         """Blocks a synthesis network runs to draw at `resolution` (progressive growing)."""
         return self.synthesis[0].resolutions.index(resolution) + 1
 
-    def call(self, z=None, noise_seed=None, styles=None, mixing=None, resolution=None, alpha=None):
+    def call(self, z=None, noise_seed=None, styles=None, mixing=None, resolution=None, alpha=None, noise=None):
         if styles is None:
             styles = self.styles(z)
         seeds = [None] * self.num_styles
@@ -261,7 +298,8 @@ class LayeredGenerator(keras.layers.Layer):
             second = self.styles(z2)
             per_network = [mix_styles(w, second[:, i], crossovers[i], self.num_blocks)
                            for i, w in enumerate(per_network)]
-        outputs = [net(per_network[i], noise_seed=seeds[i], resolution=resolution, alpha=alpha)
+        outputs = [net(per_network[i], noise_seed=seeds[i], resolution=resolution, alpha=alpha,
+                       noise=None if noise is None else noise[i])
                    for i, net in enumerate(self.synthesis)]
         if self.single_generator:
             out = outputs[0]
@@ -279,6 +317,12 @@ class ProGANDiscriminator(L.BuiltOnFirstCall, keras.layers.Layer):
     fromRGB 1x1, then per resolution conv3x3 -> LReLU -> blur -> conv3x3 -> avg-pool -> LReLU
     down to 4x4, then [minibatch stddev] -> conv3x3 -> LReLU -> conv4x4 valid -> LReLU -> dense.
 
+    The authors' port's choices, as switches (defaults: tfseg's): `widen_first_conv` changes the
+    width of a block r -> r/2 in its first conv (the port) rather than its second (tfseg);
+    `output_gain` is the equalized gain of the output dense layer (tfseg 1, the port sqrt(2));
+    `fused_scale_from`: blocks of this resolution and above fuse their second conv and the
+    average pool into one stride-2 conv (`equalized.FusedScaleConv2D`; the port: 128).
+
     Call: `[b, R, R, 3]` -> `[b]` scores (outputs = 1) or `[b, outputs]`.
     `features(images)` returns the 4x4 activation before the minibatch stddev (`[b, 4, 4, C]`),
     the discriminator features of PerturbGAN's L_auto.
@@ -289,7 +333,8 @@ class ProGANDiscriminator(L.BuiltOnFirstCall, keras.layers.Layer):
     """
 
     def __init__(self, resolution, channel_base=1024, max_channels=64, outputs=1,
-                 minibatch_std=True, grow_from=None, **kwargs):
+                 minibatch_std=True, grow_from=None, widen_first_conv=False, output_gain=1.0,
+                 fused_scale_from=None, **kwargs):
         super().__init__(**kwargs)
         self.outputs = outputs
         self.minibatch_std = minibatch_std
@@ -302,12 +347,16 @@ class ProGANDiscriminator(L.BuiltOnFirstCall, keras.layers.Layer):
         if self.growth_resolutions:
             self.growth_from_rgb = [E.EqualConv2D(ch(r), 1, name=f"from_rgb{r}") for r in self.growth_resolutions]
         self.down = []
+        self.fused = []
         for r in res[:-1]:
-            self.down.append((E.EqualConv2D(ch(r), 3, name=f"conv{r}_a"),
-                              E.EqualConv2D(ch(r // 2), 3, name=f"conv{r}_b")))
+            fused = fused_scale_from is not None and r >= fused_scale_from
+            self.fused.append(fused)
+            self.down.append((E.EqualConv2D(ch(r // 2) if widen_first_conv else ch(r), 3, name=f"conv{r}_a"),
+                              E.FusedScaleConv2D(ch(r // 2), "down", name=f"conv{r}_b") if fused
+                              else E.EqualConv2D(ch(r // 2), 3, name=f"conv{r}_b")))
         self.final_conv = E.EqualConv2D(ch(4), 3, name="final_conv")
         self.final_dense = E.EqualDense(ch(4), name="final_dense")
-        self.output_dense = E.EqualDense(outputs, gain=1.0, name="output")
+        self.output_dense = E.EqualDense(outputs, gain=output_gain, name="output")
 
     def from_rgb_at(self, resolution):
         """The input layer at `resolution` (R's is `from_rgb`, the one a critic without growing has)."""
@@ -322,10 +371,10 @@ class ProGANDiscriminator(L.BuiltOnFirstCall, keras.layers.Layer):
         r = images.shape[1]
         h = E.leaky_relu(self.from_rgb_at(r)(images))
         first = self.down_resolutions.index(r) if r in self.down_resolutions else len(self.down)
-        for i, (conv_a, conv_b) in enumerate(self.down[first:]):
+        for i, ((conv_a, conv_b), fused) in enumerate(zip(self.down[first:], self.fused[first:])):
             h = E.leaky_relu(conv_a(h))
             h = conv_b(E.blur(h))
-            h = E.leaky_relu(ops.average_pool(h, 2, 2))
+            h = E.leaky_relu(h if fused else ops.average_pool(h, 2, 2))
             if i == 0 and alpha is not None:
                 skip = E.leaky_relu(self.from_rgb_at(r // 2)(ops.average_pool(images, 2, 2)))
                 h = skip + ops.cast(alpha, h.dtype) * (h - skip)
