@@ -19,8 +19,17 @@ Training runs in three stages (one `tfseg.train` command, each stage resumable):
 
 Randomness is stateless (`replica_seed`) and every noise map is passed to the generator
 explicitly, so a resumed run draws exactly what an uninterrupted one would, on any number of
-replicas. Not implemented: path-length regularisation (StyleGAN2's G regulariser; off, so G's
-Adam uses lr and betas unscaled), style mixing, and a separately trained background generator.
+replicas. Stage 1 has StyleGAN2's path-length regularisation (`path_length_weight`, 2 by default)
+and style mixing (`style_mixing_probability`, 0.9 by default); the CPU configs switch both off.
+Not implemented: a separately trained background generator.
+
+Against the authors' stage-2 loop (Labels4Free's train.py; tests/test_reference_labels4free.py
+checks one and ten iterations): their lazy R1 step also descends D's logit of the first real
+image (`alpha_r1_logit_weight`, 1 in the paper configs, 0 by default); their minibatch-stddev
+group is min(per-GPU batch 2, 4) = 2 (`mbstd_group` in the paper configs); their EMA of the
+alpha network is never read nor saved, so there is none here. `latent_masks` gives A's mask for
+latent codes (the export's `serve_latent` signature; what `tools/convert_labels4free.py` runs
+serve besides the distilled segmenter).
 """
 import json
 import os
@@ -69,11 +78,21 @@ class Labels4FreeSettings:
         z_dim, w_dim, mapping_layers, channel_base, max_channels: StyleGAN2's sizes (config-f:
             512, 512, 8, 32768, 512); ignored with `pretrained_dir`.
         discriminator_channel_base, discriminator_max_channels: D's widths (None: as G).
-        mbstd_group: D's minibatch-stddev group.
+        mbstd_group: D's minibatch-stddev group, per replica: min(per-replica batch, mbstd_group)
+            samples (the authors' per-GPU batch of 2 gives 2). Also overrides the group a converted
+            discriminator's config.json records.
         pretrained_dir: a folder written by `tools/convert_stylegan2.py`; its generator (and
             discriminator) replace stage 1, whose budget should then be 0.
         learning_rate: stage 1 Adam lr of G and D (StyleGAN2: 0.002).
         r1_gamma, r1_interval: lazy R1 weight and interval, both stages (10, 16; 0 disables).
+        alpha_r1_logit_weight: stage 2's lazy R1 step also minimises this weight times D's logit of
+            the first real image of the (per-replica) batch, as the authors' train.py does
+            (`+ 1.0 * real_pred[0]`, where rosinality has 0 *); 0 (default) is plain R1.
+        pytorch_adam_epsilon: the Adams of G, D, A and stage 2's D add epsilon (1e-8) to the
+            bias-corrected sqrt(v), as PyTorch's Adam in the authors' code does, instead of to sqrt(v)
+            (Keras), which on the first steps is a 10x larger epsilon (1e-8 / sqrt(1 - beta_2^t)):
+            it moves weights whose gradients are ~1e-7 differently (measured: alpha network's
+            weights 8e-3 apart from theirs after one step without it, 1e-6 with it).
         ema_decay: per-step decay of G's EMA (rosinality: 0.5 ** (32 / 10000) = 0.9978).
         path_length_weight, path_length_interval: stage 1's lazy path-length regularisation of G
             (StyleGAN2: 2, every 4th step, on half the batch, running mean with decay 0.01, which
@@ -100,6 +119,9 @@ class Labels4FreeSettings:
         segmenter_width, segmenter_residual_blocks, segmenter_learning_rate: the distilled
             segmenter (stage 3).
         distill_on: distil on "composite" images or on the "foreground" G_fg draws.
+        export_latent_signature: the SavedModel of `tfseg.export` also has `serve_latent`: z
+            `[b, z_dim]` -> A's mask and G_fg's image (`latent_masks`); it then holds the generator
+            too. `tools/convert_labels4free.py` turns it on.
         seed: seeds weights and every random draw.
     """
     resolution: int
@@ -115,7 +137,9 @@ class Labels4FreeSettings:
     learning_rate: float = 0.002
     r1_gamma: float = 10.0
     r1_interval: int = 16
+    alpha_r1_logit_weight: float = 0.0
     ema_decay: float = 0.9978
+    pytorch_adam_epsilon: bool = False
     style_mixing_probability: float = 0.9
     path_length_weight: float = 2.0
     path_length_interval: int = 4
@@ -135,6 +159,7 @@ class Labels4FreeSettings:
     segmenter_residual_blocks: int = 2
     segmenter_learning_rate: float = 1e-3
     distill_on: str = "composite"
+    export_latent_signature: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -170,13 +195,18 @@ class Labels4Free(Method):
         r1_ratio = s.r1_interval / (s.r1_interval + 1.0) if s.r1_interval else 1.0
         path_length_ratio = (s.path_length_interval / (s.path_length_interval + 1.0)
                              if self._path_length_on() else 1.0)
-        self.generator_optimizer = gan_adam(s.learning_rate, lazy_ratio=path_length_ratio)
-        self.discriminator_optimizer = gan_adam(s.learning_rate, lazy_ratio=r1_ratio)
+        # PyTorch's epsilon placement only when asked (the keyword is absent otherwise: older runs'
+        # optimizers are built exactly as before).
+        adam = (lambda lr, **kw: gan_adam(lr, pytorch_epsilon=True, **kw)) if s.pytorch_adam_epsilon else gan_adam
+        self.generator_optimizer = adam(s.learning_rate, lazy_ratio=path_length_ratio)
+        self.discriminator_optimizer = adam(s.learning_rate, lazy_ratio=r1_ratio)
         # Stage 2: the reference's ratios (4/5 on A is a leftover of g_reg_every = 4, kept).
-        self.alpha_optimizer = gan_adam(s.alpha_learning_rate, lazy_ratio=4.0 / 5.0)
-        self.alpha_discriminator_optimizer = gan_adam(s.alpha_learning_rate, lazy_ratio=r1_ratio)
+        self.alpha_optimizer = adam(s.alpha_learning_rate, lazy_ratio=4.0 / 5.0)
+        self.alpha_discriminator_optimizer = adam(s.alpha_learning_rate, lazy_ratio=r1_ratio)
         self.segmenter_optimizer = gan_adam(s.segmenter_learning_rate)
         self.stage_name = "stylegan2"
+        #: Whether the export adds the `serve_latent` signature (`latent_masks`).
+        self.serves_latents = bool(s.export_latent_signature)
 
     def _network_configs(self):
         """The generator's and the discriminator's constructor arguments: from the settings, or
@@ -195,7 +225,10 @@ class Labels4Free(Method):
         if s.alpha_discriminator == "stylegan2" and not config["discriminator"]:
             raise ConfigError(f"alpha_discriminator='stylegan2' needs a discriminator in "
                               f"{s.pretrained_dir}; convert the checkpoint with its 'd'")
-        return config["generator"], config["discriminator"] or d_config
+        converted_d = config["discriminator"]
+        if converted_d:
+            converted_d = dict(converted_d, mbstd_group=s.mbstd_group)   # the setting wins
+        return config["generator"], converted_d or d_config
 
     @property
     def alpha_discriminator(self):
@@ -315,30 +348,55 @@ class Labels4Free(Method):
         first = tf.range(generator.num_ws) < crossover
         return tf.where(first[None, :, None], ws, other)
 
+    def render_draws(self, batch, seed):
+        """The random draws of one `render_layers` call: z, the background's z and the two sets of
+        noise maps, from a stateless seed `[2]` (split in four)."""
+        seeds = tf.random.experimental.stateless_split(seed, 4)
+        z = tf.random.stateless_normal([batch, self.z_dim], seeds[0])
+        # Training shares z between fg and bg (the reference); the test script draws them apart.
+        z_bg = z if self.settings.shared_latent else tf.random.stateless_normal([batch, self.z_dim], seeds[1])
+        return {"z": z, "z_background": z_bg, "noise": self.make_noise(batch, seeds[2]),
+                "background_noise": self.make_noise(batch, seeds[3])}
+
     def render_layers(self, batch, seed):
         """Draws G_fg, G_bg, alpha and the composite from the frozen EMA generator.
 
         Args:
             batch: number of samples.
-            seed: stateless seed `[2]`; split into z (fg, bg) and the two sets of noise maps.
+            seed: stateless seed `[2]`; split into z (fg, bg) and the two sets of noise maps
+                (`render_draws`).
         Returns:
             dict of "foreground", "background", "composite" `[b, R, R, 3]` and "alpha"
             `[b, R, R, 1]`; alpha carries gradients to A only.
         """
-        seeds = tf.random.experimental.stateless_split(seed, 4)
-        z = tf.random.stateless_normal([batch, self.z_dim], seeds[0])
-        # Training shares z between fg and bg (the reference); the test script draws them apart.
-        z_bg = z if self.settings.shared_latent else tf.random.stateless_normal([batch, self.z_dim], seeds[1])
+        return self.render_from(**self.render_draws(batch, seed))
+
+    def render_from(self, z, z_background, noise, background_noise):
+        """`render_layers` for given draws (`render_draws`' keys)."""
         generator = self.generator_ema
-        fg, features = generator(z, truncation_psi=self.settings.truncation,
-                                 noise=self.make_noise(batch, seeds[2]), return_features=True)
-        bg = generator(z_bg, truncation_psi=self.settings.background_truncation,
-                       noise=self.make_noise(batch, seeds[3]), zero_4x4=self.settings.zero_4x4)
+        fg, features = generator(z, truncation_psi=self.settings.truncation, noise=noise,
+                                 return_features=True)
+        bg = generator(z_background, truncation_psi=self.settings.background_truncation,
+                       noise=background_noise, zero_4x4=self.settings.zero_4x4)
         fg, bg = tf.stop_gradient(fg), tf.stop_gradient(bg)
         features = tf.nest.map_structure(tf.stop_gradient, features)
         alpha = self.alpha_network(features)
         return {"foreground": fg, "background": bg, "alpha": alpha,
                 "composite": alpha * fg + (1.0 - alpha) * bg}
+
+    def latent_masks(self, z):
+        """A's mask of the images G_fg draws from latent codes, as the authors' samplers compute it:
+        the EMA generator with its stored noise maps (rosinality `randomize_noise=False`) and
+        `truncation` around its w-bar.
+
+        Args:
+            z: `[b, z_dim]`.
+        Returns:
+            `(alpha [b, R, R, 1] in (0, 1), the foreground images [b, R, R, 3])`.
+        """
+        images, features = self.generator_ema(z, truncation_psi=self.settings.truncation,
+                                              randomize_noise=False, return_features=True)
+        return self.alpha_network(features), images
 
     # -- segmentation of real images ------------------------------------------------------------
     def region_masks(self, images, training=False):
@@ -360,7 +418,7 @@ class Labels4Free(Method):
             return self._path_length_gradients(batches[0]["image"].shape[0], step)
         if phase == "alpha_r1":
             return self._r1_gradients(self.alpha_discriminator, self.alpha_discriminator_optimizer,
-                                      batches[0]["image"])
+                                      batches[0]["image"], self.settings.alpha_r1_logit_weight)
         if phase == "alpha_discriminator":
             real = batches[0]["image"]
             fake = self.render_layers(real.shape[0], self.replica_seed(step, _ALPHA_D))["composite"]
@@ -388,14 +446,23 @@ class Labels4Free(Method):
                                             "discriminator/fake": fake_scores})
         return metrics, grads
 
-    def _r1_gradients(self, discriminator, optimizer, real):
+    def _r1_gradients(self, discriminator, optimizer, real, logit_weight=0.0):
         """Lazy R1, the references' way: (gamma / 2) * interval * R1 on the real batch, its own D step,
         run every `r1_interval`-th step (a `Periodic` phase); the interval scaling and Adam's
-        c-ratio (`lazy_ratio` of D's optimizer) are StyleGAN2's."""
+        c-ratio (`lazy_ratio` of D's optimizer) are StyleGAN2's. `logit_weight` adds that weight
+        times D's logit of the replica's first real image (the authors' stage-2 R1 step,
+        `alpha_r1_logit_weight`); replicas average it, as DDP averages the authors' GPUs."""
         s = self.settings
+        real = tf.stop_gradient(real)
         with tf.GradientTape() as tape:
-            r1 = losses.r1_penalty(discriminator, real)
+            with tf.GradientTape() as inner:
+                inner.watch(real)
+                scores = discriminator(real)
+            r1 = ops.sum(ops.square(inner.gradient(scores, real)), axis=(1, 2, 3))
             total = tf.nn.compute_average_loss(0.5 * s.r1_gamma * s.r1_interval * r1)
+            if logit_weight:
+                replicas = tf.distribute.get_strategy().num_replicas_in_sync
+                total = total + logit_weight * scores[0] / replicas
         grads = optimizers.gradients(tape, total, discriminator.trainable_variables, optimizer)
         return PhaseMetrics(losses={"r1": r1}), grads
 
