@@ -40,7 +40,7 @@ FACTOR = 16          # widths 512 / 256 / 128 -> 32 / 16 / 8: tfseg channel_base
 Z_DIM = 8            # code and style size (< 16, so the width wrapper leaves it alone)
 N_MLP = 2
 SQRT2 = math.sqrt(2.0)
-MASK_COVERAGE, MASK_WEIGHT, BIN_WEIGHT = 0.25, 2.0, 2.0
+MASK_COVERAGE, MASK_WEIGHT, BIN_WEIGHT = 0.75, 2.0, 2.0  # eta high: the hinge is active
 SHIFT_FRACTION, JITTER = 0.125, 0.3
 LR, MLP_MULT, EMA = 1e-3, 0.01, 0.999
 
@@ -210,3 +210,201 @@ def test_forward_fading_in(authors):
     errors["discriminator"] = relative_error(model.discriminator(tf.constant(images), alpha=alpha).numpy(), scores)
     print("forward fading in:", {k: f"{v:.1e}" for k, v in errors.items()})
     assert max(errors.values()) <= 1e-4, errors
+
+
+# -- training iterations ---------------------------------------------------------------------------
+class _Draws:
+    """One iteration's random draws, made once and given to both implementations."""
+
+    def __init__(self, rng, b, step, mix):
+        size = 4 * 2 ** step
+        self.mix = mix
+        self.phases = {}
+        for phase in ("discriminator", "generator"):
+            z = rng.standard_normal((b, Z_DIM)).astype(np.float32)
+            z2 = rng.standard_normal((b, Z_DIM)).astype(np.float32)
+            crossovers = [int(rng.integers(0, step)) for _ in range(2)]      # random.sample(range(step), 1)
+            drawn, tf_noise = noise_maps(rng, "BgFgMask", b, step)
+            limit = SHIFT_FRACTION * size
+            shifts = np.round(rng.uniform(-limit, limit, (b, 2))).astype(np.float32)  # [x, y], whole pixels
+            u_jitter = rng.uniform(size=(b, 1, 1, 1)).astype(np.float32)
+            self.phases[phase] = dict(z=z, z2=z2, crossovers=crossovers, noise=drawn, tf_noise=tf_noise,
+                                      shifts=shifts, u_jitter=u_jitter)
+        self.eps = rng.uniform(size=(b, 1, 1, 1)).astype(np.float32)
+
+    def tfseg(self):
+        out = {}
+        for phase, d in self.phases.items():
+            out[(phase, "z")] = tf.constant(d["z"])
+            out[(phase, "mixing")] = (tf.constant(d["z2"]), tf.constant(d["crossovers"], tf.int32)) if self.mix else None
+            out[(phase, "noise")] = [[tf.constant(m) for m in maps] for maps in d["tf_noise"]]
+            out[(phase, "shifts")] = tf.constant(d["shifts"][:, ::-1].astype(np.int32))   # (dy, dx)
+            out[(phase, "jitter")] = tf.constant(1.0 + (2 * JITTER * d["u_jitter"][:, 0, 0, 0] - JITTER))
+        out[("discriminator", "interpolation")] = tf.constant(self.eps[:, 0, 0, 0])
+        return out
+
+
+class AuthorsLoop:
+    """The authors' train() (train.py 109-248), one iteration at a time, their modules and optimizers."""
+
+    def __init__(self, authors, generator, discriminator, step):
+        import copy
+        torch = require_torch()
+        self.torch, self.step = torch, step
+        self.shift_queue = []
+        shift = authors["perturber"].RandomShift(lambda *size, resolution, device=None: self.shift_queue.pop(0))
+        perturber = authors["perturber"].CompositePerturber(shift, authors["perturber"].BgContrastJitter(JITTER))
+        renderer = authors["renderer"].LayeredRenderer()
+        self.generator = authors["renderer"].ModelWrapper(generator, perturber, renderer)          # train.py 419
+        self.running = authors["renderer"].ModelWrapper(copy.deepcopy(generator), None, renderer)  # 396, 420
+        self.discriminator = discriminator
+        groups = generator.parameter_groups()                                                     # 425-432
+        self.g_optimizer = torch.optim.Adam(groups["generator"], lr=LR, betas=(0.0, 0.99))
+        self.g_optimizer.add_param_group({"params": groups["style"], "lr": LR * MLP_MULT, "mult": MLP_MULT})
+        self.d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=LR, betas=(0.0, 0.99))
+        self.mask_loss = authors["loss"].MaskLoss(MASK_COVERAGE, MASK_WEIGHT, BIN_WEIGHT)         # 480
+        self._requires_grad(self.generator, False)                                                # 91-92
+        self._requires_grad(self.discriminator, True)
+
+    @staticmethod
+    def _requires_grad(module, flag):
+        for p in module.parameters():
+            p.requires_grad = flag
+
+    @contextlib.contextmanager
+    def _draws_of(self, d):
+        import random as python_random
+        torch = self.torch
+        self.shift_queue[:] = [torch.from_numpy(d["shifts"])]
+        crossovers = list(d["crossovers"])
+        sample = python_random.sample
+        python_random.sample = lambda population, k: [crossovers.pop(0)]
+        try:
+            with fed(torch, "randn", d["noise"]), fed(torch, "rand", [d["u_jitter"]]):
+                yield
+        finally:
+            python_random.sample = sample
+
+    def _inputs(self, d, mix):
+        z = self.torch.from_numpy(d["z"])
+        return [z, self.torch.from_numpy(d["z2"])] if mix else z
+
+    def iteration(self, real, draws):
+        torch, step, alpha = self.torch, self.step, 1.0   # alpha 1 at the initial resolution (112)
+        D, losses = self.discriminator, {}
+        self.d_optimizer.zero_grad()                                                  # 110
+        real_predict = D(real, step=step, alpha=alpha)                                # 150-157
+        real_mean = real_predict.mean()
+        loss = -(real_mean - 0.001 * (real_predict ** 2).mean())
+        loss.backward()
+        d = draws.phases["discriminator"]
+        with self._draws_of(d):                                                       # 165-177
+            fake_image = self.generator(self._inputs(d, draws.mix), step=step, alpha=alpha)[0]
+        fake_mean = D(fake_image, step=step, alpha=alpha).mean()                      # 179-183
+        fake_mean.backward()
+        eps = torch.from_numpy(draws.eps)                                             # 184-195
+        x_hat = (eps * real.data + (1 - eps) * fake_image.data).requires_grad_(True)
+        hat = D(x_hat, step=step, alpha=alpha)
+        grad_x_hat = torch.autograd.grad(outputs=hat.sum(), inputs=x_hat, create_graph=True)[0]
+        penalty = 10 * ((grad_x_hat.view(grad_x_hat.size(0), -1).norm(2, dim=1) - 1) ** 2).mean()
+        penalty.backward()
+        self.d_optimizer.step()                                                       # 207-208
+        self.d_optimizer.zero_grad()
+        losses.update(real=real_mean.item(), fake=fake_mean.item(), gradient_penalty=penalty.item())
+
+        self.g_optimizer.zero_grad()                                                  # 211-216
+        self._requires_grad(self.generator, True)
+        self._requires_grad(D, False)
+        d = draws.phases["generator"]
+        with self._draws_of(d):                                                       # 218
+            rendered, perturbed, _ = self.generator(self._inputs(d, draws.mix), step=step, alpha=alpha)
+        predict_mean = D(rendered, step=step, alpha=alpha).mean()                     # 221-226
+        loss = -predict_mean
+        mask_loss, parts = self.mask_loss(perturbed[1][1])                            # 231-235
+        loss = loss + mask_loss
+        loss.backward()                                                               # 243-245
+        self.g_optimizer.step()
+        with torch.no_grad():                                                         # accumulate, 35-40
+            trained = dict(self.generator.named_parameters())
+            for name, p in self.running.named_parameters():
+                p.mul_(EMA).add_(trained[name], alpha=1 - EMA)
+        self._requires_grad(self.generator, False)                                    # 247-248
+        self._requires_grad(D, True)
+        losses.update(generator_adversarial=-predict_mean.item(), min_mask_loss=parts["min_mask_loss"].item(),
+                      bin_loss=parts["bin_loss"].item())
+        return losses
+
+    def checkpoint(self):
+        return {"generator": state_dict_numpy(self.generator.generator),
+                "generator_running": state_dict_numpy(self.running.generator),
+                "discriminator": state_dict_numpy(self.discriminator), "step": self.step}
+
+
+def tfseg_iteration(model, real, draws, step):
+    model.injected_draws = draws.tfseg()
+    batch = [{"image": tf.constant(real)}]
+    d_metrics, grads = model.phase_gradients("discriminator", batch, tf.constant(step, tf.int64))
+    model.apply_phase("discriminator", grads)
+    g_metrics, grads = model.phase_gradients("generator", batch, tf.constant(step, tf.int64))
+    model.apply_phase("generator", grads)
+    model.injected_draws = None
+    mean = lambda t: float(np.mean(t.numpy()))  # noqa: E731
+    return dict(real=mean(d_metrics.diagnostics["discriminator/real"]),
+                fake=mean(d_metrics.diagnostics["discriminator/fake"]),
+                gradient_penalty=10 * mean(d_metrics.losses["gradient_penalty"]),
+                generator_adversarial=mean(g_metrics.losses["generator_adversarial"]),
+                min_mask_loss=mean(g_metrics.losses["mask_size"]),
+                bin_loss=mean(g_metrics.losses["mask_binarization"]))
+
+
+def parameter_errors(model, authors_checkpoint, resolution, batch):
+    """Per tfseg variable of G, G's EMA and D: rel error against the authors' weights, converted."""
+    expected = tfseg_method(resolution, batch)
+    conv.convert_networks(authors_checkpoint, expected)
+    errors = {}
+    for name in ("generator", "generator_ema", "discriminator"):
+        for got, want in zip(getattr(model, name).weights, getattr(expected, name).weights):
+            assert got.path == want.path
+            errors[got.path] = relative_error(got.numpy(), want.numpy())
+    return errors
+
+
+def _run_iterations(authors, iterations, seed):
+    torch = require_torch()
+    resolution, b, step = 16, 4, 2
+    generator, discriminator, model = converted(authors, resolution, b, seed=seed)
+    loop = AuthorsLoop(authors, generator, discriminator, step)
+    rng = np.random.default_rng(seed)
+    loss_errors = {}
+    for i in range(iterations):
+        real = rng.uniform(-1, 1, (b, resolution, resolution, 3)).astype(np.float32)
+        draws = _Draws(rng, b, step, mix=rng.uniform() < 0.9)                  # train.py 166
+        theirs = loop.iteration(nchw(real), draws)
+        if i == 0:
+            print("the authors' loss terms, first iteration:", {k: f"{v:.4g}" for k, v in theirs.items()})
+        ours = tfseg_iteration(model, real, draws, i)
+        for k in theirs:
+            loss_errors[k] = max(loss_errors.get(k, 0.0), abs(ours[k] - theirs[k]) / max(abs(theirs[k]), 1e-12))
+    del torch
+    return loss_errors, parameter_errors(model, loop.checkpoint(), resolution, b)
+
+
+def _worst(errors, n=3):
+    return ", ".join(f"{k} {v:.1e}" for k, v in sorted(errors.items(), key=lambda kv: -kv[1])[:n])
+
+
+def test_one_training_iteration(authors):
+    """One iteration as train.py: every loss term rel <= 1e-4, every parameter after it rel <= 1e-3."""
+    loss_errors, param_errors = _run_iterations(authors, 1, seed=5)
+    print("one iteration, losses:", {k: f"{v:.1e}" for k, v in loss_errors.items()})
+    print("one iteration, parameters (worst):", _worst(param_errors))
+    assert max(loss_errors.values()) <= 1e-4, loss_errors
+    assert max(param_errors.values()) <= 1e-3, _worst(param_errors, 10)
+
+
+def test_ten_training_iterations(authors):
+    """Ten iterations in a row (drift): parameters rel <= 1e-2."""
+    loss_errors, param_errors = _run_iterations(authors, 10, seed=6)
+    print("ten iterations, losses (worst over the ten):", {k: f"{v:.1e}" for k, v in loss_errors.items()})
+    print("ten iterations, parameters (worst):", _worst(param_errors))
+    assert max(param_errors.values()) <= 1e-2, _worst(param_errors, 10)
