@@ -17,6 +17,11 @@ Both return
 * ``foreground_fraction``: float32 ``[batch]``, the share of the R x R mask at or above 0.5 (the
   evaluation threshold).
 
+A method that serves masks of its own generated images (``serves_latents``: a Labels4Free run with
+``export_latent_signature``, e.g. one written by tools/convert_labels4free.py) gets a third signature,
+``serve_latent``: ``z`` float32 ``[batch, z_dim]`` -> ``mask`` ``[batch, R, R, 1]`` and the generated
+``image`` ``[batch, R, R, 3]`` in [-1, 1].
+
 Decoding, resizing and PNG encoding run inside the graph, with the same functions as training and
 evaluation (:func:`tfseg.data.augment.preprocess`), so served masks equal evaluated ones. Bad bytes
 (empty, not a JPEG or PNG, truncated, too many pixels) fail the call with ``InvalidArgument`` and a
@@ -43,6 +48,11 @@ SIGNATURE_TENSOR = "serve_image_tensor"
 INPUT_BYTES = "image_bytes"
 INPUT_TENSOR = "images"
 OUTPUTS = ("mask", "mask_png_bytes", "foreground_fraction")
+#: Optional third signature (methods with `serves_latents`): latent codes z float32 [batch, z_dim] -> "mask"
+#: [batch, R, R, 1], the mask of the image the model's generator draws from z, and that "image" in [-1, 1].
+SIGNATURE_LATENT = "serve_latent"
+INPUT_LATENT = "z"
+LATENT_OUTPUTS = ("mask", "image")
 METADATA_FILE = "tfseg_export.json"
 CONFIG_FILE = "config.gin"
 #: Binarisation threshold of `foreground_fraction` (the evaluation protocol's).
@@ -318,6 +328,9 @@ def export(serving, export_dir, version=None, config_path=None, metadata=None):
                              input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_BYTES)])
         archive.add_endpoint(SIGNATURE_TENSOR, serving.from_tensor,
                              input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_TENSOR)])
+        latent = _latent_endpoint(serving.model)
+        if latent is not None:
+            archive.add_endpoint(SIGNATURE_LATENT, latent[0], input_signature=[latent[1]])
         archive.write_out(tmp, verbose=False)
         assets = os.path.join(tmp, "assets")
         os.makedirs(assets, exist_ok=True)
@@ -334,6 +347,8 @@ def export(serving, export_dir, version=None, config_path=None, metadata=None):
             "signatures": {SIGNATURE_BYTES: {"inputs": [INPUT_BYTES], "outputs": list(OUTPUTS)},
                            SIGNATURE_TENSOR: {"inputs": [INPUT_TENSOR], "outputs": list(OUTPUTS)}},
         })
+        if latent is not None:
+            record["signatures"][SIGNATURE_LATENT] = {"inputs": [INPUT_LATENT], "outputs": list(LATENT_OUTPUTS)}
         with open(os.path.join(assets, METADATA_FILE), "w") as f:
             json.dump(record, f, indent=2, sort_keys=True)
         os.rename(tmp, final)
@@ -341,6 +356,19 @@ def export(serving, export_dir, version=None, config_path=None, metadata=None):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _latent_endpoint(model):
+    """`(function, input spec)` of the `serve_latent` signature of a model that serves masks of its own
+    generated images (`serves_latents`, e.g. a converted Labels4Free run), else None."""
+    if not getattr(model, "serves_latents", False):
+        return None
+
+    def serve_latent(z):
+        mask, images = model.latent_masks(z)
+        return {"mask": tf.cast(mask, tf.float32), "image": tf.cast(images, tf.float32)}
+
+    return serve_latent, tf.TensorSpec([None, model.z_dim], tf.float32, name=INPUT_LATENT)
 
 
 def checkpoint_selection(checkpoint, which):
