@@ -408,3 +408,63 @@ def test_ten_training_iterations(authors):
     print("ten iterations, losses (worst over the ten):", {k: f"{v:.1e}" for k, v in loss_errors.items()})
     print("ten iterations, parameters (worst):", _worst(param_errors))
     assert max(param_errors.values()) <= 1e-2, _worst(param_errors, 10)
+
+
+# -- end to end: the authors' checkpoint -> convert -> export -> predict ------------------------------
+def _run(args, cwd):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    return done
+
+
+@pytest.mark.slow
+def test_converted_checkpoint_export_predict(authors, tmp_path):
+    """A random checkpoint saved as train.py saves it (save(), lines 61-72), converted, exported and
+    run by tfseg.predict: the served masks are the authors' moving-average generator's masks (G_running,
+    no noise) at the latent the run's encoder gives each photo."""
+    torch = require_torch()
+    from PIL import Image
+    resolution, step, b = 32, 3, 3
+    generator, discriminator = authors_networks(authors, seed=11)
+    running, _ = authors_networks(authors, seed=12)   # a moving average that differs from G
+    checkpoint = {"generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
+                  "g_optimizer": {}, "d_optimizer": {}, "generator_running": running.state_dict(),
+                  "alpha": 1.0, "step": step}
+    path = str(tmp_path / "train_step-3.model")
+    torch.save(checkpoint, path)
+    run_dir, export_dir, images_dir, out_dir = (str(tmp_path / n) for n in ("run", "export", "images", "out"))
+    _run([os.path.join(REPO, "tools", "convert_perturbgan.py"), f"--checkpoint={path}", f"--model_dir={run_dir}"], REPO)
+    _run(["-m", "tfseg.export", f"--model_dir={run_dir}", f"--export_dir={export_dir}", "--checkpoint=latest"], REPO)
+    os.makedirs(images_dir)
+    rng = np.random.default_rng(13)
+    photos = rng.integers(0, 256, (b, resolution, resolution, 3), dtype=np.uint8)
+    for i, photo in enumerate(photos):
+        Image.fromarray(photo).save(os.path.join(images_dir, f"photo{i}.png"))
+    _run(["-m", "tfseg.predict", f"--export_dir={export_dir}/1", f"--images={images_dir}", f"--out={out_dir}"], REPO)
+
+    # The authors' side: G_running's mask, no noise, at z = the converted run's encoder output.
+    from tfseg.data import augment
+    from tfseg.serving import inference
+    from tfseg.training import loading
+    import gin
+    model, _, _ = loading.load_trained(run_dir, "latest")
+    gin.clear_config()
+    images = np.stack([augment.preprocess({"image": tf.constant(p)}, resolution, training=False,
+                                          image_resize_method="bilinear")["image"].numpy() for p in photos])
+    z = model.latent_of(tf.constant(images)).numpy()
+    zeros = [torch.zeros(b, 1, 4 * 2 ** i, 4 * 2 ** i) for i in range(step + 1)]
+    with torch.no_grad():
+        _, (_, expected) = running(torch.from_numpy(z), noise=zeros, step=step)
+    expected = nhwc(expected)
+
+    segment, _ = inference.load_exported(os.path.join(export_dir, "1"))
+    served = segment([open(os.path.join(images_dir, f"photo{i}.png"), "rb").read() for i in range(b)])["mask"]
+    pre = relative_error(served, expected)
+    predicted = np.stack([np.asarray(Image.open(os.path.join(out_dir, f"photo{i}_mask.png")).convert("L"))
+                          for i in range(b)])[..., None] >= 128
+    agree = float(np.mean(predicted == (expected >= 0.5)))
+    print(f"end to end: served mask rel {pre:.1e}; predict's PNG masks equal the authors' thresholded mask "
+          f"on {100 * agree:.3f} % of pixels")
+    assert pre <= 1e-4
+    assert agree >= 0.999
