@@ -1,8 +1,8 @@
 """The authors' code, imported at test time only (docs/fidelity.md).
 
-`../shared/reference/<name>` holds the unmodified implementations tfseg ports (ReDO, perturbed-seg,
-stylegan2-pytorch, Labels4Free). Nothing of them is copied here: a test imports their modules with
-`authors_modules`, builds their networks and runs their losses beside tfseg's, and compares numbers.
+`shared/reference/<name>`, beside the repository's folder, holds the unmodified implementations
+tfseg ports (ReDO, perturbed-seg, stylegan2-pytorch, Labels4Free). Nothing of them is copied
+here: a test imports their modules with `authors_modules`, builds their networks and runs their losses beside tfseg's, and compares numbers.
 Tests using them carry `@pytest.mark.reference` (so `pytest -m reference` runs exactly them) and
 skip, saying why, when the folder or torch is absent.
 
@@ -32,8 +32,8 @@ def reference_folder(name):
         raise ValueError(f"unknown reference folder {name!r}; one of {FOLDERS}")
     path = os.path.join(REFERENCE_ROOT, name)
     if not os.path.isdir(path):
-        pytest.skip(f"the authors' code is not here ({path} is absent; it sits in ../shared/reference "
-                    f"beside a full checkout, or set TFSEG_REFERENCE)")
+        pytest.skip(f"the authors' code is not here ({path} is absent; it sits in shared/reference "
+                    f"beside the repository's folder, or set TFSEG_REFERENCE)")
     return path
 
 

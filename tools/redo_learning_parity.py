@@ -1,14 +1,14 @@
 """ReDO learning parity, small scale: the authors' training script and tfseg side by side (a benchmark).
 
 Trains ReDO twice on the same photos at the same small widths for the same iterations: once with the
-authors' own `train.py` (../shared/reference/ReDO, run unmodified on the CPU), once with
+authors' own `train.py` (shared/reference/ReDO beside the repository, run unmodified on the CPU), once with
 `python -m tfseg.train` in the authors' mode (every region redrawn, a separate z-encoder, their
 optimisers and sizes). Both runs' mask networks are scored at the same iterations on the same
 validation photos with one metric (`tfseg.evaluation.metrics.MaskMetrics`), and the two curves are
 written side by side: `curves.json`, `parity.png`, `parity.md` under `--out`.
 
-    python tools/redo_learning_parity.py --photos=../shared/data/flowers17/images \\
-        --masks=../shared/data/flowers17/masks --out=parity/redo --iterations=1500 --eval_every=250
+    python tools/redo_learning_parity.py --photos=/path/to/flowers17/images \\
+        --masks=/path/to/flowers17/masks --out=parity/redo --iterations=1500 --eval_every=250
 
 How the authors' script runs here, without editing it: `runpy` executes it with its arguments in
 `sys.argv`; while it runs, `torch.device('cuda:0')` gives the CPU, data loaders use no worker
@@ -19,7 +19,7 @@ do nothing (the photos are already at the training size), scipy is not read. The
 evaluates and saves `state_%05d.pth` every `--eval_every` iterations as it always does.
 
 This is a benchmark, never a test: it runs for tens of minutes. Needs torch (`pip install -e
-'.[reference]'`) and the authors' code in ../shared/reference (or TFSEG_REFERENCE).
+'.[reference]'`) and the authors' code in shared/reference beside the repository (or TFSEG_REFERENCE).
 """
 import argparse
 import contextlib
