@@ -47,12 +47,16 @@ class FusedAdam(keras.optimizers.Adam):
     Keras' Adam, so a change there fails a test rather than training differently.
     """
 
-    def __init__(self, *args, steps_per_variable=False, **kwargs):
+    def __init__(self, *args, steps_per_variable=False, pytorch_epsilon=False, **kwargs):
         """`steps_per_variable`: count Adam's steps (its bias correction) per variable, over the
         applies that give it a gradient, as PyTorch's Adam does, instead of once per optimizer:
         for networks that grow (a layer that joins late starts its moments as a new one would).
-        It adds one scalar slot per variable to the checkpoint."""
+        It adds one scalar slot per variable to the checkpoint.
+        `pytorch_epsilon`: add epsilon to the bias-corrected sqrt(v_hat), as PyTorch's Adam does
+        (m_hat / (sqrt(v_hat) + eps)), instead of to sqrt(v) (Keras, TensorFlow); the kernel is
+        given eps * sqrt(1 - beta_2^t), which is the same update."""
         super().__init__(*args, **kwargs)
+        self.pytorch_epsilon = pytorch_epsilon
         if self.amsgrad:
             raise ValueError("FusedAdam has no amsgrad variant; use keras.optimizers.Adam")
         self.steps_per_variable = steps_per_variable
@@ -76,10 +80,15 @@ class FusedAdam(keras.optimizers.Adam):
         self._shared.scalars = dict(lr=tf.cast(learning_rate, tf.float32), beta1=beta_1, beta2=beta_2,
                                     beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step),
                                     epsilon=tf.constant(self.epsilon, tf.float32))
+        if self.pytorch_epsilon:
+            self._shared.scalars["epsilon"] = self._scaled_epsilon(self._shared.scalars["beta2_power"])
         try:
             super()._backend_update_step(grads, trainable_variables, learning_rate)
         finally:
             self._shared.scalars = None
+
+    def _scaled_epsilon(self, beta2_power):
+        return tf.constant(self.epsilon, tf.float32) * tf.sqrt(1.0 - beta2_power)
 
     def update_step(self, gradient, variable, learning_rate):
         # tfseg's weights are float32 under every precision policy; the kernel refuses other dtypes.
@@ -91,12 +100,15 @@ class FusedAdam(keras.optimizers.Adam):
             step = tf.identity(counter.value)
             scalars = dict(scalars, beta1_power=tf.pow(scalars["beta1"], step),
                            beta2_power=tf.pow(scalars["beta2"], step))
+            if self.pytorch_epsilon:
+                scalars["epsilon"] = self._scaled_epsilon(scalars["beta2_power"])
         return tf.raw_ops.ResourceApplyAdam(
             var=_handle(variable), m=_handle(self._momentums[index]), v=_handle(self._velocities[index]),
             grad=tf.cast(gradient, tf.float32), use_locking=False, **scalars)
 
 
-def gan_adam(learning_rate, beta_2=0.99, epsilon=1e-8, lazy_ratio=1.0, steps_per_variable=False):
+def gan_adam(learning_rate, beta_2=0.99, epsilon=1e-8, lazy_ratio=1.0, steps_per_variable=False,
+             pytorch_epsilon=False):
     """Adam(beta_1 = 0, beta_2), scaled for a lazily run regulariser: lr * c, beta_2 ** c.
 
     Inside `loss_scaling(True)` it comes wrapped in Keras' dynamic `LossScaleOptimizer`.
@@ -108,9 +120,10 @@ def gan_adam(learning_rate, beta_2=0.99, epsilon=1e-8, lazy_ratio=1.0, steps_per
         lazy_ratio: c = interval / (interval + 1) keeps the optimizer's per-step dynamics when a
             regulariser runs every `interval` steps (StyleGAN2 appendix B); 1 when none does.
         steps_per_variable: bias correction per variable (`FusedAdam`), for growing networks.
+        pytorch_epsilon: epsilon where PyTorch's Adam adds it (`FusedAdam`).
     """
     adam = FusedAdam(learning_rate * lazy_ratio, beta_1=0.0, beta_2=beta_2**lazy_ratio, epsilon=epsilon,
-                     steps_per_variable=steps_per_variable)
+                     steps_per_variable=steps_per_variable, pytorch_epsilon=pytorch_epsilon)
     if _LOSS_SCALING[0]:
         return keras.optimizers.LossScaleOptimizer(adam)
     return adam

@@ -36,6 +36,11 @@ class ReDOSettings:
         z_dim: nz, size of each region code.
         mask_width: width nf of the mask network (64 in the paper).
         mask_residual_blocks: residual blocks in the mask network.
+        mask_temperature: tau of the mask network's sigmoid / softmax (the authors' --temperature, 1).
+        mask_symmetric_padding: the mask network's two stride-2 convolutions pad one pixel on every
+            side, as the authors' PyTorch code (padding=1); False (tfseg's default so far): Keras'
+            "same", which pads only the bottom and right, so each output samples the input one
+            pixel lower and further right. Same weights either way; paper configs set True.
         generator_width: ch of each region generator (32 for CUB/Flowers, 64 for LFW).
         generator_max_width: optional cap on generator block widths.
         generator_self_attention: the generators' self-attention block (§2.3).
@@ -45,6 +50,7 @@ class ReDOSettings:
             they were measured.
         discriminator_width, discriminator_max_width: D's first and maximal widths.
         discriminator_self_attention: D's self-attention block (§2.3).
+        encoder_width: the separate z-encoder's first width (the authors' nfZ); None: D's width.
         redraw_every_region: False (tfseg's default, the paper's description): one region per image is
             redrawn, the encoder reads that composite. True (the authors' code): every region of
             every image is redrawn (n composites per image through D) and the encoder reads the
@@ -82,6 +88,11 @@ class ReDOSettings:
         learning_rate: Adam lr of G, D and the encoder.
         mask_learning_rate: Adam lr of F.
         mask_weight_decay: coupled L2 on F.
+        adam_epsilon: the Adam epsilon of every network (1e-7, Keras' default, with which tfseg's
+            configs were measured; PyTorch's and the authors' 1e-8).
+        pytorch_adam: epsilon added where PyTorch's Adam adds it (to the bias-corrected sqrt(v_hat));
+            False: where Keras adds it (to sqrt(v)). With `adam_epsilon = 1e-8` and True the update
+            is the authors' exactly (tests/test_reference_redo.py); paper configs set both.
         init_gain: orthogonal init gain (0.8; 0.2 and 1.4 fail).
         spectral_norm: how G's and D's convolutions are spectrally normalised: "reference" (as the
             authors' PyTorch code: W / sigma(W) on every call, gradient through sigma) or "keras"
@@ -94,6 +105,8 @@ class ReDOSettings:
     z_dim: int = 32
     mask_width: int = 64
     mask_residual_blocks: int = 3
+    mask_temperature: float = 1.0
+    mask_symmetric_padding: bool = False
     generator_width: int = 32
     generator_max_width: Optional[int] = None
     generator_self_attention: bool = True
@@ -102,6 +115,7 @@ class ReDOSettings:
     discriminator_width: int = 64
     discriminator_max_width: int = 1024
     discriminator_self_attention: bool = True
+    encoder_width: Optional[int] = None
     redraw_every_region: bool = False
     shared_encoder_trunk: bool = False
     info_weight: float = 5.0
@@ -114,6 +128,8 @@ class ReDOSettings:
     learning_rate: float = 1e-4
     mask_learning_rate: float = 1e-5
     mask_weight_decay: float = 1e-4
+    adam_epsilon: float = 1e-7
+    pytorch_adam: bool = False
     init_gain: float = 0.8
     spectral_norm: str = "reference"
     seed: int = 0
@@ -134,9 +150,10 @@ class ReDOSettings:
         return ReDO(self)
 
 
-def _adam(learning_rate):
+def _adam(learning_rate, settings):
     # beta_2 = 0.9: the reference's setting for every network.
-    return gan_adam(learning_rate, beta_2=0.9, epsilon=1e-7)
+    return gan_adam(learning_rate, beta_2=0.9, epsilon=settings.adam_epsilon,
+                    pytorch_epsilon=settings.pytorch_adam)
 
 
 class ReDO(Method):
@@ -154,7 +171,8 @@ class ReDO(Method):
         self.num_regions = s.num_regions
         self.z_dim = s.z_dim
         self.mask_network = MaskNetwork(s.num_regions, s.mask_width, s.mask_residual_blocks,
-                                        gain=s.init_gain, name="mask_network")
+                                        temperature=s.mask_temperature, gain=s.init_gain,
+                                        symmetric_padding=s.mask_symmetric_padding, name="mask_network")
         self.generators = [
             RegionGenerator(s.resolution, s.generator_width, s.generator_max_width,
                             s.generator_self_attention, s.z_dim, gain=s.init_gain,
@@ -166,11 +184,12 @@ class ReDO(Method):
         # Without the shared trunk the z-encoder is a network of D's shape, as in the reference code.
         self.encoder = (None if s.shared_encoder_trunk else
                         self._discriminator_shaped(False, with_encoder_head=True, name="encoder",
-                                                   with_adversarial_head=False))
-        self.mask_optimizer = _adam(s.mask_learning_rate)
-        self.generator_optimizer = _adam(s.learning_rate)
-        self.encoder_optimizer = _adam(s.learning_rate)
-        self.discriminator_optimizer = _adam(s.learning_rate)
+                                                   with_adversarial_head=False,
+                                                   width=s.encoder_width or s.discriminator_width))
+        self.mask_optimizer = _adam(s.mask_learning_rate, s)
+        self.generator_optimizer = _adam(s.learning_rate, s)
+        self.encoder_optimizer = _adam(s.learning_rate, s)
+        self.discriminator_optimizer = _adam(s.learning_rate, s)
 
     @property
     def foreground_by_construction(self):
@@ -183,9 +202,10 @@ class ReDO(Method):
         s = self.settings
         return s.object_min_coverage > 0.0 or s.object_max_coverage < 1.0
 
-    def _discriminator_shaped(self, self_attention, with_encoder_head, name, with_adversarial_head=True):
+    def _discriminator_shaped(self, self_attention, with_encoder_head, name, with_adversarial_head=True,
+                              width=None):
         s = self.settings
-        return Discriminator(s.resolution, s.discriminator_width, s.discriminator_max_width,
+        return Discriminator(s.resolution, width or s.discriminator_width, s.discriminator_max_width,
                              self_attention, s.num_regions, s.z_dim,
                              with_encoder_head=with_encoder_head, gain=s.init_gain,
                              spectral_norm=s.spectral_norm, name=name,

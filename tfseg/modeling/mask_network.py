@@ -33,23 +33,27 @@ class MaskNetwork(L.BuiltOnFirstCall, keras.Model):
         num_residual_blocks: residual blocks at 1/4 resolution (3 in the paper).
         temperature: tau in m1 = sigmoid(logit / tau).
         output_kernel: 7 in the reference code (its supplement says 3).
+        symmetric_padding: the two stride-2 convolutions pad one pixel on every side (PyTorch's
+            padding=1, the authors' code) instead of Keras' "same" (bottom and right only).
 
     Call: `images [batch, H, W, 3]` in [-1, 1] -> `masks [batch, H, W, num_regions]` in [0, 1],
     summing to 1 over the last axis. H and W must be divisible by 4.
     """
 
     def __init__(self, num_regions=2, width=64, num_residual_blocks=3, temperature=1.0,
-                 output_kernel=7, gain=0.8, **kwargs):
+                 output_kernel=7, gain=0.8, symmetric_padding=False, **kwargs):
         super().__init__(**kwargs)
         self.num_regions = num_regions
+        self.symmetric_padding = symmetric_padding
+        down_padding = "valid" if symmetric_padding else "same"
         self.temperature = temperature
         self.output_kernel = output_kernel
         c1, c2, c3 = max(width // 4, 1), max(width // 2, 1), width
         self.stem = L.conv(c1, 7, padding="valid", use_bias=False, gain=gain)
         self.stem_norm = L.instance_norm()
-        self.down1 = L.conv(c2, 3, strides=2, use_bias=False, gain=gain)
+        self.down1 = L.conv(c2, 3, strides=2, padding=down_padding, use_bias=False, gain=gain)
         self.down1_norm = L.instance_norm()
-        self.down2 = L.conv(c3, 3, strides=2, use_bias=False, gain=gain)
+        self.down2 = L.conv(c3, 3, strides=2, padding=down_padding, use_bias=False, gain=gain)
         self.down2_norm = L.instance_norm()
         self.blocks = [ResidualBlock(c3, gain=gain) for _ in range(num_residual_blocks)]
         self.ppm = L.PyramidPooling(gain=gain)
@@ -63,14 +67,19 @@ class MaskNetwork(L.BuiltOnFirstCall, keras.Model):
     def logits(self, images):
         """Pre-activation output: `[batch, H, W, 1]` for n = 2, else `[batch, H, W, n]`."""
         h = ops.relu(self.stem_norm(self.stem(L.reflect_pad(images, 3))))
-        h = ops.relu(self.down1_norm(self.down1(h)))
-        h = ops.relu(self.down2_norm(self.down2(h)))
+        h = ops.relu(self.down1_norm(self.down1(self._down_pad(h))))
+        h = ops.relu(self.down2_norm(self.down2(self._down_pad(h))))
         for block in self.blocks:
             h = block(h)
         h = self.ppm(h)
         h = ops.relu(self.up1_norm(self.up1(L.upsample_nearest(h))))
         h = ops.relu(self.up2_norm(self.up2(L.upsample_nearest(h))))
         return L.float32(self.head(L.reflect_pad(h, self.output_kernel // 2)))
+
+    def _down_pad(self, x):
+        if not self.symmetric_padding:
+            return x
+        return ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
 
     def call(self, images, training=False):
         logits = self.logits(images)
