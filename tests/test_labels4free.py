@@ -351,3 +351,38 @@ def test_pretrained_dir_errors_say_how_to_fix_them(tmp_path):
     with pytest.raises(ConfigError, match="discriminator"):
         l4f.Labels4FreeSettings(rosinality.RES, pretrained_dir=str(tmp_path),
                                 alpha_discriminator="stylegan2").build()
+
+
+# -- the authors' stage-2 choices (switches; tests/test_reference_labels4free.py runs their code) ------
+def test_alpha_r1_logit_weight_adds_the_gradient_of_ds_logit_of_the_first_real_image():
+    plain = _tiny_method(alpha_r1_logit_weight=0.0)
+    theirs = _tiny_method(alpha_r1_logit_weight=1.0)
+    for a, b in zip(theirs.alpha_discriminator.weights, plain.alpha_discriminator.weights):
+        a.assign(b)
+    images = tf.random.uniform([4, 16, 16, 3], -1, 1, seed=7)
+    _, r1_grads = plain.phase_gradients("alpha_r1", ({"image": images},), tf.constant(0, tf.int64))
+    _, both = theirs.phase_gradients("alpha_r1", ({"image": images},), tf.constant(0, tf.int64))
+    variables = plain.alpha_discriminator.trainable_variables
+    with tf.GradientTape() as tape:
+        first = plain.alpha_discriminator(images)[0]
+    logit_grads = tape.gradient(first, variables)
+    for g_r1, g_both, g_logit in zip(r1_grads, both, logit_grads):
+        expected = (0.0 if g_r1 is None else g_r1) + g_logit
+        np.testing.assert_allclose(g_both.numpy(), np.asarray(expected), rtol=1e-4, atol=1e-6)
+    # Stage 1's lazy R1 stays rosinality's (no logit term).
+    _, stage1 = theirs.phase_gradients("r1", ({"image": images},), tf.constant(0, tf.int64))
+    assert len(stage1) == len(theirs.discriminator.trainable_variables)
+
+
+def test_the_minibatch_stddev_group_setting_overrides_a_converted_discriminators(tmp_path):
+    checkpoint = {"g_ema": rosinality.generator_state_dict(), "d": rosinality.discriminator_state_dict()}
+    conv.convert_checkpoint(checkpoint, str(tmp_path), mbstd_group=4, w_avg_samples=8)
+    model = _tiny_method(resolution=rosinality.RES, pretrained_dir=str(tmp_path), mbstd_group=2)
+    assert model.discriminator.mbstd_group == 2 and model.alpha_discriminator.mbstd_group == 2
+
+
+def test_pytorch_adam_epsilon_reaches_every_optimizer_of_the_method():
+    model = _tiny_method(pytorch_adam_epsilon=True)
+    for name in ("generator", "discriminator", "alpha", "alpha_discriminator"):
+        assert getattr(model.phase_optimizers()[name][0], "pytorch_epsilon", None) is True, name
+    assert getattr(_tiny_method().alpha_optimizer, "pytorch_epsilon", False) is False
