@@ -300,3 +300,54 @@ def test_ten_training_iterations_stay_with_the_authors(authors):
     print("ten iterations, parameter rel errors:", {k: f"{v[0]:.2e} ({v[1]})" for k, v in parameter_errors.items()})
     for network, (error, path) in parameter_errors.items():
         assert error <= 1e-2, f"{path}: rel {error:.2e}"
+
+
+# -- end to end: the authors' checkpoint -> convert -> export -> predict ------------------------------
+def _run(args, cwd):
+    result = subprocess.run([sys.executable] + args, cwd=cwd, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_authors_checkpoint_served_by_tfseg_gives_their_masks(authors, tmp_path):
+    import argparse
+    import tensorflow as tf
+    from PIL import Image
+    torch, models = authors
+    nets = _authors_networks(torch, models, seed=3)
+    optimizers = _authors_optimizers(torch, nets)
+    # The dict train.py:410-421 saves (and the released *_nets_state.pth holds).
+    state = {name: net.state_dict() for name, net in nets.items()}
+    state.update({"optimizer" + name[3:]: opt.state_dict() for name, opt in optimizers.items()})
+    state["options"] = argparse.Namespace(**OPTIONS)
+    checkpoint = tmp_path / "flowers_nets_state.pth"
+    torch.save(state, str(checkpoint))
+
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(image_dir / f"photo_{i}.png")
+    run, serving, out = tmp_path / "run", tmp_path / "serving", tmp_path / "masks"
+    _run([os.path.join(REPO, "tools", "convert_redo.py"), f"--checkpoint={checkpoint}", f"--model_dir={run}"], REPO)
+    _run(["-m", "tfseg.export", f"--model_dir={run}", f"--export_dir={serving}"], REPO)
+    _run(["-m", "tfseg.predict", f"--export_dir={serving / '1'}", f"--images={image_dir}", f"--out={out}"], REPO)
+
+    nets["netEncM"].eval()
+    with torch.no_grad():
+        x = torch.from_numpy(_nchw(images.astype(np.float32) / 127.5 - 1.0))
+        theirs = nets["netEncM"](x).numpy()[:, 0]                     # mPred[:, 0], before the threshold
+    served = tf.saved_model.load(str(serving / "1")).signatures["serve_image_tensor"](images=tf.constant(images))
+    ours = served["mask"].numpy()[..., 0]
+    error = relative_error(ours, theirs)
+    written = np.stack([np.asarray(Image.open(out / f"photo_{i}_mask.png"))[..., 0] if np.asarray(
+        Image.open(out / f"photo_{i}_mask.png")).ndim == 3 else np.asarray(Image.open(out / f"photo_{i}_mask.png"))
+        for i in range(len(images))])
+    agreement = float(np.mean((written >= 128) == (theirs >= 0.5)))
+    print(f"end to end: SavedModel mask rel {error:.2e}; predict's written masks agree on {100 * agreement:.3f} % "
+          f"of pixels after the threshold")
+    assert error <= 1e-4
+    assert agreement >= 0.999
