@@ -1,4 +1,4 @@
-"""tfseg's PerturbGAN against the authors' code (../shared/reference/perturbed-seg), issue 29.
+"""tfseg's PerturbGAN against the authors' code (perturbed-seg, found by tests/reference_code.py), issue 29.
 
 The authors' networks are built by their own modules (stylegan.py, model.py) with their own random
 initialisation, at small widths: their widths are constants (512 ... 16), so while the test builds
