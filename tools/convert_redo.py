@@ -363,12 +363,12 @@ def write_run(model_dir, state_dicts, options, foreground_region=0, batch_size=N
 # -- reading the .pth -------------------------------------------------------------------------------
 def load_checkpoint(path):
     """`(state_dicts {network: {name: numpy}}, options dict)` of an authors' .pth, or ConversionError."""
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path}: no such file")
     try:
         import torch  # pylint: disable=import-outside-toplevel
     except ImportError as e:
         raise SystemExit('convert_redo: PyTorch is needed to read .pth files; pip install -e ".[convert]"') from e
-    if not os.path.isfile(path):
-        raise ConversionError(f"{path}: no such file")
     try:
         # weights_only=False: the authors pickle an argparse Namespace under "options".
         # Only convert checkpoints you trust (unpickling runs code).
@@ -402,7 +402,7 @@ def parse_checkpoint(checkpoint, path="checkpoint"):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
+        description=__doc__,
         epilog="Reads <dataset>_nets_state.pth (all four networks), <dataset>_netM_state.pth (mask network "
                "only) or a state_NNNNN.pth / best.pth of the authors' train.py; writes a run folder for "
                "python -m tfseg.evaluate / export / predict. Options the file lacks come from the flags "
