@@ -1,4 +1,4 @@
-"""Labels4Free and StyleGAN2 against the authors' code (../shared/reference), at test time only.
+"""Labels4Free and StyleGAN2 against the authors' code (tests/reference_code.py finds it), at test time only.
 
 Networks are made at random by the authors' classes (Labels4Free's model_new.py, rosinality's
 model.py), at small widths, converted with tools/convert_stylegan2.py and tools/convert_labels4free.py,
