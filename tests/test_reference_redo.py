@@ -1,4 +1,6 @@
-"""tfseg's ReDO against the authors' code (../shared/reference/ReDO), imported at test time only.
+"""tfseg's ReDO against the authors' code (reference folder ReDO/, tests/reference_code.py).
+
+Their code is imported at test time only.
 
 Networks are built by the authors' `models.py` at small widths (their generator, D and encoder
 exist at 128 px only, so the images are 128 px; the widths keep each test to seconds), initialised
