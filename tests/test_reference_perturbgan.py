@@ -115,7 +115,8 @@ def tfseg_method(resolution, batch, grow_from=None, layout="BgFgMask", **overrid
                     mask_size_weight=MASK_WEIGHT, binarization_weight=BIN_WEIGHT, learning_rate=LR,
                     style_mixing_probability=0.9, ema_decay=EMA, progressive_start=grow_from,
                     style_gain=SQRT2, equalized_noise=True, fused_scale_from=128,
-                    discriminator_widen_first_conv=True, discriminator_output_gain=SQRT2, seed=0)
+                    discriminator_widen_first_conv=True, discriminator_output_gain=SQRT2,
+                    pytorch_adam_epsilon=True, seed=0)
     settings.update(overrides)
     model = PerturbGANSettings(**settings).build()
     model.build_for_training(batch)

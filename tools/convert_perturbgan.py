@@ -271,6 +271,7 @@ def config_text(sizes, min_mask_coverage=0.05, shift_fraction=0.125, batch_size=
         f"tfseg.methods.perturbgan.fused_scale_from = {FUSED_FROM}",
         "tfseg.methods.perturbgan.discriminator_widen_first_conv = True",
         f"tfseg.methods.perturbgan.discriminator_output_gain = {SQRT2!r}",
+        "tfseg.methods.perturbgan.pytorch_adam_epsilon = True",
         # The authors' data: resize to the resolution (torchvision Resize, bilinear).
         "tfseg.data.make_dataset.image_resize_method = 'bilinear'",
     ]

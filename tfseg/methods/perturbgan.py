@@ -110,6 +110,10 @@ class PerturbGANSettings:
         discriminator_widen_first_conv: D's block r -> r/2 changes width in its first conv (the
             authors' port) rather than its second (tfseg). D only; the encoder keeps tfseg's layout.
         discriminator_output_gain: equalized gain of D's output layer (tfseg 1; the port sqrt(2)).
+        pytorch_adam_epsilon: G's and D's Adams add epsilon to the bias-corrected sqrt(v), as the
+            authors' torch.optim.Adam, instead of to sqrt(v) (Keras: a 10x larger epsilon on the
+            first step). Measured on the one-iteration equivalence test: weights whose gradients are
+            ~1e-8 moved up to 0.5 lr apart from the authors' without it.
         ema_decay: keep an exponential moving average of G's weights with this decay per generator
             step (the reference's `g_running`: 0.999, `perturbgan_paper_base.gin`) and let every
             later use of G sample from it: the encoder route, the distilled segmenter's training
@@ -154,6 +158,7 @@ class PerturbGANSettings:
     fused_scale_from: Optional[int] = None
     discriminator_widen_first_conv: bool = False
     discriminator_output_gain: float = 1.0
+    pytorch_adam_epsilon: bool = False
     ema_decay: Optional[float] = None
     seed: int = 0
 
@@ -213,8 +218,11 @@ class PerturbGAN(Method):
         # Adam, the reference's) so that a layer fading in starts with a fresh bias correction.
         growing = self.growth is not None
         self.partial_gradient_phases = ("discriminator", "generator") if growing else ()
-        self.generator_optimizer = gan_adam(s.learning_rate, steps_per_variable=growing)
-        self.discriminator_optimizer = gan_adam(s.learning_rate, steps_per_variable=growing)
+        # PyTorch's epsilon placement only when asked (otherwise the keyword is absent: runs made
+        # before build the optimizers they were trained with).
+        adam = (lambda lr, **kw: gan_adam(lr, pytorch_epsilon=True, **kw)) if s.pytorch_adam_epsilon else gan_adam
+        self.generator_optimizer = adam(s.learning_rate, steps_per_variable=growing)
+        self.discriminator_optimizer = adam(s.learning_rate, steps_per_variable=growing)
         self.encoder_optimizer = gan_adam(s.encoder_learning_rate)
         self.segmenter_optimizer = gan_adam(s.segmenter_learning_rate)
         # Which route segments real photos; stored in checkpoints, set by `begin_stage`.
