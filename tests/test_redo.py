@@ -296,3 +296,46 @@ def test_a_separate_encoder_descends_the_information_term_alone():
     for got, want in zip(enc_grads, expected):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-6)
     assert any(float(tf.reduce_max(tf.abs(g))) > 0 for g in enc_grads)
+
+
+def _torch_adam_numpy(grads, lr, beta_2, eps):
+    """torch.optim.Adam(betas=(0, beta_2), eps) written out: m = g; v = b2 v + (1 - b2) g^2;
+    theta -= lr * m / (sqrt(v / (1 - b2^t)) + eps), from theta = 0."""
+    theta, v = np.zeros_like(grads[0], np.float64), np.zeros_like(grads[0], np.float64)
+    for t, g in enumerate(grads, start=1):
+        v = beta_2 * v + (1 - beta_2) * g.astype(np.float64) ** 2
+        theta -= lr * g / (np.sqrt(v / (1 - beta_2**t)) + eps)
+    return theta
+
+
+@pytest.mark.parametrize("pytorch_adam, matches", [(True, True), (False, False)])
+def test_pytorch_adam_adds_epsilon_where_torch_does(pytorch_adam, matches):
+    # Gradients near epsilon, where its placement shows: Keras adds eps to sqrt(v), PyTorch to
+    # sqrt(v_hat) = sqrt(v / (1 - beta_2^t)).
+    grads = [np.array([3e-9, -1e-8, 2e-8, 1.0], np.float32) * s for s in (1.0, 0.5, 2.0)]
+    settings = redo.ReDOSettings(resolution=8, adam_epsilon=1e-8, pytorch_adam=pytorch_adam)
+    optimizer = redo._adam(1e-4, settings)
+    variable = tf.Variable(tf.zeros(4))
+    optimizer.build([variable])
+    for g in grads:
+        optimizer.apply([tf.constant(g)], [variable])
+    expected = _torch_adam_numpy(grads, 1e-4, 0.9, 1e-8)
+    close = np.allclose(variable.numpy(), expected, rtol=1e-5, atol=1e-12)
+    assert close == matches
+
+
+def test_symmetric_padding_samples_the_stride_2_windows_as_pytorch():
+    # PyTorch's conv(k=3, stride=2, padding=1) centres output i on input pixel 2i; Keras' "same"
+    # on input pixel 2i + 1 (it pads only after). A one-hot input tells them apart.
+    from tfseg.modeling.mask_network import MaskNetwork
+    for symmetric, centre in ((True, 0), (False, 1)):
+        net = MaskNetwork(2, 4, 1, symmetric_padding=symmetric)
+        net(tf.zeros([1, 16, 16, 3]))
+        conv = net.down1
+        kernel = np.zeros(conv._kernel.shape, np.float32)
+        kernel[1, 1, 0, 0] = 1.0                     # the centre tap only
+        conv._kernel.assign(kernel)
+        image = np.zeros([1, 8, 8, conv._kernel.shape[2]], np.float32)
+        image[0, centre, centre, 0] = 1.0
+        out = conv(net._down_pad(tf.constant(image))).numpy()
+        assert out[0, 0, 0, 0] == 1.0, (symmetric, centre)
