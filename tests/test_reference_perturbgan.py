@@ -123,9 +123,9 @@ def tfseg_method(resolution, batch, grow_from=None, layout="BgFgMask", **overrid
     return model
 
 
-def converted(authors, resolution, batch, seed=0, grow_from=None, layout="BgFgMask"):
+def converted(authors, resolution, batch, seed=0, grow_from=None, layout="BgFgMask", **overrides):
     generator, discriminator = authors_networks(authors, seed, layout)
-    model = tfseg_method(resolution, batch, grow_from, layout)
+    model = tfseg_method(resolution, batch, grow_from, layout, **overrides)
     checkpoint = {"generator": state_dict_numpy(generator), "generator_running": state_dict_numpy(generator),
                   "discriminator": state_dict_numpy(discriminator), "step": int(math.log2(resolution)) - 2}
     conv.convert_networks(checkpoint, model)
@@ -290,8 +290,8 @@ class AuthorsLoop:
         z = self.torch.from_numpy(d["z"])
         return [z, self.torch.from_numpy(d["z2"])] if mix else z
 
-    def iteration(self, real, draws):
-        torch, step, alpha = self.torch, self.step, 1.0   # alpha 1 at the initial resolution (112)
+    def iteration(self, real, draws, alpha=1.0):
+        torch, step = self.torch, self.step   # alpha: 1 at the initial resolution, else fading in (112)
         D, losses = self.discriminator, {}
         self.d_optimizer.zero_grad()                                                  # 110
         real_predict = D(real, step=step, alpha=alpha)                                # 150-157
@@ -358,9 +358,9 @@ def tfseg_iteration(model, real, draws, step):
                 bin_loss=mean(g_metrics.losses["mask_binarization"]))
 
 
-def parameter_errors(model, authors_checkpoint, resolution, batch):
+def parameter_errors(model, authors_checkpoint, resolution, batch, **settings):
     """Per tfseg variable of G, G's EMA and D: rel error against the authors' weights, converted."""
-    expected = tfseg_method(resolution, batch)
+    expected = tfseg_method(resolution, batch, **settings)
     conv.convert_networks(authors_checkpoint, expected)
     errors = {}
     for name in ("generator", "generator_ema", "discriminator"):
@@ -370,24 +370,36 @@ def parameter_errors(model, authors_checkpoint, resolution, batch):
     return errors
 
 
-def _run_iterations(authors, iterations, seed):
+# Growing: a 32 px run in its 16 px stage, fading in (phase 40 images, batch 4: the 8 px stage is
+# steps 0-19, the 16 px one fades in over steps 20-29, alpha 0.1 ... 1).
+GROWING = dict(grow_from=8, progressive_phase_images=40)
+FIRST_16PX_STEP = 20
+
+
+def _run_iterations(authors, iterations, seed, growing=False):
     torch = require_torch()
-    resolution, b, step = 16, 4, 2
-    generator, discriminator, model = converted(authors, resolution, b, seed=seed)
+    b, step = 4, 2
+    resolution, settings, first = (32, GROWING, FIRST_16PX_STEP) if growing else (16, {}, 0)
+    generator, discriminator, model = converted(authors, resolution, b, seed=seed, **settings)
+    if growing:
+        model.begin_stage("generator_16")
     loop = AuthorsLoop(authors, generator, discriminator, step)
     rng = np.random.default_rng(seed)
     loss_errors = {}
-    for i in range(iterations):
+    for i in range(first, first + iterations):
         real = rng.uniform(-1, 1, (b, resolution, resolution, 3)).astype(np.float32)
         draws = _Draws(rng, b, step, mix=rng.uniform() < 0.9)                  # train.py 166
-        theirs = loop.iteration(nchw(real), draws)
-        if i == 0:
-            print("the authors' loss terms, first iteration:", {k: f"{v:.4g}" for k, v in theirs.items()})
+        alpha = float(model.growth_args(i)["alpha"]) if growing else 1.0
+        # Their loader reads 16 px images; tfseg area-averages its 32 px batch: the same images.
+        real_16 = torch.nn.functional.avg_pool2d(nchw(real), resolution // 16)
+        theirs = loop.iteration(real_16, draws, alpha)
+        if i == first:
+            print(f"the authors' loss terms, first iteration (alpha {alpha:.2f}):", {k: f"{v:.4g}" for k, v in theirs.items()})
         ours = tfseg_iteration(model, real, draws, i)
         for k in theirs:
             loss_errors[k] = max(loss_errors.get(k, 0.0), abs(ours[k] - theirs[k]) / max(abs(theirs[k]), 1e-12))
     del torch
-    return loss_errors, parameter_errors(model, loop.checkpoint(), resolution, b)
+    return loss_errors, parameter_errors(model, loop.checkpoint(), resolution, b, **settings)
 
 
 def _worst(errors, n=3):
@@ -469,3 +481,13 @@ def test_converted_checkpoint_export_predict(authors, tmp_path):
           f"on {100 * agree:.3f} % of pixels")
     assert pre <= 1e-4
     assert agree >= 0.999
+
+
+def test_training_iterations_fading_in(authors):
+    """Progressive growing: ten iterations at 16 px of a 32 px run while its new block fades in
+    (alpha 0.1 ... 1, as train.py's fade; Adam's step counts per weight, as torch.optim.Adam's):
+    losses rel <= 1e-4 at the first, parameters rel <= 1e-3 after the ten."""
+    loss_errors, param_errors = _run_iterations(authors, 10, seed=7, growing=True)
+    print("fading in, losses (worst over the ten):", {k: f"{v:.1e}" for k, v in loss_errors.items()})
+    print("fading in, parameters (worst):", _worst(param_errors))
+    assert max(param_errors.values()) <= 1e-3, _worst(param_errors, 10)
