@@ -329,7 +329,10 @@ def load_torch_checkpoint(path):
                          'pip install -e ".[convert]"') from e
     # weights_only=False: the file holds optimizer states and plain numbers beside the tensors; only
     # convert checkpoints you trust (unpickling runs code).
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a missing file, or not a torch file at all  # pylint: disable=broad-except
+        raise ConversionError(f"{path}: cannot be read as a torch checkpoint ({type(err).__name__}: {err})") from err
     if not isinstance(checkpoint, dict):
         raise ConversionError(f"{path}: holds a {type(checkpoint).__name__}, not the dict the authors' train.py saves")
     out = {}
@@ -342,10 +345,7 @@ def load_torch_checkpoint(path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="The run folder serves G's mask at z = E(x) through tfseg's (untrained) encoder; see the "
-               "module docstring (python -c 'import tools.convert_perturbgan as c; help(c)').")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True,
                         help="a .model file the authors' train.py saved (train_step-<k>.model)")
     parser.add_argument("--model_dir", required=True, help="new tfseg run folder to write")
