@@ -296,6 +296,7 @@ def test_one_training_iteration_matches_the_authors(authors):
         assert error <= 1e-3, f"{path}: rel {error:.2e}"
 
 
+@pytest.mark.slow  # about a minute: ten iterations of both at 128 px (5 s each on a 2-core CPU)
 def test_ten_training_iterations_stay_with_the_authors(authors):
     loss_errors, (parameter_errors, _) = _train_both(authors, 10)
     print("ten iterations, loss rel errors:", {k: f"{v:.2e}" for k, v in loss_errors.items()})
