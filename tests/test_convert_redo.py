@@ -238,8 +238,12 @@ def test_mask_only_checkpoint_becomes_a_run_folder_tfseg_loads(tmp_path):
     np.testing.assert_array_equal(model.mask_network.stem._kernel.numpy(),
                                   sd["cnn.0.mods.1.weight"].transpose(2, 3, 1, 0))
     assert model.mask_network.temperature == 2.0 and model.mask_network.symmetric_padding
-    with pytest.raises(conv.ConversionError, match="already holds a run"):
+    with pytest.raises(conv.ConversionError, match="is not empty"):
         conv.write_run(str(tmp_path / "run"), {"netEncM": sd}, options)
+    # Weights of another width than the options say: refused, naming the variable; nothing written.
+    with pytest.raises(conv.ConversionError, match="mask_network/stem/kernel.*has shape"):
+        conv.write_run(str(tmp_path / "wide"), {"netEncM": fake_netEncM(16, 2)}, {**options, "nfM": 8})
+    assert not os.path.exists(tmp_path / "wide") and not os.path.exists(tmp_path / "wide.partial")
 
 
 def _cli(*args):
@@ -259,3 +263,20 @@ def test_cli_names_a_missing_file(tmp_path):
     result = _cli(f"--checkpoint={missing}", f"--model_dir={tmp_path / 'run'}")
     assert result.returncode != 0
     assert f"{missing}: no such file" in result.stderr
+
+
+def test_cli_refuses_a_labels4free_file_and_a_wrong_size_naming_the_file(tmp_path):
+    torch = pytest.importorskip("torch", reason="writing a .pth needs torch (pip install -e '.[reference]')")
+    alpha = tmp_path / "alpha.pt"
+    torch.save({"bg_extractor": {"w": torch.zeros(2)}, "g_ema": {}}, str(alpha))
+    result = _cli(f"--checkpoint={alpha}", f"--model_dir={tmp_path / 'a'}")
+    assert result.returncode != 0
+    assert f"convert_redo: {alpha}: not a ReDO checkpoint" in result.stderr
+    assert "convert_labels4free" in result.stderr
+    small = tmp_path / "small_nets_state.pth"
+    torch.save({"netEncM": {k: torch.from_numpy(v) for k, v in fake_netEncM(8, 2).items()},
+                "options": {"sizex": 64, "nfM": 8, "nResM": 2}}, str(small))
+    result = _cli(f"--checkpoint={small}", f"--model_dir={tmp_path / 'b'}")
+    assert result.returncode != 0
+    assert f"convert_redo: {small}: options.sizex = 64" in result.stderr
+    assert not (tmp_path / "b").exists()

@@ -30,6 +30,7 @@ permuted to NHWC; self-attention's f, g, h, o are tfseg's query, key, value, out
 import argparse
 import os
 import re
+import shutil
 import sys
 
 import numpy as np
@@ -340,24 +341,33 @@ def write_run(model_dir, state_dicts, options, foreground_region=0, batch_size=N
     check_options(options)
     settings = redo_settings(options)
     weights = convert_state_dicts(state_dicts, settings)
-    if os.path.exists(os.path.join(model_dir, "config.gin")):
-        raise ConversionError(f"{model_dir} already holds a run (config.gin); pass an empty --model_dir")
-    os.makedirs(model_dir, exist_ok=True)
-    path = os.path.join(model_dir, trainer.CONFIG_FILE)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(config_text(settings, options, batch_size))
-    registry.import_configurables()
-    config.load_run_config(model_dir)
-    train_config = trainer.TrainConfig()
-    method = trainer.build_method(train_config)
-    method.build_for_training(train_config.batch_size)
-    assign(method, weights)
-    method.foreground_region.assign(int(foreground_region))
-    state = checkpointing.RunState()
-    _, best = checkpointing.managers(checkpointing.make_checkpoint(method, state), model_dir)
-    saved = best.save(checkpoint_number=0)
-    del tf
-    return saved, sorted({p.split("/")[0] for p in weights})
+    if os.path.exists(model_dir) and os.listdir(model_dir):
+        raise ConversionError(f"{model_dir} is not empty; pass a new --model_dir")
+    # Written beside it and renamed at the end: a checkpoint that does not fit leaves nothing.
+    partial = model_dir.rstrip("/") + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
+    try:
+        with open(os.path.join(partial, trainer.CONFIG_FILE), "w", encoding="utf-8") as f:
+            f.write(config_text(settings, options, batch_size))
+        registry.import_configurables()
+        config.load_run_config(partial)
+        train_config = trainer.TrainConfig()
+        method = trainer.build_method(train_config)
+        method.build_for_training(train_config.batch_size)
+        assign(method, weights)
+        method.foreground_region.assign(int(foreground_region))
+        state = checkpointing.RunState()
+        _, best = checkpointing.managers(checkpointing.make_checkpoint(method, state), partial)
+        saved = best.save(checkpoint_number=0)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if os.path.isdir(model_dir):
+        os.rmdir(model_dir)
+    os.rename(partial, model_dir)
+    del tf, saved
+    return checkpointing.latest_checkpoint(model_dir, "best"), sorted({p.split("/")[0] for p in weights})
 
 
 # -- reading the .pth -------------------------------------------------------------------------------
