@@ -187,3 +187,12 @@ def test_help_explains():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0
     assert "--checkpoint" in done.stdout and "--model_dir" in done.stdout and "encoder" in done.stdout
+
+
+def test_a_checkpoint_that_does_not_fit_leaves_no_run(tmp_path):
+    ckpt = checkpoint(step=2)
+    ckpt["discriminator"]["linear.linear.weight_orig"] = np.zeros((1, 7), np.float32)
+    run = tmp_path / "run"
+    with pytest.raises(conv.ConversionError, match="odd.model"):
+        conv.convert_checkpoint(ckpt, str(run), what="odd.model")
+    assert not run.exists()

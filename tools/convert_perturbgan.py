@@ -39,6 +39,7 @@ import argparse
 import math
 import os
 import re
+import shutil
 import sys
 
 import numpy as np
@@ -237,11 +238,19 @@ def convert_discriminator(state_dict, discriminator, what="discriminator"):
 def convert_networks(checkpoint, model, what="checkpoint"):
     """Writes the authors' `generator`, `generator_running` (if any) and `discriminator` into a built
     tfseg PerturbGAN `model` (its `generator`, `generator_ema`, `discriminator`)."""
-    convert_generator(checkpoint["generator"], model.generator, f"{what} 'generator'")
+    parts = [("generator", model.generator, convert_generator)]
     if model.generator_ema is not None:
-        running = checkpoint.get("generator_running") or checkpoint["generator"]
-        convert_generator(running, model.generator_ema, f"{what} 'generator_running'")
-    convert_discriminator(checkpoint["discriminator"], model.discriminator, f"{what} 'discriminator'")
+        parts.append(("generator_running" if "generator_running" in checkpoint else "generator",
+                      model.generator_ema, convert_generator))
+    parts.append(("discriminator", model.discriminator, convert_discriminator))
+    for key, network, convert in parts:
+        name = f"{what} '{key}'"
+        try:
+            convert(checkpoint[key], network, name)
+        except ConversionError as err:
+            if str(err).startswith(name):
+                raise
+            raise ConversionError(f"{name}: {err}") from err
 
 
 # -- the run folder --------------------------------------------------------------------------------
@@ -294,6 +303,7 @@ def convert_checkpoint(checkpoint, model_dir, min_mask_coverage=0.05, shift_frac
     from tfseg.methods import perturbgan
     from tfseg.training import checkpointing, trainer
 
+    created = not os.path.exists(model_dir)
     os.makedirs(model_dir, exist_ok=True)
     text = config_text(sizes, min_mask_coverage, shift_fraction)
     path = os.path.join(model_dir, "config.gin")
@@ -312,7 +322,12 @@ def convert_checkpoint(checkpoint, model_dir, min_mask_coverage=0.05, shift_frac
         latest, _ = checkpointing.managers(checkpointing.make_checkpoint(model, state), model_dir)
         saved = latest.save(checkpoint_number=0)
     except Exception:
-        os.remove(path)
+        # Leave nothing a later tfseg command could take for a run.
+        if created:
+            shutil.rmtree(model_dir, ignore_errors=True)
+        else:
+            os.remove(path)
+            shutil.rmtree(os.path.join(model_dir, "checkpoints"), ignore_errors=True)
         raise
     finally:
         gin.clear_config()
