@@ -339,3 +339,24 @@ def test_symmetric_padding_samples_the_stride_2_windows_as_pytorch():
         image[0, centre, centre, 0] = 1.0
         out = conv(net._down_pad(tf.constant(image))).numpy()
         assert out[0, 0, 0, 0] == 1.0, (symmetric, centre)
+
+
+@pytest.mark.parametrize("pytorch_bias_init", [True, False])
+def test_biases_start_as_pytorch_draws_them_when_asked(pytorch_bias_init):
+    import math
+    import keras
+    method = redo.ReDOSettings(resolution=8, mask_width=8, generator_width=4, discriminator_width=4, z_dim=2,
+                               pytorch_bias_init=pytorch_bias_init).build()
+    method.build_for_training(2)
+    seen = 0
+    for network in method._networks():
+        for layer in network._flatten_layers(include_self=False):
+            if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) and layer.use_bias:
+                bias = layer.bias.numpy()
+                bound = 1.0 / math.sqrt(math.prod(layer._kernel.shape[:-1]))
+                assert np.all(np.abs(bias) <= bound)
+                assert np.any(bias != 0) == pytorch_bias_init
+                seen += 1
+    # The mask network's PPM projections, res blocks and head, every generator's convs and norms'
+    # gamma/beta, D's and the encoder's convs and heads.
+    assert seen >= 40

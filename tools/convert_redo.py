@@ -251,6 +251,7 @@ def redo_settings(options):
         "mask_symmetric_padding": True,
         "adam_epsilon": 1e-8,
         "pytorch_adam": True,
+        "pytorch_bias_init": True,
     }
 
 

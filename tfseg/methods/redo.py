@@ -7,9 +7,12 @@ images; an encoder recovers z from y (information conservation), so the redrawn 
 empty. F, the G_k and the encoder are trained together on one loss; D on the hinge loss.
 """
 import dataclasses
+import math
 from typing import Optional
 
 import gin
+import keras
+import numpy as np
 import tensorflow as tf
 
 from tfseg import losses
@@ -94,6 +97,9 @@ class ReDOSettings:
             False: where Keras adds it (to sqrt(v)). With `adam_epsilon = 1e-8` and True the update
             is the authors' exactly (tests/test_reference_redo.py); paper configs set both.
         init_gain: orthogonal init gain (0.8; 0.2 and 1.4 fail).
+        pytorch_bias_init: biases start as PyTorch's Conv2d / Linear draw them, U(-1/sqrt(fan_in),
+            1/sqrt(fan_in)) (the authors' train.py re-initialises only the weights), instead of
+            Keras' zeros. Drawn from `seed`; paper configs set it.
         spectral_norm: how G's and D's convolutions are spectrally normalised: "reference" (as the
             authors' PyTorch code: W / sigma(W) on every call, gradient through sigma) or "keras"
             (Keras' wrapper: the kernel is overwritten with W / sigma, no gradient through sigma);
@@ -131,6 +137,7 @@ class ReDOSettings:
     adam_epsilon: float = 1e-7
     pytorch_adam: bool = False
     init_gain: float = 0.8
+    pytorch_bias_init: bool = False
     spectral_norm: str = "reference"
     seed: int = 0
 
@@ -234,10 +241,25 @@ class ReDO(Method):
         self.discriminator(images)
         if self.encoder is not None:
             self.encoder(images)
+        if self.settings.pytorch_bias_init:
+            self._draw_biases_as_pytorch()
         self.mask_optimizer.build(self.mask_network.trainable_variables)
         self.generator_optimizer.build(self._generator_variables())
         self.encoder_optimizer.build(self._encoder_variables())
         self.discriminator_optimizer.build(self._discriminator_variables())
+
+    def _networks(self):
+        return [self.mask_network, *self.generators, self.discriminator] + (
+            [self.encoder] if self.encoder is not None else [])
+
+    def _draw_biases_as_pytorch(self):
+        """Every conv and dense bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's default."""
+        rng = np.random.default_rng([self.base_seed, 29])
+        for network in self._networks():
+            for layer in network._flatten_layers(include_self=False):  # pylint: disable=protected-access
+                if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) and layer.use_bias:
+                    bound = 1.0 / math.sqrt(math.prod(layer._kernel.shape[:-1]))  # pylint: disable=protected-access
+                    layer.bias.assign(rng.uniform(-bound, bound, layer.bias.shape).astype(np.float32))
 
     def optimizers_by_name(self):
         return {"mask": self.mask_optimizer, "generator": self.generator_optimizer,
