@@ -15,6 +15,7 @@ modules, their losses and their optimizers (train.py:196-203); tfseg runs its ow
 separate encoder, symmetric stride-2 padding, PyTorch's Adam epsilon). The only random draw of the
 authors' iteration, z (train.py:299), is drawn once and given to both.
 """
+import json
 import os
 import re
 import subprocess
@@ -354,3 +355,28 @@ def test_authors_checkpoint_served_by_tfseg_gives_their_masks(authors, tmp_path)
           f"of pixels after the threshold")
     assert error <= 1e-4
     assert agreement >= 0.999
+
+    # tfseg.evaluate on the converted run, over labelled data (the embedded procedural set), scores
+    # what the authors' netEncM scores on the same images.
+    bindings = ["tfseg.data.make_dataset.source = @tfseg.data.procedural_source",
+                "tfseg.data.procedural_source.test_size = 40"]
+    _run(["-m", "tfseg.evaluate", f"--model_dir={run}", "--split=test"]
+         + [f"--gin_bindings={b}" for b in bindings], REPO)
+    with open(run / "eval_test.json") as f:
+        evaluated = json.load(f)
+    from tfseg import config, registry
+    from tfseg.data import pipeline
+    from tfseg.evaluation.metrics import MaskMetrics
+    registry.import_configurables()
+    config.load_run_config(str(run), bindings)
+    scores = MaskMetrics()
+    for batch in pipeline.make_dataset("test", 20, resolution=SIZE):
+        with torch.no_grad():
+            masks = nets["netEncM"](torch.from_numpy(_nchw(batch["image"].numpy()))).numpy()
+        scores.update(_nhwc(masks[:, :1]), batch["mask"].numpy())
+    theirs = scores.result()
+    print("end to end: tfseg.evaluate fg IoU {:.5f} / redo IoU {:.5f}; the authors' netEncM {:.5f} / {:.5f}".format(
+        evaluated["fg_iou"], evaluated["redo_iou"], theirs["fg_iou"], theirs["redo_iou"]))
+    assert evaluated["num_images"] == 40
+    assert abs(evaluated["fg_iou"] - theirs["fg_iou"]) <= 1e-3
+    assert abs(evaluated["redo_iou"] - theirs["redo_iou"]) <= 1e-3
