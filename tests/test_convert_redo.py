@@ -234,6 +234,7 @@ def test_mask_only_checkpoint_becomes_a_run_folder_tfseg_loads(tmp_path):
     text = (tmp_path / "run" / "config.gin").read_text()
     assert "tfseg.methods.redo.mask_temperature = 2.0" in text
     assert "tfseg.data.image_folder_source.mask_format = 'flowers'" in text
+    assert '"rule": "conversion"' in (tmp_path / "run" / "foreground.json").read_text()
     model, _, _ = loading.load_trained(str(tmp_path / "run"))
     np.testing.assert_array_equal(model.mask_network.stem._kernel.numpy(),
                                   sd["cnn.0.mods.1.weight"].transpose(2, 3, 1, 0))

@@ -28,6 +28,7 @@ inference; the generators' first linear layer writes an NCHW 4x4 map, so its out
 permuted to NHWC; self-attention's f, g, h, o are tfseg's query, key, value, out.
 """
 import argparse
+import json
 import os
 import re
 import shutil
@@ -337,7 +338,7 @@ def write_run(model_dir, state_dicts, options, foreground_region=0, batch_size=N
     """Builds the tfseg method, copies the weights, writes config.gin and `best/ckpt-0`."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from tfseg import config, registry  # pylint: disable=import-outside-toplevel
-    from tfseg.training import checkpointing, trainer  # pylint: disable=import-outside-toplevel
+    from tfseg.training import checkpointing, duties, trainer  # pylint: disable=import-outside-toplevel
 
     check_options(options)
     settings = redo_settings(options)
@@ -361,6 +362,10 @@ def write_run(model_dir, state_dicts, options, foreground_region=0, batch_size=N
         state = checkpointing.RunState()
         _, best = checkpointing.managers(checkpointing.make_checkpoint(method, state), partial)
         saved = best.save(checkpoint_number=0)
+        with open(os.path.join(partial, duties.FOREGROUND_FILE), "w", encoding="utf-8") as f:
+            json.dump({"region": int(foreground_region), "rule": "conversion",
+                       "why": f"tools/convert_redo.py --foreground_region={int(foreground_region)} (the authors' "
+                              f"mPred[:, {int(foreground_region)}])", "step": 0}, f, indent=2)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
