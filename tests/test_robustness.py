@@ -238,6 +238,16 @@ def test_a_bad_number_is_a_one_line_error_naming_the_binding(tmp_path, capsys, b
     assert not (tmp_path / "run").exists()
 
 
+def test_none_is_a_number_only_where_the_parameter_is_annotated_optional(tmp_path, capsys):
+    # redo_paper_base.gin scores the whole validation split: eval_examples = None.
+    assert run_train(*SMOKE, f"--model_dir={tmp_path / 'run'}", "--dry_run",
+                     "--gin_bindings=tfseg.training.TrainConfig.eval_examples=None") == 0
+    capsys.readouterr()
+    assert run_train(*SMOKE, f"--model_dir={tmp_path / 'run'}", "--dry_run",
+                     "--gin_bindings=tfseg.training.TrainConfig.eval_batch_size=None") == 2
+    assert "tfseg.training.TrainConfig.eval_batch_size = None: must be a number" in capsys.readouterr().err
+
+
 def test_the_eta_covers_every_remaining_step_at_the_pace_since_the_first_step(monkeypatch):
     import io  # pylint: disable=import-outside-toplevel
     from tfseg import progress  # pylint: disable=import-outside-toplevel

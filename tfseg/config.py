@@ -4,6 +4,7 @@ import inspect
 import os
 import re
 import tempfile
+import typing
 
 import gin
 from absl import logging
@@ -111,11 +112,17 @@ def without_gin_context(err):
     return "\n".join(lines).strip()
 
 
+def _optional(annotation):
+    """Whether a parameter's annotation admits None (`Optional[int]`, `int | None`)."""
+    return type(None) in typing.get_args(annotation)
+
+
 def check_numeric_bindings():
     """Raises ConfigError naming the binding for a number of the wrong type or sign, before any network.
 
     A parameter whose default is a number takes a number of that kind: an int default an integer, a
-    float default any number; neither takes a bool or a string. Parameters named like sizes, counts,
+    float default any number; neither takes a bool or a string. A parameter annotated `Optional[...]`
+    also takes None (`TrainConfig.eval_examples = None`: the whole validation split). Parameters named like sizes, counts,
     rates and loss weights (`_NON_NEGATIVE`) take no negative value.
     """
     for selector, configurable in _registry().items():
@@ -135,6 +142,8 @@ def check_numeric_bindings():
                 continue
             default = parameters[name].default
             binding = f"{selector}.{name}"
+            if value is None and _optional(parameters[name].annotation):
+                continue
             is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if isinstance(default, (int, float)) and not isinstance(default, bool) and default is not None:
                 if not is_number:

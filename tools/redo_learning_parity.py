@@ -218,21 +218,21 @@ def score_authors(data, out, batch=64):
 
 # -- tfseg's side -----------------------------------------------------------------------------------
 def tfseg_bindings(args):
-    """tfseg's ReDO in the authors' mode with the authors' script's arguments of `run_authors`."""
-    nf, nf_gen = args.nf, args.nf_generator or args.nf
-    return [
+    """tfseg's ReDO in the authors' mode with the authors' script's arguments of `run_authors`: the
+    method's settings are the ones `tools/convert_redo.py` derives from a checkpoint's options."""
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import convert_redo  # pylint: disable=import-outside-toplevel,import-error
+    options = {"nf": args.nf, "nfX": args.nf_generator or args.nf, "sizex": args.size,
+               "useSelfAttG": args.self_attention, "useSelfAttD": args.self_attention}
+    settings = convert_redo.redo_settings(options)
+    return [f"tfseg.methods.redo.{name} = {value!r}" for name, value in settings.items()] + [
         f"tfseg.training.TrainConfig.resolution = {args.size}",
         f"tfseg.training.TrainConfig.batch_size = {args.batch_size}",
         f"tfseg.training.TrainConfig.num_steps = {args.iterations}",
         f"tfseg.training.TrainConfig.eval_every = {args.eval_every}",
         f"tfseg.training.TrainConfig.checkpoint_every = {args.eval_every}",
         f"tfseg.training.TrainConfig.seed = {args.seed}",
-        "tfseg.training.TrainConfig.collapse_threshold = 0.0",
-        f"tfseg.methods.redo.mask_width = {nf}",
-        f"tfseg.methods.redo.generator_width = {nf_gen}",
-        f"tfseg.methods.redo.discriminator_width = {nf}",
-        f"tfseg.methods.redo.generator_self_attention = {args.self_attention}",
-        f"tfseg.methods.redo.discriminator_self_attention = {args.self_attention}",
+        "tfseg.training.TrainConfig.collapse_threshold = 0.0",  # their --autoRestart 0
         f"tfseg.data.image_folder_source.image_dir = '{args.photos}'",
         f"tfseg.data.image_folder_source.mask_dir = '{args.masks}'",
         "tfseg.data.image_folder_source.mask_format = 'binary'",

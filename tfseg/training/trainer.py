@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import tempfile
+from typing import Optional
 
 import gin
 import numpy as np
@@ -86,7 +87,7 @@ class TrainConfig:
 
     def __init__(self, method=gin.REQUIRED, resolution=gin.REQUIRED, batch_size=gin.REQUIRED,
                  num_steps=None, stage_steps=None, log_every=50, eval_every=500, checkpoint_every=500,
-                 eval_examples=512, eval_batch_size=64, jit_compile="auto",
+                 eval_examples: Optional[int] = 512, eval_batch_size=64, jit_compile="auto",
                  collapse_threshold=0.1, collapse_before_step=7000, max_restarts=5,
                  keep_checkpoints=3, seed=0, skip_nonfinite=True, max_nonfinite_steps=10,
                  max_nonfinite_restores=2, exact_resume=True, foreground_region=None,
