@@ -92,3 +92,10 @@ def test_the_authors_script_trains_on_the_cpu_and_its_checkpoints_are_scored(tmp
     for row in record["curves"]["authors"].values():
         assert 0.0 <= row["fg_iou"] <= row["best_perm_fg_iou"] <= 1.0
     assert (out / "authors" / "state_00002.pth").exists() and (out / "parity.png").exists()
+    # --report_only trains nothing and scores the same checkpoints again: the same curve.
+    (out / "parity.md").unlink()
+    parity.main([f"--photos={photos}", f"--masks={masks}", f"--out={out}", "--report_only", "--batch_size=2",
+                 "--n_test=2"])
+    again = json.load(open(out / "curves.json"))
+    assert again["curves"]["authors"] == record["curves"]["authors"] and (out / "parity.md").exists()
+    assert sorted(p.name for p in (out / "authors").glob("state_*.pth")) == ["state_00001.pth", "state_00002.pth"]

@@ -292,7 +292,7 @@ def table(curves, minutes):
         cells = []
         for side in sides:
             row = curves[side].get(it)
-            m = minutes[side].get(it)
+            m = minutes.get(side, {}).get(it)
             cells.append("" if m is None else f"{m:.1f}")
             cells.append("" if row is None else f"{row['best_perm_fg_iou']:.3f} / {row['fg_iou']:.3f}")
         lines.append(f"| {it} | " + " | ".join(cells) + " |")
@@ -316,6 +316,8 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--n_test", type=int, default=5, help="test photos their script draws in its picture")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--report_only", action="store_true",
+                        help="train nothing: score the runs already in --out and redraw the comparison")
     parser.add_argument("--tfseg_gin", default="gin_configs/redo_flowers.gin")
     parser.add_argument("--gin_bindings", action="append", default=[], help="more bindings for tfseg")
     args = parser.parse_args(argv)
@@ -323,13 +325,16 @@ def parse_args(argv=None):
     return args
 
 
+def _saved_minutes(record, side):
+    """The minutes a side's checkpoints were written at, as its run recorded them (else none)."""
+    saved = json.load(open(record)) if os.path.exists(record) else {}
+    return {int(k): v for k, v in saved.get("minutes", {}).get(side, {}).items()}
+
+
 def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     record = os.path.join(args.out, "curves.json")
-    saved = json.load(open(record)) if os.path.exists(record) else {}
-    curves = {s: {int(k): v for k, v in saved.get("curves", {}).get(s, {}).items()} for s in saved.get("curves", {})}
-    minutes = {s: {int(k): v for k, v in saved.get("minutes", {}).get(s, {}).items()} for s in saved.get("minutes", {})}
     data = load_photos(args.photos, args.masks, args.size)
     too_few = {s: n for s, n in (("validation", args.batch_size), ("test", args.n_test)) if len(data[s][0]) < n}
     if too_few:  # their script drops incomplete batches: an empty validation pass divides by zero
@@ -337,6 +342,18 @@ def main(argv=None):
                          f"{too_few} (validation: one batch, test: --n_test); label more or lower them.")
     print(f"photos: {len(data['train'][0])} train, {len(data['validation'][0])} validation, "
           f"{len(data['test'][0])} test", flush=True)
+    curves, minutes = {}, {}
+    if args.report_only:  # score what the runs in --out left, train nothing
+        args.side = "none"
+        authors, tfseg_dir = os.path.join(args.out, "authors"), os.path.join(args.out, "tfseg")
+        if glob.glob(os.path.join(authors, "state_*.pth")):
+            curves["authors"] = {it: {k: row[k] for k in METRICS} for it, row in score_authors(data, authors).items()}
+            minutes["authors"] = _saved_minutes(record, "authors")
+        if os.path.isdir(os.path.join(tfseg_dir, "validation")):
+            from tfseg.evaluation import curves as tb_curves  # pylint: disable=import-outside-toplevel
+            rows = tb_curves.read_curve(tfseg_dir)
+            curves["tfseg"] = {step: {k: row.get(k, float("nan")) for k in METRICS} for step, _, row in rows}
+            minutes["tfseg"] = {step: m for step, m, _ in rows}
     if args.side in ("authors", "both"):
         minutes["authors"] = run_authors(data, os.path.join(args.out, "authors"), args)
         curves["authors"] = {it: {k: row[k] for k in METRICS}
@@ -345,8 +362,16 @@ def main(argv=None):
         rows = run_tfseg(os.path.join(args.out, "tfseg"), args)
         minutes["tfseg"] = {step: m for step, (m, _) in rows.items()}
         curves["tfseg"] = {step: {k: row.get(k, float("nan")) for k in METRICS} for step, (_, row) in rows.items()}
+    # The other side's results, read now: the two sides may run at the same time (--side).
+    saved = json.load(open(record)) if os.path.exists(record) else {}
+    for side in saved.get("curves", {}):
+        if side not in curves:
+            curves[side] = {int(k): v for k, v in saved["curves"][side].items()}
+            minutes[side] = {int(k): v for k, v in saved["minutes"][side].items()}
+    arguments = saved.get("arguments", {})
+    arguments.update({side: vars(args) for side in SIDES if args.side in (side, "both")})
     with open(record, "w") as f:
-        json.dump({"arguments": vars(args), "curves": curves, "minutes": minutes}, f, indent=1)
+        json.dump({"arguments": arguments, "curves": curves, "minutes": minutes}, f, indent=1)
     draw(curves, os.path.join(args.out, "parity.png"))
     text = table(curves, minutes)
     with open(os.path.join(args.out, "parity.md"), "w") as f:
