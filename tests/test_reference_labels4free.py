@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.reference_code import REPO, authors_modules, relative_error, state_dict_numpy
+from reference_code import REPO, authors_modules, relative_error, state_dict_numpy
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.reference_code import authors_modules, relative_error, require_torch, state_dict_numpy
+from reference_code import authors_modules, relative_error, require_torch, state_dict_numpy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))

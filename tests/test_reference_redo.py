@@ -24,7 +24,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.reference_code import authors_modules, relative_error, require_torch, state_dict_numpy
+from reference_code import authors_modules, relative_error, require_torch, state_dict_numpy
 
 pytestmark = pytest.mark.reference
 
@@ -159,42 +159,39 @@ def _authors_optimizers(torch, nets):
 
 
 def _authors_iteration(torch, nets, optimizers, x_gen, x_real, z):
-    """train.py:296-345 with gStep and dStep true (gStepFreq = dStepFreq = 1); returns the loss terms."""
-    netEncM, netGenX, netDX, netRecZ = (nets[k] for k in convert_redo.NETWORKS)
-    xData, xReal, zData = torch.from_numpy(x_gen), torch.from_numpy(x_real), torch.from_numpy(z)[..., None, None]
-    for net in nets.values():                                      # train.py:301-309
+    """One iteration in the order and with the losses of the authors' loop (train.py:296-345, with
+    gStep and dStep true: gStepFreq = dStepFreq = 1), written here in tfseg's words; returns the loss
+    terms."""
+    mask_net, generators, critic, z_encoder = (nets[k] for k in convert_redo.NETWORKS)
+    photos, reals = torch.from_numpy(x_gen), torch.from_numpy(x_real)
+    codes = torch.from_numpy(z)[..., None, None]
+    for net in nets.values():  # every network in training mode, no gradient left over
         net.zero_grad()
         net.train()
-    mEnc = netEncM(xData)                                          # train.py:318-327
-    hGen = netGenX(mEnc, zData)
-    xGen = (hGen + ((1 - mEnc.unsqueeze(2)) * xData.unsqueeze(1))).view(
-        hGen.size(0) * hGen.size(1), hGen.size(2), hGen.size(3), hGen.size(4))
-    dGen = netDX(xGen)
-    lossG = - dGen.mean()
-    adversarial = lossG.item()
-    zRec = netRecZ(hGen.sum(1))
-    err_recZ = ((zData - zRec) * (zData - zRec)).mean()
-    lossG += err_recZ * OPTIONS["wrecZ"]
-    lossG.backward()
-    optimizers["netEncM"].step()                                   # train.py:328-331
-    optimizers["netGenX"].step()
-    optimizers["netRecZ"].step()
-    netDX.zero_grad()                                              # train.py:333-345
+
+    def redrawn(masks, layers):
+        """Every region k of every photo redrawn by G_k; the n composites of a photo follow it."""
+        return (layers + (1 - masks[:, :, None]) * photos[:, None]).flatten(0, 1)
+
+    # F, the G_k and the encoder: one loss, one backward pass, then their three Adam steps.
+    masks = mask_net(photos)
+    layers = generators(masks, codes)
+    adversarial = -critic(redrawn(masks, layers)).mean()
+    information = torch.mean((codes - z_encoder(layers.sum(dim=1))) ** 2)
+    (adversarial + information * OPTIONS["wrecZ"]).backward()
+    for name in ("netEncM", "netGenX", "netRecZ"):
+        optimizers[name].step()
+    # D: the hinge on real photos and on composites redrawn by the updated F and G_k, same codes.
+    critic.zero_grad()
     with torch.no_grad():
-        mEnc = netEncM(xData)
-        hGen = netGenX(mEnc, zData)
-        xGen = (hGen + ((1 - mEnc.unsqueeze(2)) * xData.unsqueeze(1))).view(
-            hGen.size(0) * hGen.size(1), hGen.size(2), hGen.size(3), hGen.size(4))
-    dPosX = netDX(xReal)
-    dNegX = netDX(xGen)
-    err_dPosX = (-1 + dPosX)
-    err_dNegX = (-1 - dNegX)
-    err_dPosX = ((err_dPosX < 0).float() * err_dPosX).mean()
-    err_dNegX = ((err_dNegX < 0).float() * err_dNegX).mean()
-    (-err_dPosX - err_dNegX).backward()
+        masks = mask_net(photos)
+        fakes = redrawn(masks, generators(masks, codes))
+    real_hinge = torch.clamp(1 - critic(reals), min=0).mean()
+    fake_hinge = torch.clamp(1 + critic(fakes), min=0).mean()
+    (real_hinge + fake_hinge).backward()
     optimizers["netDX"].step()
-    return {"generator_adversarial": adversarial, "information": err_recZ.item(),
-            "discriminator_real": -err_dPosX.item(), "discriminator_fake": -err_dNegX.item()}
+    return {"generator_adversarial": adversarial.item(), "information": information.item(),
+            "discriminator_real": real_hinge.item(), "discriminator_fake": fake_hinge.item()}
 
 
 def _tfseg_iteration(method, x_gen, x_real, z):

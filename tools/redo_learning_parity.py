@@ -75,7 +75,7 @@ def _datasets_module(data, torch):
     """A stand-in for their `datasets` module: FlowersDataset over the arrays of `load_photos`."""
     split_of = {"train": "train", "val": "validation", "test": "test"}
 
-    class FlowersDataset(torch.utils.data.Dataset):
+    class FlowersDataset(torch.utils.data.Dataset):  # the one class their train.py reads for Flowers
         def __init__(self, dataPath, sets="train", transform=None):  # noqa: N803 (their signature)
             del dataPath, transform
             images, masks = data[split_of.get(sets, "test")]
