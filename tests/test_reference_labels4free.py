@@ -461,6 +461,18 @@ def test_converted_authors_checkpoints_export_the_authors_alpha_masks(tmp_path):
     metadata = json.loads((version / "assets" / "tfseg_export.json").read_text())
     assert "serve_latent" in metadata["signatures"]
 
+    # tfseg.predict --latents: the masks of the images the converted generator draws, as their sampler.
+    np.save(tmp_path / "z.npy", z)
+    latent_dir = tmp_path / "latent_masks"
+    _run(["-m", "tfseg.predict", f"--export_dir={version}", f"--latents={tmp_path / 'z.npy'}",
+          f"--out={latent_dir}"], REPO)
+    soft = np.load(latent_dir / "masks.npy")
+    predict_error = relative_error(soft, expected[..., 0])
+    written = np.stack([np.asarray(Image.open(latent_dir / f"{i}_mask.png")) for i in range(len(z))]) > 127
+    predict_agree = float(np.mean(written == (expected[..., 0] >= 0.5)))
+    print(f"end to end: tfseg.predict --latents masks rel {predict_error:.2e}, PNG masks agree {predict_agree:.4%}")
+    assert predict_error <= FORWARD_TOL and predict_agree >= 0.999
+
     # tfseg.predict serves the run's distilled segmenter on photos (untrained in a converted run):
     # it runs on the generated images and writes a mask for each; the alpha masks are checked above.
     images_dir, out_dir = tmp_path / "images", tmp_path / "predicted"

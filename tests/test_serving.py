@@ -407,3 +407,44 @@ def test_a_model_with_non_finite_weights_is_never_exported(run_dir, tmp_path):
     with pytest.raises(ValueError, match="non-finite weights"):
         export_module.export(serving, str(tmp_path / "serving"))
     assert not os.path.exists(tmp_path / "serving" / "1")
+
+
+# -- masks of latent codes (a model that draws its own images) --------------------------------------
+
+
+def test_predict_latents_is_refused_for_an_export_that_segments_photos_only(exported, tmp_path, capsys):
+    np.save(tmp_path / "z.npy", np.zeros((2, 4), np.float32))
+    assert _run_entry(predict, f"--export_dir={exported}", f"--latents={tmp_path / 'z.npy'}",
+                      f"--out={tmp_path / 'out'}") == 2
+    err = capsys.readouterr().err
+    assert "has no 'serve_latent' signature" in err and "--images" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_predict_latents_writes_the_drawn_images_their_masks_and_the_soft_masks(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run_fixture.write_untrained_run(str(run_dir), "demo_labels4free.gin",
+                                    bindings=["tfseg.methods.labels4free.export_latent_signature = True"])
+    version, _, _ = export_module.export_run(str(run_dir), str(tmp_path / "serving"))
+    served = tf.saved_model.load(version).signatures[export_module.SIGNATURE_LATENT]
+    z_dim = served.structured_input_signature[1][export_module.INPUT_LATENT].shape[-1]
+    z = np.random.default_rng(0).standard_normal((3, z_dim)).astype(np.float32)
+    np.save(tmp_path / "z.npy", z)
+    out = tmp_path / "out"
+    assert _run_entry(predict, f"--export_dir={version}", f"--latents={tmp_path / 'z.npy'}", f"--out={out}",
+                      "--batch_size=2") == 0
+    assert "latent codes" in capsys.readouterr().out
+    expected = served(z=tf.constant(z))["mask"].numpy()[..., 0]
+    np.testing.assert_allclose(np.load(out / "masks.npy"), expected, rtol=1e-6, atol=1e-6)
+    for i in range(3):
+        mask = np.asarray(Image.open(out / f"{i}_mask.png"))
+        np.testing.assert_array_equal(mask, np.where(expected[i] >= 0.5, 255, 0))
+        assert Image.open(out / f"{i}_image.png").size == mask.shape[::-1]
+        assert (out / f"{i}_overlay.png").exists()
+    # A code of another size is refused, naming the shape the model takes.
+    np.save(tmp_path / "bad.npy", np.zeros((2, z_dim + 1), np.float32))
+    assert _run_entry(predict, f"--export_dir={version}", f"--latents={tmp_path / 'bad.npy'}",
+                      f"--out={tmp_path / 'bad'}") == 2
+    assert f"the model takes finite codes of shape [n, {z_dim}]" in capsys.readouterr().err

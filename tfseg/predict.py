@@ -5,6 +5,12 @@ checkpoint directly (`--model_dir`); both run the same computation TF Serving ru
 `<name>_mask.png` (grey, 255 = foreground, at the image's size), `<name>_cutout.png` (RGBA) and
 `<name>_overlay.png`, plus `contact_sheet.png` and `predictions.json`. Unreadable files are reported
 and skipped; the exit code is 0 when at least one image was segmented.
+
+A model that draws its own images (an export with the `serve_latent` signature: a Labels4Free run
+with `export_latent_signature`, e.g. the authors' alpha network converted by
+tools/convert_labels4free.py) also masks latent codes: `--latents=z.npy` ([n, z_dim] float) instead
+of `--images` writes `<i>_image.png`, `<i>_mask.png`, `<i>_overlay.png` and `masks.npy` (the soft
+masks before the 0.5 threshold).
 """
 import sys
 
@@ -19,6 +25,9 @@ flags.DEFINE_string("model_dir", None, "A training run directory, used instead o
 flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "With --model_dir: which checkpoint.",
                   allow_override=True)
 flags.DEFINE_string("images", None, "Folder of images (JPEG, PNG, BMP, ...), searched recursively.")
+flags.DEFINE_string("latents", None, "Instead of --images: a .npy of latent codes [n, z_dim]; writes the "
+                    "images the exported model draws from them and their masks (exports with a serve_latent "
+                    "signature only).")
 flags.DEFINE_string("out", None, "Output folder, created if needed.")
 flags.DEFINE_integer("batch_size", 16, "Images per model call.")
 flags.DEFINE_integer("sheet_rows", 64, "Images shown in contact_sheet.png.")
@@ -42,6 +51,8 @@ def main(argv):
         print("error: --gin_bindings applies to a run's config (--model_dir); an export carries its own",
               file=sys.stderr)
         return 2
+    if FLAGS.latents:
+        return _predict_latents()
     if not FLAGS.images or not FLAGS.out:
         print("error: --images=<folder of images> and --out=<output folder> are required", file=sys.stderr)
         return 2
@@ -84,6 +95,36 @@ def main(argv):
         for rel, reason in summary["skipped"].items():
             print(f"  {rel}: {reason}")
     return 0 if summary["written"] else 1
+
+
+def _predict_latents():
+    """`--latents`: the masks of the images an exported model draws from latent codes."""
+    if FLAGS.images or not FLAGS.export_dir or not FLAGS.out:
+        print("error: --latents=<codes.npy> takes --export_dir (an export with a serve_latent signature) and "
+              "--out, and no --images", file=sys.stderr)
+        return 2
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from tfseg import console  # pylint: disable=import-outside-toplevel
+    from tfseg.serving import inference  # pylint: disable=import-outside-toplevel
+    console.quiet_tensorflow(FLAGS.verbosity)
+    try:
+        latents = np.load(FLAGS.latents)
+    except (OSError, ValueError) as err:
+        print(f"error: cannot read --latents={FLAGS.latents} as a .npy array ({err})", file=sys.stderr)
+        return 2
+    try:
+        draw, z_dim = inference.load_latent_generator(FLAGS.export_dir)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if latents.ndim != 2 or latents.shape[1] != z_dim or not np.all(np.isfinite(latents)):
+        print(f"error: --latents={FLAGS.latents} holds an array of shape {latents.shape}; the model takes "
+              f"finite codes of shape [n, {z_dim}]", file=sys.stderr)
+        return 2
+    written = inference.predict_latents(draw, latents.astype(np.float32), FLAGS.out, FLAGS.batch_size)
+    print(f"wrote the images, masks and overlays of {len(written)} latent codes to {FLAGS.out} "
+          f"(soft masks: {FLAGS.out}/masks.npy)")
+    return 0 if written else 1
 
 
 def run():

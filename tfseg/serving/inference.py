@@ -75,6 +75,57 @@ def load_exported(version_dir):
     return segment, metadata
 
 
+def load_latent_generator(version_dir):
+    """The `serve_latent` signature of an export, for a model that masks the images it draws itself.
+
+    Returns:
+        `(draw, z_dim)`: `draw(z float32 [b, z_dim]) -> (soft masks [b, R, R], images uint8 [b, R, R, 3])`.
+
+    Raises:
+        FileNotFoundError: `version_dir` holds no SavedModel.
+        ValueError: the export has no `serve_latent` signature (it segments photos only).
+    """
+    version_dir = latest_saved_model(version_dir)
+    loaded = tf.saved_model.load(version_dir)
+    if export_module.SIGNATURE_LATENT not in loaded.signatures:
+        raise ValueError(f"{version_dir} has no '{export_module.SIGNATURE_LATENT}' signature: only a model "
+                         "that draws its own images serves masks from latent codes (a Labels4Free run with "
+                         "tfseg.methods.labels4free.export_latent_signature = True, as "
+                         "tools/convert_labels4free.py writes); segment photos with --images instead")
+    signature = loaded.signatures[export_module.SIGNATURE_LATENT]
+    z_dim = int(signature.structured_input_signature[1][export_module.INPUT_LATENT].shape[-1])
+
+    def draw(z):
+        out = signature(**{export_module.INPUT_LATENT: tf.constant(z, tf.float32)})
+        images = np.clip(np.rint((out["image"].numpy() + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        return out["mask"].numpy()[..., 0], images
+
+    draw.keep_alive = loaded
+    return draw, z_dim
+
+
+def predict_latents(draw, latents, out_dir, batch_size=16):
+    """Masks of the images a model draws from `latents` ([n, z_dim]), written like `predict_folder`'s:
+    `<i>_image.png`, `<i>_mask.png` (255 at or above 0.5, the evaluation threshold), `<i>_overlay.png`,
+    and `masks.npy`, the soft masks before the threshold ([n, R, R] float32). Returns the file names."""
+    os.makedirs(out_dir, exist_ok=True)
+    masks, written = [], []
+    width = len(str(max(len(latents) - 1, 0)))
+    for start in range(0, len(latents), batch_size):
+        soft, images = draw(latents[start:start + batch_size])
+        masks.append(soft.astype(np.float32))
+        for offset, (mask, image) in enumerate(zip(soft, images)):
+            stem = f"{start + offset:0{width}d}"
+            Image.fromarray(image).save(os.path.join(out_dir, stem + "_image.png"))
+            binary = np.where(mask >= 0.5, 255, 0).astype(np.uint8)
+            Image.fromarray(binary).save(os.path.join(out_dir, stem + "_mask.png"))
+            grids.save_png(grids.overlay(image, binary.astype(np.float32) / 255.0),
+                           os.path.join(out_dir, stem + "_overlay.png"))
+            written.append(stem)
+    np.save(os.path.join(out_dir, "masks.npy"), np.concatenate(masks) if masks else np.zeros((0,), np.float32))
+    return written
+
+
 def load_from_run(model_dir, which="best", extra_bindings=()):
     """The same computation as the export, built in-process from a run's checkpoint (with
     `extra_bindings` applied over the run's config).
