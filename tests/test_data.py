@@ -314,12 +314,30 @@ def _mask_folder(tmp_path, mask_writer, mask_name=lambda stem: stem + ".png", n=
 
 
 def _check_masks(ds, truth):
+    """Each example's mask is the one made for its own photo: the photo is told by its pixels (the
+    nearest of the `_photo(i)` that `_mask_folder` saved), so a mask paired with another photo fails."""
     examples = list(ds.as_numpy_iterator())
     assert examples
-    masks = {m[..., 0].astype(bool).tobytes() for m in (ex["mask"] for ex in examples)}
-    assert masks <= {fg.tobytes() for fg in truth.values()}
+    stems = sorted(truth)
+    photos = np.stack([_photo(i).astype(np.float32) for i in range(len(stems))])
     for ex in examples:
         assert ex["mask"].shape == ex["image"].shape[:2] + (1,) and ex["mask"].dtype == np.uint8
+        distance = np.abs(photos - ex["image"].astype(np.float32)[None]).mean(axis=(1, 2, 3))
+        own = stems[int(np.argmin(distance))]
+        np.testing.assert_array_equal(ex["mask"][..., 0].astype(bool), truth[own],
+                                      err_msg=f"the mask paired with {own} is another photo's")
+
+
+def test_the_pairing_check_fails_on_a_swapped_pair(tmp_path):
+    images, masks, truth = _mask_folder(tmp_path, lambda p, fg: _save(p, fg.astype(np.uint8) * 255))
+    a, b = os.path.join(masks, "image_00000.png"), os.path.join(masks, "image_00001.png")
+    os.rename(a, a + ".tmp")
+    os.rename(b, a)
+    os.rename(a + ".tmp", b)
+    ds = data.image_folder_source("test", R, image_dir=images, mask_dir=masks, validation_fraction=0.0,
+                                  test_fraction=0.99)
+    with pytest.raises(AssertionError, match="is another photo's"):
+        _check_masks(ds, truth)
 
 
 def test_folder_source_pairs_binary_masks_by_stem(tmp_path):
