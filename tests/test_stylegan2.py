@@ -169,14 +169,6 @@ def test_per_layer_ws_follow_the_rosinality_latent_indexing():
     assert_differ(features4[1][1], features[1][1])
 
 
-def test_update_w_avg_is_a_running_mean():
-    gen = tiny_generator(8)
-    gen(tf.zeros([1, 8]))
-    w = np.array([[1.0] * 8, [3.0] * 8], np.float32)
-    gen.update_w_avg(w, beta=0.5)       # 0.5 * mean(w) + 0.5 * 0
-    np.testing.assert_allclose(gen.w_avg.numpy(), 1.0)
-
-
 def test_generator_rejects_bad_options():
     gen = tiny_generator(8)
     with pytest.raises(ValueError, match="zero_4x4"):

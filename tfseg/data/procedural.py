@@ -24,8 +24,7 @@ No anti-aliasing: the mask is exactly binary and the object's pixels are exactly
 
 Rendering is numpy, run inside ``tf.data`` through ``tf.numpy_function`` in chunks of 32 images. It holds
 the GIL, so it uses about one core whatever the map parallelism: roughly 3000 images/s at 32-64 px on
-an idle core of the reference 2-core machine (``measure_throughput``), leaving the other core to the
-model.
+an idle core of the reference 2-core machine, leaving the other core to the model.
 
 Example (write a PNG folder that ``image_folder_source`` can read back)::
 
@@ -36,7 +35,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from typing import Sequence
 
 import gin
@@ -444,20 +442,3 @@ def constant_mask_scores(split: str = "test", resolution: int = 32, num_images: 
     levels = np.linspace(0.05, 0.95, 19)
     return {"mean truth mask": max(mean_iou(mean_mask >= t) for t in levels),
             "centred disc": max(mean_iou(distance <= r) for r in np.linspace(0.05, 0.95, 19) * 0.7)}
-
-
-def measure_throughput(resolution: int, num_images: int = 4000, warmup: int = 500) -> float:
-    """Images per second delivered by the procedural train stream on this machine.
-
-    The stream is batched by 64 before timing so that the Python loop here is not what is measured.
-    """
-    batch = 64
-    ds = procedural_source("train", resolution).batch(batch).prefetch(tf.data.AUTOTUNE)
-    it = iter(ds)
-    for _ in range(max(1, warmup // batch)):
-        next(it)
-    steps = max(1, num_images // batch)
-    start = time.perf_counter()
-    for _ in range(steps):
-        next(it)
-    return steps * batch / (time.perf_counter() - start)

@@ -428,16 +428,6 @@ class Generator(keras.Model):
         self.w_avg.assign(total / float(num_samples))
         return self.w_avg.value
 
-    def update_w_avg(self, w, beta=0.995):
-        """StyleGAN2-ADA's running mean for training: w_avg <- mean(w) + beta (w_avg - mean(w)).
-
-        Args:
-            w: `[batch, w_dim]` mapped latents of the current step.
-            beta: decay.
-        """
-        mean = ops.mean(ops.cast(w, "float32"), axis=0)
-        self.w_avg.assign(mean + beta * (self.w_avg - mean))
-
     # -- synthesis -------------------------------------------------------------------------------
     def synthesize(self, ws, noise=None, randomize_noise=True, zero_4x4=False,
                    return_features=False):

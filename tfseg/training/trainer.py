@@ -30,7 +30,6 @@ from tfseg.training import checkpointing, nonfinite, precision, run_dir, signals
 from tfseg.training import duties as duties_lib
 from tfseg.training import strategy as strategy_lib
 
-CONFIG_FILE = "config.gin"
 #: Every value the run used, defaults included (informational; nothing reads it back).
 OPERATIVE_CONFIG_FILE = "operative_config.gin"
 #: Validation scores that may choose the best checkpoint (`TrainConfig.selection_metric`), all
