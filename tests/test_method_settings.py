@@ -10,15 +10,18 @@ from tfseg import config, registry
 from tfseg.methods import distillation, labels4free, optimizers, perturbgan, redo
 from tfseg.training import trainer
 
+import methods as methods_under_test  # tests/methods.py: the one list of methods
+
 registry.import_configurables()  # these tests parse configs, as the entry points do
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (gin name, settings class, config that trains it, a binding of a network size and its value)
-METHODS = [
-    ("redo", redo.ReDOSettings, "demo.gin", "z_dim", 7),
-    ("perturbgan", perturbgan.PerturbGANSettings, "demo_perturbgan.gin", "z_dim", 6),
-    ("labels4free", labels4free.Labels4FreeSettings, "demo_labels4free.gin", "z_dim", 5),
-]
+METHODS = [(m.name, m.settings_class, m.demo_config, "z_dim", 7 - i) for i, m in enumerate(methods_under_test.METHODS)]
+
+
+def test_the_tests_list_every_method_gin_knows():
+    """tests/methods.py is the one list of methods the tests run: a new method must be in it."""
+    assert sorted(m.name for m in methods_under_test.METHODS) == methods_under_test.registered_method_names()
 
 
 @pytest.mark.parametrize("name, settings_class, gin_file, field, value", METHODS)

@@ -12,24 +12,16 @@ import pytest
 import tensorflow as tf
 
 from tfseg.errors import ConfigError
-from tfseg.methods import labels4free, optimizers, perturbgan, redo
+from tfseg.methods import optimizers, redo
 from tfseg.methods.base import phases_due
 from tfseg.training import checkpointing, precision, trainer
 
-STYLEGAN_TINY = dict(z_dim=8, w_dim=8, mapping_layers=1, channel_base=64, max_channels=8,
-                     segmenter_width=8, segmenter_residual_blocks=1)
-METHODS = {
-    "redo": lambda: redo.ReDOSettings(16, seed=3, z_dim=4, mask_width=4, mask_residual_blocks=1,
-                                      generator_width=4, discriminator_width=4,
-                                      generator_self_attention=False).build(),
-    "perturbgan": lambda: perturbgan.PerturbGANSettings(16, seed=3, min_mask_coverage=0.2,
-                                                        **STYLEGAN_TINY).build(),
-    "labels4free": lambda: labels4free.Labels4FreeSettings(16, seed=3, **STYLEGAN_TINY).build(),
-}
-# The stages whose losses are compared: each method's adversarial stage and the shared distillation
-# once. Labels4Free's "alpha" stage runs its StyleGAN2 generator, the alpha network and a
-# discriminator with R1 (step 0 regularises); its other stages add no other 16-bit code, only minutes.
-STAGES = {"redo": ("train",), "perturbgan": ("generator", "segmenter"), "labels4free": ("alpha",)}
+import methods as methods_under_test  # tests/methods.py: the one list of methods
+
+# Each method at 16 px with tiny widths, and the stages whose losses are compared (tests/methods.py):
+# each method's adversarial stage and the shared distillation once.
+METHODS = {m.name: m.tiny for m in methods_under_test.METHODS}
+STAGES = {m.name: m.precision_stages for m in methods_under_test.METHODS}
 BATCH = 4
 STEPS = 2
 # One worker runs the module, so the float32 reference runs are made once, not once per worker.

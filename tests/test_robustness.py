@@ -14,6 +14,7 @@ import tensorflow as tf
 from absl import flags
 
 from tfseg.training import nonfinite, run_dir
+import methods as methods_under_test  # tests/methods.py: the one list of methods
 import run_fixture
 from test_training import REPO, run_train
 
@@ -274,7 +275,7 @@ def test_a_run_resumes_on_another_strategy_but_not_with_another_model():
     assert run_dir.config_differences(saved, on_one_machine.replace("= 16", "= 32")) == [("RESOLUTION", "16", "32")]
 
 
-@pytest.mark.parametrize("gin_name", ["demo.gin", "demo_perturbgan.gin", "demo_labels4free.gin", "lsun_horse.gin"])
+@pytest.mark.parametrize("gin_name", [m.demo_config for m in methods_under_test.METHODS] + ["lsun_horse.gin"])
 def test_every_weight_of_a_method_survives_a_checkpoint_its_moving_average_included(gin_name, tmp_path):
     """A Keras 3 network held in a list is reached by a checkpoint only through an optimizer: G's EMA,
     which none trains, was lost on resume before `checkpointing.unreached_weights`."""

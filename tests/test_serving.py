@@ -25,6 +25,7 @@ from tfseg.serving import export_module, inference
 from tfseg.training import duties, loading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import methods as methods_under_test  # noqa: E402  tests/methods.py: the one list of methods
 import run_fixture  # noqa: E402  pylint: disable=wrong-import-position
 import tf_serving_fixture  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -159,7 +160,7 @@ def test_tensor_signature_gives_the_in_process_masks(loaded, model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("gin_name", ["demo_perturbgan.gin", "demo_labels4free.gin"])
+@pytest.mark.parametrize("gin_name", [m.demo_config for m in methods_under_test.METHODS if m.name != "redo"])
 def test_the_other_methods_export_serve_and_predict_their_in_process_masks(gin_name, tmp_path, capsys):
     model_dir = str(tmp_path / "run")
     os.makedirs(model_dir)

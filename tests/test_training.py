@@ -19,6 +19,8 @@ from tfseg import export  # noqa: E402,F401  pylint: disable=unused-import,wrong
 from tfseg.evaluation import curves, evaluator
 from tfseg.training import checkpointing, duties, trainer
 
+import methods as methods_under_test  # tests/methods.py: the one list of methods
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 registry.import_configurables()  # these tests parse configs, as the entry points do
 SHIPPED = sorted(p for p in glob.glob(os.path.join(REPO, "gin_configs", "*.gin"))
@@ -326,7 +328,7 @@ FLOWERS = os.path.join(REPO, "..", "shared", "data", "flowers17")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("gin_file", ["redo_folder.gin", "perturbgan_folder.gin", "labels4free_folder.gin"])
+@pytest.mark.parametrize("gin_file", [m.folder_config for m in methods_under_test.METHODS])
 def test_folder_configs_train_two_steps_on_real_flowers(gin_file, tmp_path, capsys):
     if not os.path.isdir(os.path.join(FLOWERS, "images")):
         pytest.skip(f"Flowers-17 is not at {FLOWERS} (it lives beside the repository, never inside it)")
