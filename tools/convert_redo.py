@@ -338,7 +338,7 @@ def write_run(model_dir, state_dicts, options, foreground_region=0, batch_size=N
     """Builds the tfseg method, copies the weights, writes config.gin and `best/ckpt-0`."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from tfseg import config, registry  # pylint: disable=import-outside-toplevel
-    from tfseg.training import checkpointing, duties, trainer  # pylint: disable=import-outside-toplevel
+    from tfseg.training import checkpointing, duties, run_dir, trainer  # pylint: disable=import-outside-toplevel
 
     check_options(options)
     settings = redo_settings(options)
@@ -350,7 +350,7 @@ def write_run(model_dir, state_dicts, options, foreground_region=0, batch_size=N
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(partial)
     try:
-        with open(os.path.join(partial, trainer.CONFIG_FILE), "w", encoding="utf-8") as f:
+        with open(os.path.join(partial, run_dir.CONFIG_FILE), "w", encoding="utf-8") as f:
             f.write(config_text(settings, options, batch_size))
         registry.import_configurables()
         config.load_run_config(partial)

@@ -19,6 +19,8 @@ import socket
 # RunDirError lives in the leaf module tfseg.errors; the name stays importable from here.
 from tfseg.errors import RunDirError  # noqa: F401
 
+#: The run's own bindings (`tfseg.config.save_config` writes it; tools writing a run folder use it).
+CONFIG_FILE = "config.gin"
 LOCK_FILE = ".tfseg.lock"
 
 #: Bindings that may change between a run and its resumption (length and cadence, not the model).
