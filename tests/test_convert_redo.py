@@ -188,7 +188,7 @@ def test_options_become_the_redo_settings_and_are_inferred_from_shapes():
     settings = conv.redo_settings(OPTIONS)
     assert (settings["mask_width"], settings["generator_width"], settings["discriminator_width"],
             settings["encoder_width"], settings["z_dim"], settings["mask_temperature"]) == (8, 2, 4, 2, 3, 0.5)
-    assert settings["redraw_every_region"] and settings["pytorch_adam"] and settings["mask_symmetric_padding"]
+    assert settings["redraw_every_region"] and settings["pytorch_adam_epsilon"] and settings["mask_symmetric_padding"]
     found = conv.options_from_shapes(fake_checkpoint())
     assert found == {"nfM": 8, "nResM": 2, "nMasks": 2, "nz": 3, "nfX": 2, "useSelfAttG": True,
                      "nfD": 4, "useSelfAttD": True, "nfZ": 2}

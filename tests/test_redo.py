@@ -313,7 +313,7 @@ def test_pytorch_adam_adds_epsilon_where_torch_does(pytorch_adam, matches):
     # Gradients near epsilon, where its placement shows: Keras adds eps to sqrt(v), PyTorch to
     # sqrt(v_hat) = sqrt(v / (1 - beta_2^t)).
     grads = [np.array([3e-9, -1e-8, 2e-8, 1.0], np.float32) * s for s in (1.0, 0.5, 2.0)]
-    settings = redo.ReDOSettings(resolution=8, adam_epsilon=1e-8, pytorch_adam=pytorch_adam)
+    settings = redo.ReDOSettings(resolution=8, adam_epsilon=1e-8, pytorch_adam_epsilon=pytorch_adam)
     optimizer = redo._adam(1e-4, settings)
     variable = tf.Variable(tf.zeros(4))
     optimizer.build([variable])

@@ -152,11 +152,13 @@ def path_lengths(generator, ws, noise, seed):
     return tf.sqrt(tf.reduce_mean(tf.reduce_sum(tf.square(grads), axis=2), axis=1))
 
 
-def r1_penalty(critic, real_images):
-    """R1 without gamma/2: ||grad_x D(x)||^2 on real images. Returns `[batch]`."""
+def r1_penalty(critic, real_images, with_scores=False):
+    """R1 without gamma/2: ||grad_x D(x)||^2 on real images. Returns `[batch]`, and with
+    `with_scores` also D's scores of the real images (a loss that uses them needs no second pass)."""
     real_images = tf.stop_gradient(real_images)
     with tf.GradientTape() as tape:
         tape.watch(real_images)
         scores = critic(real_images)
     grads = tape.gradient(scores, real_images)
-    return ops.sum(ops.square(grads), axis=(1, 2, 3))
+    penalty = ops.sum(ops.square(grads), axis=(1, 2, 3))
+    return (penalty, scores) if with_scores else penalty

@@ -213,15 +213,16 @@ def convert_discriminator(state_dict, discriminator, what="discriminator"):
     """Authors' `Discriminator` state dict -> tfseg `ProGANDiscriminator` (authors' mode, built at R)."""
     if not any(k.startswith("progression.") for k in state_dict) or "linear.linear.weight_orig" not in state_dict:
         _fail(what, f"not a state dict of the authors' Discriminator (first keys {sorted(state_dict)[:3]})")
+    from tfseg.modeling import equalized  # pylint: disable=import-outside-toplevel
     index = lambda r: AUTHORS_BLOCKS + 1 - int(math.log2(r))  # noqa: E731  (4 px: 8, 128 px: 3)
     r = discriminator.resolution
     _conv(discriminator.from_rgb, state_dict, f"from_rgb.{index(r)}.0.conv.", what)
     for lower in discriminator.growth_resolutions:
         _conv(discriminator.from_rgb_at(lower), state_dict, f"from_rgb.{index(lower)}.0.conv.", what)
-    for (conv_a, conv_b), fused, res in zip(discriminator.down, discriminator.fused, discriminator.down_resolutions):
+    for (conv_a, conv_b), res in zip(discriminator.down, discriminator.down_resolutions):
         q = f"progression.{index(res)}."
         _conv(conv_a, state_dict, q + "conv1.0.conv.", what)
-        if fused:
+        if isinstance(conv_b, equalized.FusedScaleConv2D):
             _fused(conv_b, state_dict, q + "conv2.1.", what, transposed=False)
         else:
             _conv(conv_b, state_dict, q + "conv2.1.conv.", what)

@@ -251,7 +251,7 @@ def redo_settings(options):
         "spectral_norm": "reference",
         "mask_symmetric_padding": True,
         "adam_epsilon": 1e-8,
-        "pytorch_adam": True,
+        "pytorch_adam_epsilon": True,
         "pytorch_bias_init": True,
     }
 

@@ -35,6 +35,7 @@ import json
 import os
 
 import dataclasses
+import functools
 from typing import Optional
 
 import gin
@@ -195,9 +196,7 @@ class Labels4Free(Method):
         r1_ratio = s.r1_interval / (s.r1_interval + 1.0) if s.r1_interval else 1.0
         path_length_ratio = (s.path_length_interval / (s.path_length_interval + 1.0)
                              if self._path_length_on() else 1.0)
-        # PyTorch's epsilon placement only when asked (the keyword is absent otherwise: older runs'
-        # optimizers are built exactly as before).
-        adam = (lambda lr, **kw: gan_adam(lr, pytorch_epsilon=True, **kw)) if s.pytorch_adam_epsilon else gan_adam
+        adam = functools.partial(gan_adam, pytorch_epsilon=s.pytorch_adam_epsilon)
         self.generator_optimizer = adam(s.learning_rate, lazy_ratio=path_length_ratio)
         self.discriminator_optimizer = adam(s.learning_rate, lazy_ratio=r1_ratio)
         # Stage 2: the reference's ratios (4/5 on A is a leftover of g_reg_every = 4, kept).
@@ -453,12 +452,8 @@ class Labels4Free(Method):
         times D's logit of the replica's first real image (the authors' stage-2 R1 step,
         `alpha_r1_logit_weight`); replicas average it, as DDP averages the authors' GPUs."""
         s = self.settings
-        real = tf.stop_gradient(real)
         with tf.GradientTape() as tape:
-            with tf.GradientTape() as inner:
-                inner.watch(real)
-                scores = discriminator(real)
-            r1 = ops.sum(ops.square(inner.gradient(scores, real)), axis=(1, 2, 3))
+            r1, scores = losses.r1_penalty(discriminator, real, with_scores=True)
             total = tf.nn.compute_average_loss(0.5 * s.r1_gamma * s.r1_interval * r1)
             if logit_weight:
                 replicas = tf.distribute.get_strategy().num_replicas_in_sync

@@ -218,11 +218,10 @@ class PerturbGAN(Method):
         # Adam, the reference's) so that a layer fading in starts with a fresh bias correction.
         growing = self.growth is not None
         self.partial_gradient_phases = ("discriminator", "generator") if growing else ()
-        # PyTorch's epsilon placement only when asked (otherwise the keyword is absent: runs made
-        # before build the optimizers they were trained with).
-        adam = (lambda lr, **kw: gan_adam(lr, pytorch_epsilon=True, **kw)) if s.pytorch_adam_epsilon else gan_adam
-        self.generator_optimizer = adam(s.learning_rate, steps_per_variable=growing)
-        self.discriminator_optimizer = adam(s.learning_rate, steps_per_variable=growing)
+        self.generator_optimizer = gan_adam(s.learning_rate, steps_per_variable=growing,
+                                            pytorch_epsilon=s.pytorch_adam_epsilon)
+        self.discriminator_optimizer = gan_adam(s.learning_rate, steps_per_variable=growing,
+                                                pytorch_epsilon=s.pytorch_adam_epsilon)
         self.encoder_optimizer = gan_adam(s.encoder_learning_rate)
         self.segmenter_optimizer = gan_adam(s.segmenter_learning_rate)
         # Which route segments real photos; stored in checkpoints, set by `begin_stage`.

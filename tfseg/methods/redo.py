@@ -93,7 +93,7 @@ class ReDOSettings:
         mask_weight_decay: coupled L2 on F.
         adam_epsilon: the Adam epsilon of every network (1e-7, Keras' default, with which tfseg's
             configs were measured; PyTorch's and the authors' 1e-8).
-        pytorch_adam: epsilon added where PyTorch's Adam adds it (to the bias-corrected sqrt(v_hat));
+        pytorch_adam_epsilon: epsilon added where PyTorch's Adam adds it (to the bias-corrected sqrt(v_hat));
             False: where Keras adds it (to sqrt(v)). With `adam_epsilon = 1e-8` and True the update
             is the authors' exactly (tests/test_reference_redo.py); paper configs set both.
         init_gain: orthogonal init gain (0.8; 0.2 and 1.4 fail).
@@ -135,7 +135,7 @@ class ReDOSettings:
     mask_learning_rate: float = 1e-5
     mask_weight_decay: float = 1e-4
     adam_epsilon: float = 1e-7
-    pytorch_adam: bool = False
+    pytorch_adam_epsilon: bool = False
     init_gain: float = 0.8
     pytorch_bias_init: bool = False
     spectral_norm: str = "reference"
@@ -160,7 +160,7 @@ class ReDOSettings:
 def _adam(learning_rate, settings):
     # beta_2 = 0.9: the reference's setting for every network.
     return gan_adam(learning_rate, beta_2=0.9, epsilon=settings.adam_epsilon,
-                    pytorch_epsilon=settings.pytorch_adam)
+                    pytorch_epsilon=settings.pytorch_adam_epsilon)
 
 
 class ReDO(Method):

@@ -347,10 +347,8 @@ class ProGANDiscriminator(L.BuiltOnFirstCall, keras.layers.Layer):
         if self.growth_resolutions:
             self.growth_from_rgb = [E.EqualConv2D(ch(r), 1, name=f"from_rgb{r}") for r in self.growth_resolutions]
         self.down = []
-        self.fused = []
         for r in res[:-1]:
             fused = fused_scale_from is not None and r >= fused_scale_from
-            self.fused.append(fused)
             self.down.append((E.EqualConv2D(ch(r // 2) if widen_first_conv else ch(r), 3, name=f"conv{r}_a"),
                               E.FusedScaleConv2D(ch(r // 2), "down", name=f"conv{r}_b") if fused
                               else E.EqualConv2D(ch(r // 2), 3, name=f"conv{r}_b")))
@@ -371,10 +369,11 @@ class ProGANDiscriminator(L.BuiltOnFirstCall, keras.layers.Layer):
         r = images.shape[1]
         h = E.leaky_relu(self.from_rgb_at(r)(images))
         first = self.down_resolutions.index(r) if r in self.down_resolutions else len(self.down)
-        for i, ((conv_a, conv_b), fused) in enumerate(zip(self.down[first:], self.fused[first:])):
+        for i, (conv_a, conv_b) in enumerate(self.down[first:]):
             h = E.leaky_relu(conv_a(h))
             h = conv_b(E.blur(h))
-            h = E.leaky_relu(h if fused else ops.average_pool(h, 2, 2))
+            # A fused conv_b has downsampled already (FusedScaleConv2D "down").
+            h = E.leaky_relu(h if isinstance(conv_b, E.FusedScaleConv2D) else ops.average_pool(h, 2, 2))
             if i == 0 and alpha is not None:
                 skip = E.leaky_relu(self.from_rgb_at(r // 2)(ops.average_pool(images, 2, 2)))
                 h = skip + ops.cast(alpha, h.dtype) * (h - skip)

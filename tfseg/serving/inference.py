@@ -97,8 +97,7 @@ def load_latent_generator(version_dir):
 
     def draw(z):
         out = signature(**{export_module.INPUT_LATENT: tf.constant(z, tf.float32)})
-        images = np.clip(np.rint((out["image"].numpy() + 1.0) * 127.5), 0, 255).astype(np.uint8)
-        return out["mask"].numpy()[..., 0], images
+        return out["mask"].numpy()[..., 0], grids.images_to_uint8(out["image"].numpy())
 
     draw.keep_alive = loaded
     return draw, z_dim
