@@ -56,7 +56,8 @@ class TrainConfig:
         eval_batch_size: batch size of evaluation.
         jit_compile: "auto" (XLA on GPU/TPU only), "true" or "false".
         collapse_threshold: restart the run if the smaller region's mean coverage falls below
-            this on both the last training batch and validation (ReDO's autoRestart; 0 disables).
+            this on both the last training batch and validation (0, the default, disables it; a
+            method whose runs may collapse binds it in its base config).
         collapse_before_step: ... at an evaluation at or before this step.
         max_restarts: give up restarting after this many.
         keep_checkpoints: how many recent checkpoints to keep.
@@ -87,7 +88,7 @@ class TrainConfig:
     def __init__(self, method=gin.REQUIRED, resolution=gin.REQUIRED, batch_size=gin.REQUIRED,
                  num_steps=None, stage_steps=None, log_every=50, eval_every=500, checkpoint_every=500,
                  eval_examples: Optional[int] = 512, eval_batch_size=64, jit_compile="auto",
-                 collapse_threshold=0.1, collapse_before_step=7000, max_restarts=5,
+                 collapse_threshold=0.0, collapse_before_step=7000, max_restarts=5,
                  keep_checkpoints=3, seed=0, skip_nonfinite=True, max_nonfinite_steps=10,
                  max_nonfinite_restores=2, exact_resume=True, foreground_region=None,
                  optimize_graphs=True, precision="float32", selection_metric="fg_iou"):
