@@ -23,7 +23,7 @@ ILLUSTRATIVE = ('"foreground_fraction": 0.31',)
 
 _NUMBER = r"\d+(?:[.,]\d+)*"
 FIGURE_PATTERNS = {
-    "score-like decimal": re.compile(r"(?<![\w.])0\.\d+(?![\w.])"),
+    "score-like decimal": re.compile(r"(?<![\w.])0\.\d+(?!\w|\.\d)"),  # "... 0.706." ends a sentence
     "timing": re.compile(r"(?<![\w.])" + _NUMBER + r"\s*(?:min|mins|minutes?|s|secs?|seconds?|h|hours?)\b"),
     "clock time": re.compile(r"(?<![\w:.])\d{1,2}:\d{2}(?![\w:])"),
     "rate or memory": re.compile(r"(?<![\w.])" + _NUMBER + r"\s*(?:img/s|images/s|GiB|MiB|GB|MB)\b"),
@@ -103,6 +103,7 @@ def _copy(tmp_path, readme, results=None):
 
 @pytest.mark.parametrize("bad_line", [
     "The demo reaches test fg IoU 0.706 on Flowers-17.",
+    "The demo reaches test fg IoU 0.706.",
     "It trains in 56 min on 2 cores.",
     "A step takes 63.5 s at 128 px.",
     "The suite takes 10:06 in CI.",
