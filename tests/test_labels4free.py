@@ -1,5 +1,6 @@
 """Labels4Free: the alpha network, each stage's phase, the EMA, and starting from a converted checkpoint."""
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -212,7 +213,7 @@ def test_path_lengths_are_the_norm_of_the_jacobian_transposed_times_a_scaled_nor
     np.testing.assert_allclose(losses.path_lengths(generator, ws, None, seed).numpy(), expected, rtol=1e-5)
 
 
-def test_path_length_regularisation_is_a_g_step_of_its_own_every_interval_steps_and_its_mean_is_not_saved():
+def test_path_length_regularisation_is_a_g_step_of_its_own_every_interval_steps():
     model = _tiny_method(path_length_weight=2.0, path_length_interval=4, r1_interval=4)
     stylegan2 = model.stages()[0]
     assert phases_due(stylegan2.phases, 8) == ("discriminator", "r1", "generator", "path_length")  # StyleGAN2's order
@@ -226,14 +227,52 @@ def test_path_length_regularisation_is_a_g_step_of_its_own_every_interval_steps_
     metrics, grads = model.phase_gradients("path_length", batches, tf.constant(8, tf.int64))
     penalty = metrics.losses["path_length"].numpy()
     assert penalty.shape == (4,) and penalty[0] > 0 and np.all(penalty == penalty[0])
-    mean = model.path_length_mean.value.numpy()
+    mean = model.path_length_mean.numpy()
     assert mean > 0  # 0.01 of the batch's mean path length, from 0
     assert any(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
     before = _snapshot(model.generator)
     model.apply_phase("path_length", grads)  # with G's optimizer, on G's weights only
     assert _changed(before, model.generator)
     assert model.phase_optimizers()["path_length"][0] is model.generator_optimizer
-    assert all("path_length" not in v.path for v in model.variables)  # as the reference, not saved
+
+
+def test_the_running_mean_of_path_lengths_is_checkpointed_and_restored(tmp_path):
+    from tfseg.training import checkpointing
+    model = _tiny_method(path_length_weight=2.0, path_length_interval=4)
+    batches = ({"image": tf.zeros([4, 16, 16, 3])},)
+    model.phase_gradients("path_length", batches, tf.constant(8, tf.int64))
+    mean = float(model.path_length_mean.numpy())
+    assert mean > 0
+    path = checkpointing.make_checkpoint(model, checkpointing.RunState()).save(str(tmp_path / "ckpt"))
+    assert tf.train.load_checkpoint(path).get_tensor("model/path_length_mean/.ATTRIBUTES/VARIABLE_VALUE") == mean
+    resumed = _tiny_method(path_length_weight=2.0, path_length_interval=4)
+    assert resumed.path_length_mean.numpy() == 0.0
+    checkpointing.restore(checkpointing.make_checkpoint(resumed, checkpointing.RunState()), path)
+    assert resumed.path_length_mean.numpy() == mean
+    # Without the penalty there is no mean: such runs keep the checkpoint layout they had.
+    assert not hasattr(_tiny_method(path_length_weight=0.0), "path_length_mean")
+
+
+def test_a_checkpoint_without_the_path_length_mean_is_refused_by_name_and_resumes_with_the_penalty_off(tmp_path):
+    # As a run with path lengths made before the mean was checkpointed: the same variables but that one.
+    from tfseg.training import checkpointing
+    older = _tiny_method(path_length_weight=0.0)
+    path = checkpointing.make_checkpoint(older, checkpointing.RunState()).save(str(tmp_path / "ckpt"))
+    model = _tiny_method()
+    with pytest.raises(checkpointing.CheckpointMismatch, match="path_length_mean"):
+        checkpointing.restore(checkpointing.make_checkpoint(model, checkpointing.RunState()), path)
+    assert "tfseg.methods.labels4free.path_length_weight=0" in model.checkpoint_hint  # the way out it names
+    model = _tiny_method(path_length_weight=0.0)
+    checkpointing.restore(checkpointing.make_checkpoint(model, checkpointing.RunState()), path)
+
+
+def test_a_non_finite_path_length_step_keeps_the_running_mean(monkeypatch):
+    model = _tiny_method(path_length_weight=2.0, path_length_interval=4)
+    model.path_length_mean.assign(0.5)
+    monkeypatch.setattr(l4f.losses, "path_lengths", lambda *args: tf.fill([2], float("nan")))
+    metrics, _ = model.phase_gradients("path_length", ({"image": tf.zeros([4, 16, 16, 3])},), tf.constant(8, tf.int64))
+    assert np.isnan(metrics.losses["path_length"].numpy()).all()  # the trainer undoes such a step
+    assert model.path_length_mean.numpy() == 0.5
 
 
 @pytest.mark.parametrize("phases", [("discriminator", "generator"), ("discriminator", "generator", "path_length")])
@@ -386,3 +425,59 @@ def test_pytorch_adam_epsilon_reaches_every_optimizer_of_the_method():
     for name in ("generator", "discriminator", "alpha", "alpha_discriminator"):
         assert getattr(model.phase_optimizers()[name][0], "pytorch_epsilon", None) is True, name
     assert getattr(_tiny_method().alpha_optimizer, "pytorch_epsilon", False) is False
+
+
+# -- exact resume with path lengths ---------------------------------------------------------------
+# One intra-op thread and TensorFlow's own kernels, as tests/test_robustness.py: two runs of the same
+# steps then agree bit for bit even when other processes compete for the cores.
+_REPRODUCIBLE_ENV = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_ENABLE_ONEDNN_OPTS": "0"}
+_PATH_LENGTH_STEPS = 12
+# Stage 1 only, with the path-length step every 2nd step (0, 2, 4, ...) and style mixing on.
+_PATH_LENGTH_RUN = [f"--gin_file={REPO}/gin_configs/demo_labels4free.gin", "--smoke",
+                    "--gin_bindings=tfseg.training.TrainConfig.stage_steps = "
+                    f"{{'stylegan2': {_PATH_LENGTH_STEPS}, 'alpha': 0, 'segmenter': 0}}",
+                    "--gin_bindings=tfseg.methods.labels4free.path_length_weight = 2.0",
+                    "--gin_bindings=tfseg.methods.labels4free.path_length_interval = 2",
+                    "--gin_bindings=tfseg.methods.labels4free.style_mixing_probability = 0.9"]
+
+
+def _train_path_length_run(model_dir, interrupt_after=None):
+    """`tfseg.train` of `_PATH_LENGTH_RUN` in a subprocess; Ctrl-C (SIGINT) once step `interrupt_after`
+    is logged. Returns (exit code, stdout, stderr)."""
+    process = subprocess.Popen([sys.executable, "-m", "tfseg.train", *_PATH_LENGTH_RUN, f"--model_dir={model_dir}"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=_REPRODUCIBLE_ENV)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if interrupt_after is not None and line.startswith(f"step {interrupt_after}/"):
+            process.send_signal(signal.SIGINT)
+            break
+    out, err = process.communicate(timeout=600)
+    return process.returncode, "".join(lines) + out, err
+
+
+def _latest_values(model_dir):
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")))
+    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map() if key.startswith("model/")}
+
+
+@pytest.mark.slow
+def test_a_run_with_path_lengths_resumed_midway_ends_with_the_weights_and_mean_of_an_uninterrupted_one(tmp_path):
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    code, _, err = _train_path_length_run(straight)
+    assert code == 0, err[-3000:]
+    code, out, err = _train_path_length_run(resumed, interrupt_after=3)
+    assert code == 128 + signal.SIGINT, err[-3000:]
+    stopped = int(out.split("stopped by SIGINT at step ")[1].split(":")[0])
+    # A path-length step (even steps) must run after the resume, with the mean the first half left.
+    assert 3 <= stopped <= _PATH_LENGTH_STEPS - 2, out[-2000:]
+    code, out, err = _train_path_length_run(resumed)
+    assert code == 0, err[-3000:]
+    assert "resumed from" in out and f"at step {stopped}" in out
+    a, b = _latest_values(straight), _latest_values(resumed)
+    assert a.keys() == b.keys() and len(a) > 10
+    for key in sorted(a):  # G after the resumed path-length steps, then the mean itself
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    mean = "model/path_length_mean/.ATTRIBUTES/VARIABLE_VALUE"
+    assert mean in a and a[mean] > 0

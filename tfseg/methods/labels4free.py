@@ -19,8 +19,9 @@ Training runs in three stages (one `tfseg.train` command, each stage resumable):
 
 Randomness is stateless (`replica_seed`) and every noise map is passed to the generator
 explicitly, so a resumed run draws exactly what an uninterrupted one would, on any number of
-replicas. Stage 1 has StyleGAN2's path-length regularisation (`path_length_weight`, 2 by default)
-and style mixing (`style_mixing_probability`, 0.9 by default); the CPU configs switch both off.
+replicas. Stage 1 has StyleGAN2's path-length regularisation (`path_length_weight`, 2 by default;
+its running mean is checkpointed) and style mixing (`style_mixing_probability`, 0.9 by default),
+both on by default; the CPU configs (demo_labels4free.gin and those including it) switch both off.
 Not implemented: a separately trained background generator.
 
 Against the authors' stage-2 loop (Labels4Free's train.py; tests/test_reference_labels4free.py
@@ -57,13 +58,6 @@ from tfseg.modeling.alpha_network import NUM_BLOCKS, AlphaNetwork
 _SG_D, _SG_G, _ALPHA_D, _ALPHA, _SEGMENTER, _SG_PATH_LENGTH = 0, 1, 2, 3, 4, 5
 _W_AVG_SEED = 7
 _PATH_LENGTH_DECAY, _PATH_LENGTH_BATCH_SHRINK = 0.01, 2  # StyleGAN2's
-
-
-class _NotCheckpointed:
-    """Holds state the checkpoint must not track (an attribute of a Keras model would be saved)."""
-
-    def __init__(self, value):
-        self.value = value
 DISTILL_SOURCES = ("composite", "foreground")
 ALPHA_DISCRIMINATORS = ("fresh", "stylegan2")
 
@@ -96,11 +90,12 @@ class Labels4FreeSettings:
             weights 8e-3 apart from theirs after one step without it, 1e-6 with it).
         ema_decay: per-step decay of G's EMA (rosinality: 0.5 ** (32 / 10000) = 0.9978).
         path_length_weight, path_length_interval: stage 1's lazy path-length regularisation of G
-            (StyleGAN2: 2, every 4th step, on half the batch, running mean with decay 0.01, which
-            like the reference's is not checkpointed): as in the references a G step of its own
-            (phase "path_length", a `Periodic` one) after G's adversarial step, with G's Adam
-            c-ratio interval / (interval + 1). 0 disables it; the CPU configs were measured
-            without it.
+            (StyleGAN2: 2, every 4th step, on half the batch, running mean with decay 0.01): as in
+            the references a G step of its own (phase "path_length", a `Periodic` one) after G's
+            adversarial step, with G's Adam c-ratio interval / (interval + 1). On by default; 0
+            disables it (the CPU configs were measured without it). The running mean is
+            checkpointed (`path_length_mean`; the references restart it from 0), so a resumed run
+            continues as an uninterrupted one.
         style_mixing_probability: stage 1's style mixing (StyleGAN2: 0.9): the chance that a D or G
             step draws two codes and switches from the first's styles to the second's at a random
             layer. The CPU configs that train stage 1 were measured without it (0).
@@ -240,6 +235,10 @@ class Labels4Free(Method):
     # The segmenter predicts the foreground layer's mask: region 0 is the object.
     foreground_by_construction = True
     partial_gradient_phases = ("r1", "alpha_r1", "path_length")
+    # Named in the message that refuses a checkpoint of another layout (tfseg.training.checkpointing).
+    checkpoint_hint = ("Labels4Free runs with path-length regularisation made before its running mean was "
+                       "checkpointed (path_length_mean) need --gin_bindings=\"tfseg.methods.labels4free."
+                       "path_length_weight=0\"; a stage 1 not yet over then trains on without the penalty")
 
     def stages(self):
         # Lazy R1 (StyleGAN2's order): on every r1_interval-th step, after D's logistic step, a D
@@ -279,12 +278,17 @@ class Labels4Free(Method):
             self._load_pretrained()
         else:
             ema.copy(self._ema_pairs())  # the EMA starts at G's initial weights
-        # The running mean of G's path lengths (StyleGAN2): each replica keeps its own, as each of the
-        # reference's GPUs does (a mirrored variable would need a cross-replica sync inside the step's
-        # control flow, which tf.distribute forbids); read across replicas it is their mean.
-        self.path_length_mean = _NotCheckpointed(tf.Variable(
-            0.0, trainable=False, name="path_length_mean", synchronization=tf.VariableSynchronization.ON_READ,
-            aggregation=tf.VariableAggregation.MEAN))
+        if self._path_length_on():
+            # The running mean of G's path lengths (StyleGAN2): each replica keeps its own, as each of
+            # the reference's GPUs does (a mirrored variable would need a cross-replica sync inside the
+            # step's control flow, which tf.distribute forbids); read across replicas it is their mean.
+            # An attribute of the model, so checkpoints hold it ("model/path_length_mean", saved as the
+            # replicas' mean, restored into each): a resumed run continues the mean an uninterrupted
+            # one has (the references restart it from 0). Made only when the penalty is on, so runs
+            # without it keep their checkpoint layout.
+            self.path_length_mean = tf.Variable(
+                0.0, trainable=False, name="path_length_mean", synchronization=tf.VariableSynchronization.ON_READ,
+                aggregation=tf.VariableAggregation.MEAN)
         self.build_optimizers()
 
     def _load_pretrained(self):
@@ -476,12 +480,15 @@ class Labels4Free(Method):
         """Lazy path-length regularisation, a G step of its own every `path_length_interval`-th step
         (a `Periodic` phase): weight * interval * (length - running mean)^2, as the references."""
         s = self.settings
-        running = self.path_length_mean.value
+        running = self.path_length_mean
         with tf.GradientTape() as tape:
             penalty, mean = self._path_length_penalty(batch, self.replica_seed(step, _SG_PATH_LENGTH),
                                                       running)
             total = tf.nn.compute_average_loss(s.path_length_weight * s.path_length_interval * penalty)
-        running.assign(tf.stop_gradient(mean))
+        # A non-finite step keeps the old mean (the trainer undoes the step's weights; a NaN mean would
+        # make every later penalty NaN).
+        mean = tf.stop_gradient(mean)
+        running.assign(tf.where(tf.math.is_finite(mean), mean, running))
         grads = optimizers.gradients(tape, total, self.generator.trainable_variables,
                                      self.generator_optimizer)
         return PhaseMetrics(losses={"path_length": penalty}), grads
