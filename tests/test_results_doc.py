@@ -132,6 +132,20 @@ def test_a_missing_results_doc_fails(tmp_path):
     assert _check(readme_path, results_path) == [f"{RESULTS} is missing"]
 
 
+#: Docs beside results.md that explain without quoting: they link results.md for every figure.
+FIGURE_FREE_DOCS = ("docs/performance.md", "docs/scaling.md", "docs/real_photos.md")
+_RELATIVE_LINK_RE = re.compile(r"\((?:docs/)?results\.md#(?P<anchor>[\w-]+)\)")
+
+
+@pytest.mark.parametrize("doc", FIGURE_FREE_DOCS)
+def test_the_docs_beside_results_quote_no_figure_and_their_links_resolve(doc):
+    text = _read(os.path.join(ROOT, doc))
+    assert measured_figures(text) == [], f"{doc} quotes figures; they live in {RESULTS}"
+    anchors = heading_anchors(_read(os.path.join(ROOT, RESULTS)))
+    links = [m.group("anchor") for m in _RELATIVE_LINK_RE.finditer(text)]
+    assert links and [a for a in links if a not in anchors] == [], links
+
+
 @pytest.mark.parametrize("harmless", [
     'pip install "tensorflow-cpu>=2.21,<2.22" torch==2.13.0 tfseg==0.1.0',
     "python tools/prepare_data.py --resolution=64 --limit=100000   # 64 px, 3x3 kernels",
