@@ -312,13 +312,18 @@ def test_sizes_are_inferred_from_the_state_dicts():
                         "mbstd_group": 2}
 
 
-def test_converted_checkpoint_round_trips_through_load_converted(tmp_path):
+def test_converted_checkpoint_round_trips_through_labels4free_pretrained_dir(tmp_path):
+    from tfseg.methods import labels4free  # pylint: disable=import-outside-toplevel
     g_sd, d_sd = generator_state_dict(), discriminator_state_dict()
     latent_avg = np.linspace(-1, 1, W_DIM).astype(np.float32)
     config = conv.convert_checkpoint({"g_ema": g_sd, "d": d_sd, "latent_avg": latent_avg[None]},
                                      str(tmp_path), resolution=RES, mbstd_group=2)
     assert config["discriminator"]["mbstd_group"] == 2
-    gen, d = sg2.load_converted(str(tmp_path))
+    # What reads the folder: Labels4Free's pretrained_dir (its mbstd_group setting wins over the config's).
+    model = labels4free.Labels4FreeSettings(RES, pretrained_dir=str(tmp_path), mbstd_group=2, segmenter_width=8,
+                                            segmenter_residual_blocks=1).build()
+    model.build_for_training(2)
+    gen, d = model.generator_ema, model.discriminator
     np.testing.assert_allclose(gen.w_avg.numpy(), latent_avg)
 
     rng = np.random.default_rng(6)

@@ -13,7 +13,6 @@ import tensorflow as tf
 from tfseg.config import ConfigError
 from tfseg.methods import labels4free as l4f
 from tfseg.modeling import alpha_network as an
-from tfseg.modeling import stylegan2 as sg2
 from tfseg.methods.base import phases_due
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -361,19 +360,26 @@ def test_pretrained_dir_round_trip_loads_the_converted_generator_and_discriminat
                   "d": rosinality.discriminator_state_dict(),
                   "latent_avg": np.linspace(-1, 1, rosinality.W_DIM).astype(np.float32)}
     conv.convert_checkpoint(checkpoint, str(tmp_path))
-    reference, reference_d = sg2.load_converted(str(tmp_path))
     # The gin widths are ignored: the converted config fixes the networks.
     model = _tiny_method(resolution=rosinality.RES, pretrained_dir=str(tmp_path), truncation=0.5,
                          alpha_discriminator="stylegan2")
-    z = tf.random.normal([2, rosinality.Z_DIM], seed=4)
-    noise = reference.make_noise(2, seed=5)
-    for kwargs in ({}, {"truncation_psi": 0.5}, {"zero_4x4": "output"}):
-        np.testing.assert_allclose(model.generator_ema(z, noise=noise, **kwargs).numpy(),
-                                   reference(z, noise=noise, **kwargs).numpy(), atol=1e-5)
+    # Against rosinality's forward pass in numpy (tests/test_convert_stylegan2.py), from the state dicts.
+    rng = np.random.default_rng(4)
+    z = rng.standard_normal((2, rosinality.Z_DIM))
+    noises = [rng.standard_normal((2, 1, r, r)) for r in model.generator_ema.noise_resolutions]
+    noise = [tf.constant(rosinality.nhwc(n), tf.float32) for n in noises]
+    for psi, zero_4x4 in ((1.0, False), (0.5, False), (1.0, "output")):
+        expected, _ = rosinality.reference_generator(checkpoint["g_ema"], z, noises, psi, checkpoint["latent_avg"],
+                                                     zero_4x4)
+        for generator in (model.generator_ema, model.generator):
+            got = generator(tf.constant(z, tf.float32), noise=noise, truncation_psi=psi, zero_4x4=zero_4x4)
+            np.testing.assert_allclose(got.numpy(), rosinality.nhwc(expected), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(model.generator_ema.w_avg.numpy(), checkpoint["latent_avg"])
-    images = tf.random.uniform([4, rosinality.RES, rosinality.RES, 3], -1, 1, seed=6)
-    np.testing.assert_allclose(model.alpha_discriminator(images).numpy(),
-                               reference_d(images).numpy(), atol=1e-4)
+    images = rng.uniform(-1, 1, (4, 3, rosinality.RES, rosinality.RES))
+    np.testing.assert_allclose(model.alpha_discriminator(tf.constant(rosinality.nhwc(images), tf.float32)).numpy(),
+                               rosinality.reference_discriminator(checkpoint["d"], images, group_size=4),
+                               rtol=1e-4, atol=1e-4)
+    images = tf.constant(rosinality.nhwc(images), tf.float32)
     # Stage 2 trains A on the frozen converted generator.
     before = _snapshot(model.generator_ema)
     _, grads = model.phase_gradients("alpha", ({"image": images},), tf.constant(0, tf.int64))

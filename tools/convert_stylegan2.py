@@ -7,8 +7,8 @@ in the rosinality/stylegan2-pytorch layout, optionally `latent_avg`. Usage:
     python tools/convert_stylegan2.py --checkpoint=stylegan2-horse-config-f.pt --out=pretrained/horse256
 
 writes `config.json`, `generator.weights.h5` and (if the checkpoint has `d`)
-`discriminator.weights.h5` to `--out`; load them with
-`tfseg.modeling.stylegan2.load_converted(out)`. Network sizes are read from the state dicts'
+`discriminator.weights.h5` to `--out`, which Labels4Free loads with
+`tfseg.methods.labels4free.pretrained_dir = '<out>'`. Network sizes are read from the state dicts'
 shapes; `--resolution` etc. only check them.
 
 The mapping itself (`convert_generator`, `convert_discriminator`) is a pure function of a
@@ -224,7 +224,7 @@ def _load_torch_checkpoint(path):
 def convert_checkpoint(checkpoint, out, generator_key="g_ema", resolution=None,
                        channel_multiplier=None, with_discriminator=True, w_avg_samples=4096,
                        mbstd_group=4, seed=0, source=None):
-    """Converts a loaded checkpoint and writes it where `stylegan2.load_converted` reads it.
+    """Converts a loaded checkpoint and writes it where Labels4Free's `pretrained_dir` reads it.
 
     Args:
         checkpoint: `{"g_ema"/"g": state dict, "d": state dict (optional),

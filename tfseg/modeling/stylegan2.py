@@ -23,9 +23,7 @@ per-sample-weight grouped convolution of the reference, because modulation only 
 channels and demodulation only scales output channels, but it runs as one ordinary (XLA-friendly)
 convolution for the whole batch instead of a grouped convolution with `groups = batch`.
 """
-import json
 import math
-import os
 
 import keras
 import numpy as np
@@ -594,7 +592,7 @@ class Discriminator(keras.Model):
         return ops.squeeze(L.float32(self.out(x)), axis=-1)
 
 
-# -- converted checkpoints ------------------------------------------------------------------------
+# -- converted checkpoints: tools/convert_stylegan2.py writes these files, Labels4Free's pretrained_dir reads them
 CONFIG_FILE = "config.json"
 GENERATOR_WEIGHTS = "generator.weights.h5"
 DISCRIMINATOR_WEIGHTS = "discriminator.weights.h5"
@@ -613,21 +611,3 @@ def build_discriminator(discriminator, batch_size=1):
     discriminator(ops.zeros((batch_size, r, r, 3)))
     return discriminator
 
-
-def load_converted(directory):
-    """Loads what `tools/convert_stylegan2.py` wrote.
-
-    Args:
-        directory: holds `config.json` and `generator.weights.h5` / `discriminator.weights.h5`.
-    Returns:
-        `(generator, discriminator)`; the discriminator is None if none was converted.
-    """
-    with open(os.path.join(directory, CONFIG_FILE), encoding="utf-8") as f:
-        config = json.load(f)
-    generator = build_generator(Generator(**config["generator"]))
-    generator.load_weights(os.path.join(directory, GENERATOR_WEIGHTS))
-    discriminator = None
-    if config.get("discriminator"):
-        discriminator = build_discriminator(Discriminator(**config["discriminator"]))
-        discriminator.load_weights(os.path.join(directory, DISCRIMINATOR_WEIGHTS))
-    return generator, discriminator
