@@ -48,7 +48,7 @@ RUNNABLE = [c for c in CONFIGS if not c.endswith("_base.gin")]
 SETTING_WORDS = ("p", "psi", "lr", "decay", "lambda", "lambda_z", "eta", "threshold", "alpha >")
 _SETTING_BEFORE = re.compile(r"(?:(?<![<>!=≤≥])=|--\w+|\b(?:" + "|".join(re.escape(w) for w in SETTING_WORDS)
                              + r"))\s*$")
-_CONFIG_NAME = re.compile(r"(?<![\w/.-])([a-z0-9_]+\.gin)\b")
+_CONFIG_NAME = re.compile(r"(?<![\w.-])([a-z0-9_]+\.gin)\b")
 _NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?")
 
 
