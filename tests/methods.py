@@ -74,3 +74,16 @@ def registered_method_names():
     registry.import_configurables()
     return sorted(selector.split(".")[-1] for selector, configurable in config._registry().items()  # pylint: disable=protected-access
                   if selector.startswith("tfseg.methods.") and hasattr(configurable.wrapped, "build"))
+
+
+#: Methods whose demo config another test already trains for real (two smoke steps per stage, scored on
+#: test), so that tests/test_training.py does not train it a second time: {name: the test that does}.
+DEMO_TRAINED_ELSEWHERE = {
+    "redo": "test_training.py::test_a_finished_run_reruns_without_training_and_evaluate_rescores_it",
+    "perturbgan": "test_perturbgan.py::test_a_run_stopped_in_the_generator_stage_resumes_into_the_later_stages",
+}
+
+
+def demo_configs_trained_by_test_training():
+    """The demo configs tests/test_training.py trains for real: every method's but those trained elsewhere."""
+    return [m.demo_config for m in METHODS if m.name not in DEMO_TRAINED_ELSEWHERE]

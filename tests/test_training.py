@@ -42,8 +42,9 @@ def run_train(*args):
 
 #: One config per method trains for real (two smoke steps per stage); every config resolves. The ReDO
 #: demo trains in `test_a_finished_run_reruns_without_training_and_evaluate_rescores_it`, the PerturbGAN
-#: demo in test_perturbgan's resume across stages; both check what this module's test checks.
-TRAINED = [os.path.join(REPO, "gin_configs", "demo_labels4free.gin")]
+#: demo in test_perturbgan's resume across stages (tests/methods.py: DEMO_TRAINED_ELSEWHERE).
+TRAINED = [os.path.join(REPO, "gin_configs", name)
+           for name in methods_under_test.demo_configs_trained_by_test_training()]
 
 
 def _assert_trained_two_steps_per_stage_and_scored_test(model_dir, out):
