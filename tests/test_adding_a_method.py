@@ -1,9 +1,11 @@
 """docs/adding_a_method.md followed once: a fourth method written in this file alone, trained by
-the unchanged trainer, validated, checkpointed, scored on test and restarted on collapse.
+the unchanged trainer, validated, checkpointed, scored on test (against the baselines) and restarted
+on collapse.
 
 The toy method is a learned two-colour model: a small network proposes a soft mask m, each image
 is rebuilt from the mean colour under m and the mean colour outside it, and the network learns to
-make that rebuild good. No label is read, as in the real methods.
+make that rebuild good. Which of the two colours is the object it decides per image by the border
+rule: the region that covers less of the image's frame. No label is read, as in the real methods.
 """
 import dataclasses
 import io
@@ -17,6 +19,8 @@ import pytest
 import tensorflow as tf
 
 from tfseg import config, registry
+from tfseg.data import procedural
+from tfseg.evaluation import evaluator
 from tfseg.methods.base import Method, Periodic, PhaseMetrics, Stage
 from tfseg.methods.optimizers import gan_adam
 from tfseg.training import checkpointing, trainer
@@ -66,6 +70,12 @@ class TwoColourMethod(Method):
 
     def region_masks(self, images, training=False):
         mask = tf.sigmoid(self.mask_network(images, training=training))
+        # Region 0 is the colour that covers less of the image's one-pixel frame (the rebuild loss is
+        # the same either way round, so this choice does not change training).
+        side = images.shape[1]
+        frame = tf.pad(tf.zeros([side - 2, side - 2, 1]), [[1, 1], [1, 1], [0, 0]], constant_values=1.0)
+        on_frame = tf.reduce_sum(mask * frame, axis=(1, 2, 3)) / tf.reduce_sum(frame)
+        mask = tf.where((on_frame > 0.5)[:, None, None, None], 1.0 - mask, mask)
         return tf.concat([mask, 1.0 - mask], axis=-1)
 
     def phase_gradients(self, phase, batches, step):
@@ -112,6 +122,34 @@ def test_a_method_written_outside_the_package_trains_validates_and_scores(tmp_pa
     fresh.build_for_training(cfg.batch_size)
     images = tf.random.uniform([2, cfg.resolution, cfg.resolution, 3], -1, 1, seed=5)
     assert not np.allclose(job.model.region_masks(images), fresh.region_masks(images))
+
+
+@pytest.mark.slow
+def test_the_toy_beats_the_full_image_mask_and_the_centred_disc_on_the_embedded_test_split(tmp_path):
+    # 100 steps at 16 px on the embedded procedural data, no refinement: about 10 s. Measured (seed 0):
+    # test fg IoU 0.43 against 0.25 for the full-image mask and 0.30 for the centred disc; one step of
+    # training scores 0.25, the full-image mask's figure.
+    resolution = 16
+    config.parse([], ["tfseg.training.TrainConfig.method = @tests.two_colours",
+                      f"tfseg.training.TrainConfig.resolution = {resolution}",
+                      "tfseg.training.TrainConfig.batch_size = 16",
+                      "tfseg.training.TrainConfig.num_steps = 100",
+                      "tfseg.training.TrainConfig.eval_every = 100",
+                      "tfseg.training.TrainConfig.checkpoint_every = 100",
+                      "tfseg.training.TrainConfig.eval_examples = 128",
+                      "tfseg.training.TrainConfig.optimize_graphs = False",
+                      "tfseg.data.make_dataset.source = @tfseg.data.procedural_source"])
+    stream = io.StringIO()
+    results = trainer.Trainer(str(tmp_path / "run"), stream=stream).train()  # TrainConfig from gin
+    baselines = {name: scores["fg_iou"] for name, scores in results["baselines"].items()}
+    assert set(baselines) == {"full-image mask", evaluator.DISC}  # no refinement, so no refined disc
+    assert results["num_images"] == 512  # the whole test split, as the baselines
+    # The best mask that ignores the image: the best of 19 centred discs, or the split's own mean mask
+    # thresholded at its best level (which peeks at the labels).
+    best_constant = max(procedural.constant_mask_scores("test", resolution).values())
+    assert results["fg_iou"] >= baselines["full-image mask"] + 0.10, (results["fg_iou"], baselines)
+    assert results["fg_iou"] >= max(baselines[evaluator.DISC], best_constant) + 0.05, (
+        results["fg_iou"], baselines, best_constant)
 
 
 @pytest.mark.slow
