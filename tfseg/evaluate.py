@@ -9,11 +9,16 @@ import sys
 
 from absl import flags
 
-flags.DEFINE_string("model_dir", None, "A training run directory (holds config.gin and checkpoints).")
+from tfseg import cli_flags
+
+# allow_override: tfseg.train / export / predict define the same names (same meaning, same default), and
+# tests import several entry points into one process.
+flags.DEFINE_string("model_dir", None, "A training run directory (holds config.gin and checkpoints).",
+                    allow_override=True)
 flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Labelled split to score.")
 flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
-                  "best: the validation-selected checkpoint; latest: the last one.")
-flags.DEFINE_multi_string("gin_bindings", [], "Bindings applied over the run's config, e.g. a data_dir.")
+                  "best: the validation-selected checkpoint; latest: the last one.", allow_override=True)
+cli_flags.define_gin_bindings()
 FLAGS = flags.FLAGS
 
 

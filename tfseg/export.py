@@ -14,6 +14,8 @@ import sys
 
 from absl import flags
 
+from tfseg import cli_flags
+
 # allow_override: tfseg.train / evaluate / predict define the same names (same meaning, same default), and
 # tests import several entry points into one process.
 flags.DEFINE_string("model_dir", None, "A training run directory (holds config.gin and checkpoints).",
@@ -27,12 +29,7 @@ flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
 flags.DEFINE_bool("invert", False, "Serve the other region as the foreground, for a run whose masks came "
                   "out inverted (the object in the background region). Two-region models only.",
                   allow_override=True)
-# tfseg.train defines the same flag; a process that imports both (the tests) shares one definition
-# (overriding it would orphan train's --gin_param alias).
-if "gin_bindings" not in flags.FLAGS:
-    flags.DEFINE_multi_string("gin_bindings", [], "Bindings applied over the run's config, e.g. "
-                              "\"tfseg.methods.redo.spectral_norm='keras'\" for a ReDO run made before that "
-                              "setting existed.")
+cli_flags.define_gin_bindings()
 FLAGS = flags.FLAGS
 
 

@@ -16,6 +16,8 @@ import sys
 
 from absl import flags
 
+from tfseg import cli_flags
+
 # allow_override: tfseg.train / evaluate / export define the same names (same meaning, same default), and
 # tests import several entry points into one process.
 flags.DEFINE_string("export_dir", None, "An exported version folder, e.g. serving/tfseg/1 (the base folder "
@@ -33,11 +35,7 @@ flags.DEFINE_integer("batch_size", 16, "Images per model call.")
 flags.DEFINE_integer("sheet_rows", 64, "Images shown in contact_sheet.png.")
 flags.DEFINE_bool("invert", False, "Take the other region as the foreground, for a model whose masks came out "
                   "inverted (the object in the background). Two-region models only.", allow_override=True)
-# tfseg.train and tfseg.export define the same flag; a process that imports several shares one definition.
-if "gin_bindings" not in flags.FLAGS:
-    flags.DEFINE_multi_string("gin_bindings", [], "With --model_dir: bindings applied over the run's config, e.g. "
-                              "\"tfseg.methods.redo.spectral_norm='keras'\" for a ReDO run made before that "
-                              "setting existed.")
+cli_flags.define_gin_bindings()
 FLAGS = flags.FLAGS
 
 

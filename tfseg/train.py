@@ -8,16 +8,14 @@ import contextlib
 import os
 import shutil
 import sys
+from typing import NamedTuple, Optional
 
 from absl import flags
 
+from tfseg import cli_flags
+
 flags.DEFINE_multi_string("gin_file", [], "gin config file(s), e.g. gin_configs/demo.gin. Repeatable; later files win.")
-# tfseg.export defines the same flag; a process that imports both (the tests) shares one definition.
-if "gin_bindings" not in flags.FLAGS:
-    flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings, e.g. "
-                              "--gin_bindings='tfseg.training.TrainConfig.num_steps=100'. Repeatable; win over "
-                              "files.")
-flags.DEFINE_alias("gin_param", "gin_bindings")
+cli_flags.define_gin_bindings()
 flags.DEFINE_string("model_dir", None, "Run directory for checkpoints, TensorBoard logs and results. "
                     "Default: runs/<name of the first gin file>.")
 flags.DEFINE_bool("smoke", False, "Shrink the config to a seconds-long run on fake data "
@@ -43,53 +41,31 @@ def _step_reads(stage, batch_size):
     return f"batch {batch_size}"
 
 
+class _Prepared(NamedTuple):
+    """What `_prepare` resolved before training: the config, the strategy (None in a dry run) and
+    the checks a dry run reports instead of failing on."""
+    train_config: object
+    strategy: object
+    data_info: object
+    data_problem: Optional[Exception]
+    clash: Optional[Exception]
+    schedule: Optional[list]
+
+
 def main(argv):
     del argv
     # Imports after flag parsing so that --help is quick.
     from tfseg import console  # pylint: disable=import-outside-toplevel
     console.quiet_tensorflow(FLAGS.verbosity)
-    import gin  # pylint: disable=import-outside-toplevel
-    from tfseg import config, registry  # pylint: disable=import-outside-toplevel
+    from tfseg import config  # pylint: disable=import-outside-toplevel
     from tfseg.errors import ConfigError, DataError, RunDirError  # pylint: disable=import-outside-toplevel
-    from tfseg.data import decode, pipeline  # pylint: disable=import-outside-toplevel
-    from tfseg.training import nonfinite, run_dir, signals, trainer  # pylint: disable=import-outside-toplevel
-    from tfseg.training import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
+    from tfseg.data import decode  # pylint: disable=import-outside-toplevel
 
     # Counts of skipped files are per run, also when one process runs several (tests, notebooks).
     decode.reset_skipped_files()
     model_dir = FLAGS.model_dir or default_model_dir(FLAGS.gin_file)
     try:
-        if not FLAGS.gin_file:
-            raise ConfigError("no --gin_file given. Start with "
-                              "--gin_file=gin_configs/demo.gin (ReDO on the embedded data set).")
-        gin_files = list(FLAGS.gin_file) + ([config.SMOKE_CONFIG] if FLAGS.smoke else [])
-        registry.import_configurables()
-        config.parse(gin_files, FLAGS.gin_bindings)
-        config.check_numeric_bindings()
-        train_config = trainer.TrainConfig()
-        trainer.method_settings(train_config)  # the method's own bindings, before anything is built
-        # Before any TensorFlow op: a multi-worker strategy configures collective ops, which
-        # TensorFlow accepts only at program start-up.
-        strategy = None if FLAGS.dry_run else strategy_lib.make_strategy()
-        data_problem, data_info = None, None
-        try:
-            data_info = pipeline.validate_data_config()
-        except DataError as err:
-            if not FLAGS.dry_run:
-                raise
-            data_problem = err  # a dry run reports it and still shows the resolved config
-        clash = None
-        try:
-            run_dir.check_config_fits(model_dir, gin.config_str())
-        except RunDirError as err:
-            if not FLAGS.dry_run:
-                raise
-            clash = err
-        if FLAGS.dry_run:
-            # Constructing the method (no weights yet) checks its bindings and stage budgets.
-            schedule = trainer.stage_schedule(trainer.build_method(train_config), train_config)
-        else:
-            config.prepare_model_dir(model_dir)
+        prepared = _prepare(model_dir)
     except (ConfigError, DataError, RunDirError) as err:
         print(f"error: {config.without_gin_context(err)}", file=sys.stderr)
         return 2
@@ -97,40 +73,88 @@ def main(argv):
         print(f"error: the gin config does not resolve: {config.without_gin_context(err)}", file=sys.stderr)
         return 2
     if FLAGS.dry_run:
-        print(gin.config_str())
-        if data_info is not None:
-            print("\n".join("# " + line for line in pipeline.format_data_summary(data_info).splitlines()))
-        print(f"# model_dir: {model_dir}")
-        print("# stages:")
-        for stage, start, end in schedule:
-            print(f"#   {stage.name}: steps {start + 1}-{end}, {_step_reads(stage, train_config.batch_size)}"
-                  + (f", {stage.note}" if stage.note else ""))
-        if clash is not None:
-            print("# model_dir clash (a real run stops here): " + str(clash).replace("\n", "\n# "))
-        if data_problem is not None:
-            print(f"# data NOT ready (a real run stops here): {data_problem}")
-        if data_problem is not None or clash is not None:
-            print("# dry run: config resolved; not training.")
-        else:
-            print("# dry run: config resolved, data found; not training.")
+        _print_dry_run(prepared, model_dir)
         return 0
-    chief = strategy_lib.is_chief(strategy)
+    return _train(prepared, model_dir)
+
+
+def _prepare(model_dir):
+    """Parses the config and checks its bindings, the data and model_dir, before anything trains.
+
+    Raises:
+        ConfigError, DataError, RunDirError (a dry run keeps the data and model_dir problems to report).
+    """
+    from tfseg import config, registry  # pylint: disable=import-outside-toplevel
+    from tfseg.errors import ConfigError, DataError, RunDirError  # pylint: disable=import-outside-toplevel
+    from tfseg.data import pipeline  # pylint: disable=import-outside-toplevel
+    from tfseg.training import run_dir, trainer  # pylint: disable=import-outside-toplevel
+    from tfseg.training import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
+    import gin  # pylint: disable=import-outside-toplevel
+
+    if not FLAGS.gin_file:
+        raise ConfigError("no --gin_file given. Start with "
+                          "--gin_file=gin_configs/demo.gin (ReDO on the embedded data set).")
+    gin_files = list(FLAGS.gin_file) + ([config.SMOKE_CONFIG] if FLAGS.smoke else [])
+    registry.import_configurables()
+    config.parse(gin_files, FLAGS.gin_bindings)
+    config.check_numeric_bindings()
+    cfg = trainer.TrainConfig()
+    trainer.method_settings(cfg)  # the method's own bindings, before anything is built
+    # Before any TensorFlow op: a multi-worker strategy configures collective ops, which
+    # TensorFlow accepts only at program start-up.
+    strategy = None if FLAGS.dry_run else strategy_lib.make_strategy()
+    data_info, data_problem = _unless_dry_run(pipeline.validate_data_config, DataError)
+    _, clash = _unless_dry_run(lambda: run_dir.check_config_fits(model_dir, gin.config_str()), RunDirError)
+    stages = None
+    if FLAGS.dry_run:
+        # Constructing the method (no weights yet) checks its bindings and stage budgets.
+        stages = trainer.stage_schedule(trainer.build_method(cfg), cfg)
+    else:
+        config.prepare_model_dir(model_dir)
+    return _Prepared(cfg, strategy, data_info, data_problem, clash, stages)
+
+
+def _unless_dry_run(check, error):
+    """`(check(), None)`; when it raises `error`, a real run raises it and a dry run returns
+    `(None, the error)` to report it and still show the resolved config."""
     try:
-        # The other workers of a cluster neither lock nor write model_dir: the chief does.
-        with run_dir.Lock(model_dir) if chief else contextlib.nullcontext():
-            run_dir.check_config_fits(model_dir, gin.config_str())  # again, now that we hold the lock
-            if chief:
-                config.save_config(model_dir)
-            print(f"training in {model_dir} (TensorBoard: tensorboard --logdir "
-                  f"{os.path.dirname(model_dir) or model_dir})" + ("" if chief else "; this worker writes nothing there"))
-            print(pipeline.format_data_summary(data_info))
-            job = trainer.Trainer(model_dir, train_config, strategy=strategy, data_info=data_info)
-            try:
-                job.train()
-            finally:
-                if not chief:
-                    shutil.rmtree(job.write_dir, ignore_errors=True)
-            job.write_operative_config()  # again: evaluation may have called more configurables
+        return check(), None
+    except error as err:
+        if not FLAGS.dry_run:
+            raise
+        return None, err
+
+
+def _print_dry_run(prepared, model_dir):
+    """The resolved config, the data, model_dir and the stage schedule, and what a real run would stop on."""
+    import gin  # pylint: disable=import-outside-toplevel
+    from tfseg.data import pipeline  # pylint: disable=import-outside-toplevel
+    print(gin.config_str())
+    if prepared.data_info is not None:
+        print("\n".join("# " + line for line in pipeline.format_data_summary(prepared.data_info).splitlines()))
+    print(f"# model_dir: {model_dir}")
+    print("# stages:")
+    for stage, start, end in prepared.schedule:
+        print(f"#   {stage.name}: steps {start + 1}-{end}, {_step_reads(stage, prepared.train_config.batch_size)}"
+              + (f", {stage.note}" if stage.note else ""))
+    if prepared.clash is not None:
+        print("# model_dir clash (a real run stops here): " + str(prepared.clash).replace("\n", "\n# "))
+    if prepared.data_problem is not None:
+        print(f"# data NOT ready (a real run stops here): {prepared.data_problem}")
+    if prepared.data_problem is not None or prepared.clash is not None:
+        print("# dry run: config resolved; not training.")
+    else:
+        print("# dry run: config resolved, data found; not training.")
+
+
+def _train(prepared, model_dir):
+    """Trains in `model_dir` (locked by the chief); the process's exit code."""
+    from tfseg.errors import RunDirError  # pylint: disable=import-outside-toplevel
+    from tfseg.training import nonfinite, signals  # pylint: disable=import-outside-toplevel
+    from tfseg.training import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
+    chief = strategy_lib.is_chief(prepared.strategy)
+    try:
+        _train_locked(prepared, model_dir, chief)
     except RunDirError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -140,6 +164,30 @@ def main(argv):
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _train_locked(prepared, model_dir, chief):
+    """Holds model_dir's lock (the chief; the other workers of a cluster neither lock nor write it),
+    saves the config and runs the trainer."""
+    import gin  # pylint: disable=import-outside-toplevel
+    from tfseg import config  # pylint: disable=import-outside-toplevel
+    from tfseg.data import pipeline  # pylint: disable=import-outside-toplevel
+    from tfseg.training import run_dir, trainer  # pylint: disable=import-outside-toplevel
+    with run_dir.Lock(model_dir) if chief else contextlib.nullcontext():
+        run_dir.check_config_fits(model_dir, gin.config_str())  # again, now that we hold the lock
+        if chief:
+            config.save_config(model_dir)
+        print(f"training in {model_dir} (TensorBoard: tensorboard --logdir "
+              f"{os.path.dirname(model_dir) or model_dir})" + ("" if chief else "; this worker writes nothing there"))
+        print(pipeline.format_data_summary(prepared.data_info))
+        job = trainer.Trainer(model_dir, prepared.train_config, strategy=prepared.strategy,
+                              data_info=prepared.data_info)
+        try:
+            job.train()
+        finally:
+            if not chief:
+                shutil.rmtree(job.write_dir, ignore_errors=True)
+        job.write_operative_config()  # again: evaluation may have called more configurables
 
 
 def run():
