@@ -6,7 +6,8 @@ into a temporary folder, the toy's module is written there as `tfseg/methods/toy
 ```diff blocks (with `<name>` / `<Name>` replaced) are applied to the copy: nothing else. A pytest in a
 subprocess (the copy first on PYTHONPATH) then collects the whole copied suite; every test function
 that has an id for one of today's methods must have one for the toy, and the toy's cheap cases are run.
-A step the doc leaves out (the registry line, the entry in tests/methods.py, a config) fails here.
+A step the doc leaves out (the registry line, the entry in tests/methods.py, a config, smoke.gin's sizes)
+fails here.
 """
 import os
 import re
@@ -268,10 +269,12 @@ def test_a_toy_method_added_by_the_doc_alone_is_covered_by_every_per_method_test
     assert "dry run: config resolved, data found" in dry_run.stdout
 
     # The toy's cheap cases run and pass: gin knows it and the tests list it, its settings reach the built
-    # method, its configs are hygienic, resolve and build its networks, and its demo trains two smoke steps.
-    toy_ids = [i for i in node_ids if re.search(rf"\[(.*-)?({NAME}|{CLASS_NAME}Settings|demo_{NAME}\.gin|{NAME}_folder\.gin)(-.*)?\]", i)
+    # method, its configs are hygienic, their headers agree with docs/results.md and their commands dry-run,
+    # they resolve and build its networks, and its demo trains two smoke steps and scores test.
+    toy_part = rf"\[(.*-)?({NAME}|{CLASS_NAME}Settings|demo_{NAME}\.gin|{NAME}_folder\.gin)(-.*)?\]"
+    toy_ids = [i for i in node_ids if re.search(toy_part, i)
                and i.split("::")[0] in ("tests/test_method_settings.py", "tests/test_gin_hygiene.py",
-                                        "tests/test_training.py")
+                                        "tests/test_figures_agree.py", "tests/test_training.py")
                and "folder_configs_train_two_steps_on_real_flowers" not in i]  # needs Flowers-17
     toy_ids.append("tests/test_method_settings.py::test_the_tests_list_every_method_gin_knows")
     assert any("test_one_config_per_method_trains" in i for i in toy_ids)
