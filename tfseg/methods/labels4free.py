@@ -95,7 +95,8 @@ class Labels4FreeSettings:
             adversarial step, with G's Adam c-ratio interval / (interval + 1). On by default; 0
             disables it (the CPU configs were measured without it). The running mean is
             checkpointed (`path_length_mean`; the references restart it from 0), so a resumed run
-            continues as an uninterrupted one.
+            continues as an uninterrupted one (exactly on one replica; several keep a mean each, and
+            a resumed run starts every replica at their average).
         style_mixing_probability: stage 1's style mixing (StyleGAN2: 0.9): the chance that a D or G
             step draws two codes and switches from the first's styles to the second's at a random
             layer. The CPU configs that train stage 1 were measured without it (0).
