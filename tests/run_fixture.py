@@ -7,7 +7,7 @@ minute on a busy 2-core machine).
 import os
 
 from tfseg import config
-from tfseg.training import checkpointing, trainer
+from tfseg.training import checkpointing, loading, train_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,8 +24,8 @@ def write_untrained_run(model_dir, gin_name="demo.gin", steps=(2,), foreground_r
     """
     config.parse([os.path.join(REPO, "gin_configs", gin_name), config.SMOKE_CONFIG], list(bindings))
     config.save_config(model_dir)
-    cfg = trainer.TrainConfig()
-    model = trainer.build_method(cfg)
+    cfg = train_config.TrainConfig()
+    model = loading.build_method(cfg)
     model.build_for_training(cfg.batch_size)
     model.foreground_region.assign(foreground_region)
     state = checkpointing.RunState()

@@ -23,7 +23,7 @@ from tfseg.data import procedural
 from tfseg.evaluation import evaluator
 from tfseg.methods.base import Method, Periodic, PhaseMetrics, Stage
 from tfseg.methods.optimizers import gan_adam
-from tfseg.training import checkpointing, trainer
+from tfseg.training import checkpointing, train_config, trainer
 
 registry.import_configurables()
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,7 +102,7 @@ def _parse(*bindings):
     config.parse([os.path.join(REPO, "gin_configs", "demo.gin"), config.SMOKE_CONFIG],
                  ["tfseg.training.TrainConfig.method = @tests.two_colours",
                   "tfseg.training.TrainConfig.num_steps = 4", *bindings])
-    return trainer.TrainConfig()
+    return train_config.TrainConfig()
 
 
 @pytest.mark.slow

@@ -17,20 +17,21 @@ SCRIPT = textwrap.dedent("""
     import test_adding_a_method  # the toy method: the trainer's step, not a method's, is under test here
     from tfseg import config, registry
     from tfseg.training import nonfinite, strategy as strategy_lib, trainer
+    from tfseg.training import loading, train_config, train_step
     registry.import_configurables()
     config.parse(["gin_configs/demo.gin", "gin_configs/smoke.gin"],
                  ["tfseg.training.TrainConfig.method = @tests.two_colours"])
-    cfg = trainer.TrainConfig()
+    cfg = train_config.TrainConfig()
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
-        model = trainer.build_method(cfg)
+        model = loading.build_method(cfg)
         model.build_for_training(cfg.batch_size)
         guard = nonfinite.Guard(list(model.variables)
                                 + [v for o in model.optimizers_by_name().values() for v in o.variables])
     images = tf.random.uniform([cfg.batch_size, cfg.resolution, cfg.resolution, 3], -1, 1, seed=3)
     iterator = strategy_lib.distributed_iterator(strategy, tf.data.Dataset.from_tensors({"image": images}).repeat())
     # ReDO's and PerturbGAN's full steps run on two replicas in the two-worker test.
-    step = trainer.make_train_step(model, strategy, jit_compile=False, phases=("train",), batches_per_step=1)
+    step = train_step.make_train_step(model, strategy, jit_compile=False, phases=("train",), batches_per_step=1)
     before = [v.numpy().copy() for v in model.mask_network.trainable_variables]
     with strategy_lib.graph_optimization(cfg.optimize_graphs):  # off at smoke sizes, as in a smoke run
         out = step(iterator, tf.constant(0, tf.int64))

@@ -18,7 +18,7 @@ from tfseg.methods import optimizers
 from tfseg.methods import perturbgan as pg
 from tfseg.modeling import stylegan
 from tfseg.modeling.layers import upsample_nearest
-from tfseg.training import trainer
+from tfseg.training import loading, schedule, train_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 registry.import_configurables()
@@ -36,17 +36,17 @@ def _growing(resolution=32, batch=4, **overrides):
 
 def test_the_paper_configs_grow_from_8_px_with_the_reference_batch_and_learning_rate_schedule():
     config.parse([os.path.join(REPO, "gin_configs", "lsun_horse.gin")], [])
-    cfg = trainer.TrainConfig()
-    schedule = trainer.stage_schedule(trainer.build_method(cfg), cfg)
+    cfg = train_config.TrainConfig()
+    stages = schedule.stage_schedule(loading.build_method(cfg), cfg)
     reference = {8: (256, 0.001), 16: (128, 0.001), 32: (64, 0.001), 64: (32, 0.001), 128: (32, 0.0015)}
-    growth = schedule[:5]
+    growth = stages[:5]
     assert [stage.name for stage, _, _ in growth] == [f"generator_{r}" for r in reference]
     for (stage, start, end), (r, (batch, lr)) in zip(growth, reference.items()):
         assert cfg.batch_size * stage.batches_per_step == batch
         assert end - start == math.ceil(2 * 600_000 / batch)  # 1.2M images a resolution
         assert f"{r} px, lr {lr:g}" in stage.note and ("no fade-in" in stage.note) == (r == 8)
     assert growth[-1][2] == 107_813  # the reference's 107.8k iterations
-    assert [stage.name for stage, _, _ in schedule[5:]] == ["encoder", "segmenter"]
+    assert [stage.name for stage, _, _ in stages[5:]] == ["encoder", "segmenter"]
 
 
 def test_alpha_rises_linearly_over_the_fade_in_and_matches_between_python_and_graph():
@@ -145,10 +145,10 @@ def test_bad_progressive_bindings_are_refused_naming_the_binding_and_the_fix():
     # A resolution the run does not reach is allowed (the reference's tables go to 1024 px).
     pg.PerturbGANSettings(32, min_mask_coverage=0.2, progressive_start=8, progressive_batch_multiples={256: 1})
     model = pg.PerturbGANSettings(32, **TINY, progressive_start=8).build()
-    cfg = trainer.TrainConfig(method=None, resolution=32, batch_size=4,
+    cfg = train_config.TrainConfig(method=None, resolution=32, batch_size=4,
                               stage_steps={"generator_16": 10, "encoder": 1, "segmenter": 1})
     with pytest.raises(config.ConfigError, match=r"stage_steps names \['generator_16'\], whose length the method fixes"):
-        trainer.stage_schedule(model, cfg)
+        schedule.stage_schedule(model, cfg)
 
 
 def test_per_variable_adam_steps_match_pytorch_adam_for_a_weight_that_joins_late():

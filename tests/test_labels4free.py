@@ -277,12 +277,12 @@ def test_a_non_finite_path_length_step_keeps_the_running_mean(monkeypatch):
 @pytest.mark.parametrize("phases", [("discriminator", "generator"), ("discriminator", "generator", "path_length")])
 def test_the_ema_follows_the_last_g_update_of_the_step_once(phases):
     # As the references accumulate once per iteration, after the adversarial and path-length G steps.
-    from tfseg.training import trainer
+    from tfseg.training import train_step
     model = _tiny_method(ema_decay=0.5, path_length_weight=2.0, path_length_interval=4)
     strategy = tf.distribute.get_strategy()
     iterator = iter(tf.data.Dataset.from_tensors({"image": tf.random.uniform([4, 16, 16, 3], -1, 1, seed=3)})
                     .repeat())
-    step = trainer.make_train_step(model, strategy, jit_compile=False, phases=phases, batches_per_step=1)
+    step = train_step.make_train_step(model, strategy, jit_compile=False, phases=phases, batches_per_step=1)
     ema_before = [e.numpy().copy() for e, _ in model._ema_pairs()]
     step(iterator, tf.constant(8, tf.int64))
     for (ema, g), e0 in zip(model._ema_pairs(), ema_before):
@@ -321,7 +321,7 @@ TWO_REPLICAS = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from tfseg.methods import labels4free
-    from tfseg.training import strategy as strategy_lib, trainer
+    from tfseg.training import strategy as strategy_lib, train_step
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         model = labels4free.Labels4FreeSettings(16, z_dim=8, w_dim=8, mapping_layers=1, channel_base=64,
@@ -331,7 +331,7 @@ TWO_REPLICAS = textwrap.dedent("""
     images = tf.random.uniform([8, 16, 16, 3], -1, 1, seed=3)
     iterator = iter(strategy.experimental_distribute_dataset(
         tf.data.Dataset.from_tensors({"image": images}).repeat()))
-    step = trainer.make_train_step(model, strategy, jit_compile=False,
+    step = train_step.make_train_step(model, strategy, jit_compile=False,
                                    phases=("discriminator", "generator"), batches_per_step=1)
     before = [g.numpy().copy() for _, g in model._ema_pairs()]
     with strategy_lib.graph_optimization(False):  # tiny networks: Grappler would cost more than it saves

@@ -10,7 +10,7 @@ import pytest
 
 from tfseg import config, data, registry
 from tfseg.data import decode, lsun
-from tfseg.training import checkpointing, trainer
+from tfseg.training import checkpointing, loading, schedule, train_config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -153,9 +153,9 @@ def test_make_dataset_gives_normalised_batches_from_lsun(horse):
 def _smoke_schedule(gin_file, bindings):
     """`[(stage name, first step, end step)]` of `gin_file` in smoke mode."""
     config.parse([os.path.join(REPO, gin_file), config.SMOKE_CONFIG], bindings)
-    train_config = trainer.TrainConfig()
+    cfg = train_config.TrainConfig()
     return [(stage.name, start, end)
-            for stage, start, end in trainer.stage_schedule(trainer.build_method(train_config), train_config)]
+            for stage, start, end in schedule.stage_schedule(loading.build_method(cfg), cfg)]
 
 
 LSUN_BINDINGS = ["tfseg.data.make_dataset.source=@tfseg.data.lsun_source", "tfseg.data.lsun_source.lmdb_dir='{}'"]

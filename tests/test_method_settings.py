@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from tfseg import config, registry
 from tfseg.methods import distillation, labels4free, optimizers, perturbgan, redo
-from tfseg.training import trainer
+from tfseg.training import loading, train_config
 
 import methods as methods_under_test  # tests/methods.py: the one list of methods
 
@@ -29,7 +29,7 @@ def test_a_gin_binding_reaches_the_built_method_through_its_frozen_settings(
         name, settings_class, gin_file, field, value):
     config.parse([os.path.join(REPO, "gin_configs", gin_file), config.SMOKE_CONFIG],
                  [f"tfseg.methods.{name}.{field} = {value}", "tfseg.training.TrainConfig.seed = 4"])
-    model = trainer.build_method(trainer.TrainConfig())
+    model = loading.build_method(train_config.TrainConfig())
     assert isinstance(model.settings, settings_class)
     assert getattr(model.settings, field) == value and model.z_dim == value
     # The trainer's resolution and seed are the settings' own.

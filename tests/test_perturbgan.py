@@ -1,4 +1,5 @@
 """PerturbGAN's networks, phases and stages at tiny sizes."""
+import dataclasses
 import os
 
 import numpy as np
@@ -9,7 +10,7 @@ from tfseg import config, registry
 from tfseg.methods import perturbgan as pg
 from tfseg.modeling import equalized as E
 from tfseg.modeling import stylegan
-from tfseg.training import trainer
+from tfseg.training import loading, schedule, train_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 registry.import_configurables()  # these tests parse configs, as the entry points do
@@ -196,16 +197,16 @@ def test_stages_set_the_segmentation_route():
 def test_stage_schedule_counts_steps_and_rejects_unknown_or_missing_budgets():
     config.parse([os.path.join(REPO, "gin_configs", "demo_perturbgan.gin"), config.SMOKE_CONFIG],
                  ["tfseg.training.TrainConfig.stage_steps = {'generator': 5, 'encoder': 0}"])
-    cfg = trainer.TrainConfig()
-    model = trainer.build_method(cfg)
-    schedule = trainer.stage_schedule(model, cfg)
-    assert [(s.name, a, b) for s, a, b in schedule] == [("generator", 0, 5), ("segmenter", 5, 7)]
-    cfg.stage_steps = {"generatr": 5}
+    cfg = train_config.TrainConfig()
+    model = loading.build_method(cfg)
+    stages = schedule.stage_schedule(model, cfg)
+    assert [(s.name, a, b) for s, a, b in stages] == [("generator", 0, 5), ("segmenter", 5, 7)]
+    cfg = dataclasses.replace(cfg, stage_steps={"generatr": 5})
     with pytest.raises(config.ConfigError, match="generatr"):
-        trainer.stage_schedule(model, cfg)
-    cfg.stage_steps, cfg.num_steps = {"generator": 5}, None
+        schedule.stage_schedule(model, cfg)
+    cfg = dataclasses.replace(cfg, stage_steps={"generator": 5}, num_steps=None)
     with pytest.raises(config.ConfigError, match="no step budget for stage 'encoder'"):
-        trainer.stage_schedule(model, cfg)
+        schedule.stage_schedule(model, cfg)
 
 
 @pytest.mark.slow

@@ -14,7 +14,8 @@ import tensorflow as tf
 from tfseg.errors import ConfigError
 from tfseg.methods import optimizers, redo
 from tfseg.methods.base import phases_due
-from tfseg.training import checkpointing, precision, trainer
+from tfseg.training import checkpointing, precision, train_config, train_step, trainer
+from tfseg.evaluation import split_evaluation
 
 import methods as methods_under_test  # tests/methods.py: the one list of methods
 
@@ -48,7 +49,7 @@ def _train(method, policy):
                 continue
             model.begin_stage(stage.name)
             # Every phase on every step, the periodic ones (Labels4Free's lazy R1) included: one trace.
-            step_fn = trainer.make_train_step(model, strategy, False, phases_due(stage.phases, 0),
+            step_fn = train_step.make_train_step(model, strategy, False, phases_due(stage.phases, 0),
                                               stage.batches_per_step)
             for step in range(STEPS):
                 out = step_fn(iterator, tf.constant(step, tf.int64))
@@ -124,7 +125,7 @@ def test_the_policy_is_restored_after_training_and_after_an_error():
 def test_an_unknown_precision_is_named_with_the_choices():
     gin.clear_config()
     with pytest.raises(ConfigError, match=r"TrainConfig.precision = 'float8'.*'mixed_bfloat16'"):
-        trainer.TrainConfig(method=redo.ReDOSettings, resolution=16, batch_size=4, num_steps=1,
+        train_config.TrainConfig(method=redo.ReDOSettings, resolution=16, batch_size=4, num_steps=1,
                             precision="float8")
 
 
@@ -155,7 +156,7 @@ def test_a_float16_run_trains_resumes_and_evaluates_in_float32(tmp_path, capsys,
     args = [f"--gin_file={REPO}/gin_configs/demo.gin", "--smoke", f"--model_dir={model_dir}",
             "--gin_bindings=tfseg.training.TrainConfig.precision='mixed_float16'"]
     scored_in = []  # the compute dtypes of the networks the run's test split was scored with
-    score_split = trainer.run_split_evaluation
+    score_split = split_evaluation.run_split_evaluation
 
     def recording_score_split(model, *args):
         scored_in.append({layer.compute_dtype for layer in model._flatten_layers()})

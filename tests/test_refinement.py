@@ -7,11 +7,11 @@ import pytest
 import tensorflow as tf
 
 from tfseg import config, registry
-from tfseg.evaluation import evaluator
+from tfseg.evaluation import evaluator, split_evaluation
 from tfseg.evaluation.metrics import per_image_iou
 from tfseg.modeling import refinement
 from tfseg.serving import export_module
-from tfseg.training import checkpointing, duties, loading, trainer
+from tfseg.training import checkpointing, loading, train_config
 from test_training import REPO
 
 registry.import_configurables()  # these tests parse configs, as the entry points do
@@ -67,10 +67,10 @@ def test_gin_switch_is_off_by_default_and_bad_settings_name_the_binding():
     # The shipped configs switch it on; the switch itself defaults to off.
     config.parse([os.path.join(REPO, "gin_configs", "redo_base.gin")], ["tfseg.training.TrainConfig.resolution = 32"])
     assert refinement.mask_refinement() is None
-    assert trainer.build_method(trainer.TrainConfig()).mask_refinement is None
+    assert loading.build_method(train_config.TrainConfig()).mask_refinement is None
     config.parse([os.path.join(REPO, "gin_configs", "demo.gin")], ["tfseg.mask_refinement.colour = True",
                                                                  "tfseg.ColourRefinement.bins = 6"])
-    assert trainer.build_method(trainer.TrainConfig()).mask_refinement == refinement.ColourRefinement(bins=6)
+    assert loading.build_method(train_config.TrainConfig()).mask_refinement == refinement.ColourRefinement(bins=6)
     with pytest.raises(ValueError, match="tfseg.ColourRefinement"):
         refinement.ColourRefinement(bins=1)
 
@@ -80,8 +80,8 @@ def _write_refining_run(model_dir):
     config.parse([os.path.join(REPO, "gin_configs", "demo.gin"), config.SMOKE_CONFIG],
                  ["tfseg.mask_refinement.colour = True"])
     config.save_config(model_dir)
-    cfg = trainer.TrainConfig()
-    model = trainer.build_method(cfg)
+    cfg = train_config.TrainConfig()
+    model = loading.build_method(cfg)
     model.build_for_training(cfg.batch_size)
     state = checkpointing.RunState()
     latest, best = checkpointing.managers(checkpointing.make_checkpoint(model, state), model_dir)
@@ -96,13 +96,13 @@ def test_evaluation_and_the_export_refine_and_evaluation_scores_the_refined_disc
     _write_refining_run(model_dir)
     model, cfg, _ = loading.load_trained(model_dir)
     assert model.mask_refinement is not None
-    images = next(iter(duties.eval_dataset(cfg, "test")))["image"]
+    images = next(iter(split_evaluation.eval_dataset(cfg, "test")))["image"]
     raw = model.region_masks(images)[..., :1].numpy()
     refined = model.mask_refinement(images, raw).numpy()
     assert np.abs(refined - raw).max() > 0.1  # the refinement changes these masks
     np.testing.assert_allclose(model.final_region_masks(images)[..., :1].numpy(), refined, atol=1e-5)
 
-    results, _ = evaluator.evaluate(model, duties.eval_dataset(cfg, "test"))
+    results, _ = evaluator.evaluate(model, split_evaluation.eval_dataset(cfg, "test"))
     assert evaluator.REFINED_DISC in results["baselines"]
     assert set(results["baselines"][evaluator.REFINED_DISC]) == {"fg_iou", "miou", "accuracy"}
 
@@ -131,7 +131,7 @@ def test_served_png_masks_are_refined_at_the_photo_size_from_the_network_mask(tm
     os.makedirs(model_dir)
     _write_refining_run(model_dir)
     model, _, _ = loading.load_trained(model_dir)
-    serving = export_module.serving_functions_from_run(model, trainer.TrainConfig())
+    serving = export_module.serving_functions_from_run(model, train_config.TrainConfig())
     photo = np.zeros((40, 56, 3), np.uint8)
     photo[...] = (40, 60, 200)
     photo[8:30, 10:34] = (220, 40, 30)  # a red object on blue, bigger than the model's 16 px input

@@ -280,13 +280,13 @@ def test_every_weight_of_a_method_survives_a_checkpoint_its_moving_average_inclu
     """A Keras 3 network held in a list is reached by a checkpoint only through an optimizer: G's EMA,
     which none trains, was lost on resume before `checkpointing.unreached_weights`."""
     from tfseg import config  # noqa: PLC0415
-    from tfseg.training import checkpointing, trainer  # noqa: PLC0415
+    from tfseg.training import checkpointing, loading, train_config  # noqa: PLC0415
 
     def build():
         gin.clear_config()
         config.parse([os.path.join(REPO, "gin_configs", gin_name), config.SMOKE_CONFIG], [])
-        cfg = trainer.TrainConfig()
-        model = trainer.build_method(cfg)
+        cfg = train_config.TrainConfig()
+        model = loading.build_method(cfg)
         model.build_for_training(cfg.batch_size)
         return model, checkpointing.make_checkpoint(model, checkpointing.RunState())
 
@@ -303,7 +303,7 @@ def test_every_weight_of_a_method_survives_a_checkpoint_its_moving_average_inclu
     if has_average:  # a checkpoint written before the averages were saved is refused, saying why
         legacy = checkpointing.make_checkpoint(fresh, checkpointing.RunState(), include_unreached=False)
         legacy_path = legacy.save(str(tmp_path / "legacy"))
-        with pytest.raises(checkpointing.MissingAverages, match="did not save G's moving average"):
+        with pytest.raises(checkpointing.MissingAverages, match="did not save the weights no optimizer trains"):
             checkpointing.restore(fresh_checkpoint, legacy_path)
         # Evaluation, export and prediction still read such a run: everything trained is there.
         checkpointing.restore(checkpointing.make_checkpoint(fresh, checkpointing.RunState(),

@@ -20,9 +20,9 @@ from PIL import Image
 
 from tfseg import config, export, predict, registry
 from tfseg.data import augment, procedural
-from tfseg.evaluation import evaluator, metrics
+from tfseg.evaluation import evaluator, metrics, split_evaluation
 from tfseg.serving import export_module, inference
-from tfseg.training import duties, loading
+from tfseg.training import loading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import methods as methods_under_test  # noqa: E402  tests/methods.py: the one list of methods
@@ -324,7 +324,7 @@ def test_predict_masks_score_the_same_fg_iou_as_the_evaluation(exported, run_dir
 
     model, cfg, _ = loading.load_trained(run_dir, extra_bindings=[
         "tfseg.data.make_dataset.source = @tfseg.data.procedural_source"])
-    evaluated, _ = evaluator.evaluate(model, duties.eval_dataset(cfg, "test"),
+    evaluated, _ = evaluator.evaluate(model, split_evaluation.eval_dataset(cfg, "test"),
                                       max_examples=len(names))
     assert evaluated["num_images"] == len(names)
     assert abs(served.result()["fg_iou"] - evaluated["fg_iou"]) <= 0.01

@@ -1,10 +1,12 @@
 """The trainer end to end at tiny sizes: every shipped config, resume, restart, bad input."""
+import gc
 import glob
 import json
 import os
 import re
 import subprocess
 import sys
+import weakref
 
 import gin
 import numpy as np
@@ -17,7 +19,7 @@ from tfseg import config, registry, train
 # --gin_param alias (test_unknown_configurable_fails_with_a_suggestion then trained the whole demo).
 from tfseg import export  # noqa: E402,F401  pylint: disable=unused-import,wrong-import-order
 from tfseg.evaluation import curves, evaluator
-from tfseg.training import checkpointing, duties, trainer
+from tfseg.training import checkpointing, duties, loading, run_dir, schedule, signals, train_config, trainer
 
 import methods as methods_under_test  # tests/methods.py: the one list of methods
 
@@ -48,8 +50,8 @@ TRAINED = [os.path.join(REPO, "gin_configs", name)
 
 
 def _assert_trained_two_steps_per_stage_and_scored_test(model_dir, out):
-    total = 2 * len(trainer.stage_schedule(trainer.build_method(trainer.TrainConfig()),
-                                           trainer.TrainConfig()))  # ReDO has one stage, PerturbGAN three
+    total = 2 * len(schedule.stage_schedule(loading.build_method(train_config.TrainConfig()),
+                                           train_config.TrainConfig()))  # ReDO has one stage, PerturbGAN three
     assert f"step {total}/{total}" in out
     assert checkpointing.latest_checkpoint(model_dir, "latest").endswith(f"ckpt-{total}")
     with open(os.path.join(model_dir, "eval_test.json")) as f:
@@ -57,7 +59,7 @@ def _assert_trained_two_steps_per_stage_and_scored_test(model_dir, out):
     assert results["num_images"] == 8 and "test split, checkpoint" in out
     with open(os.path.join(model_dir, "config.gin")) as f:
         bound = f.read()
-    with open(os.path.join(model_dir, trainer.OPERATIVE_CONFIG_FILE)) as f:
+    with open(os.path.join(model_dir, run_dir.OPERATIVE_CONFIG_FILE)) as f:
         operative = f.read()
     # A default nobody bound is in the operative record only; a bound value is in both.
     assert "TrainConfig.keep_checkpoints = 3" in operative and "keep_checkpoints" not in bound
@@ -72,11 +74,11 @@ def test_every_shipped_config_resolves_and_builds_its_networks(gin_file, tmp_pat
     assert run_train(f"--gin_file={gin_file}", "--smoke", "--dry_run", f"--model_dir={model_dir}") == 0
     out = capsys.readouterr().out
     assert "# dry run: config resolved, data found; not training." in out
-    cfg = trainer.TrainConfig()
-    stages = [stage.name for stage, _, _ in trainer.stage_schedule(trainer.build_method(cfg), cfg)]
+    cfg = train_config.TrainConfig()
+    stages = [stage.name for stage, _, _ in schedule.stage_schedule(loading.build_method(cfg), cfg)]
     listed = re.findall(r"^#   (\S+): steps \d+-\d+, (?:batch \d+|\d+ images a step \(\d+ batches of \d+\))", out, re.M)
     assert listed == stages
-    model = trainer.build_method(cfg)
+    model = loading.build_method(cfg)
     model.build_for_training(cfg.batch_size)  # every variable, at the smoke sizes the config resolves to
     masks = model.region_masks(tf.zeros([2, cfg.resolution, cfg.resolution, 3]))
     assert masks.shape[:3] == (2, cfg.resolution, cfg.resolution)
@@ -93,7 +95,7 @@ def test_one_config_per_method_trains_two_steps_per_stage_and_scores_test(gin_fi
 
 def _smoke_config(tmp_path, *bindings):
     config.parse([os.path.join(REPO, "gin_configs", "demo.gin"), config.SMOKE_CONFIG], bindings)
-    return trainer.TrainConfig()
+    return train_config.TrainConfig()
 
 
 def _weights(model):
@@ -157,6 +159,42 @@ def test_the_test_split_is_scored_on_the_best_validation_checkpoint_not_the_late
     assert "redo_iou 0.500" in capsys.readouterr().out  # the console shows the score that chose
     assert all(np.array_equal(a, b) for a, b in zip(scored[0], validated[2]))
     assert not all(np.array_equal(a, b) for a, b in zip(scored[0], validated[4]))
+
+
+@pytest.mark.slow
+def test_the_trainer_releases_its_prefetching_stream_however_the_run_ends(tmp_path, monkeypatch):
+    # A tf.data iterator still prefetching through tf.numpy_function (the procedural and folder
+    # sources) when the interpreter finalizes hangs the exit: the trainer must drop its own stream
+    # when its loop ends, normally and by an exception (here a signal's Stopped).
+    streams = []
+
+    def tracked(*args, **kwargs):
+        stream = make_stream(*args, **kwargs)
+        streams.append(weakref.ref(stream))
+        return stream
+
+    make_stream = trainer._training_dataset
+    monkeypatch.setattr(trainer, "_training_dataset", tracked)
+    run = trainer.Trainer(str(tmp_path / "whole"), _smoke_config(tmp_path))
+    run.train()
+    gc.collect()
+    assert len(streams) == 1 and streams[0]() is None
+
+    stopping = trainer.Trainer(str(tmp_path / "stopped"), _smoke_config(tmp_path), duties=[_StopAfterFirstStep()])
+    with pytest.raises(signals.Stopped):
+        stopping.train()
+    gc.collect()
+    assert len(streams) == 2 and streams[1]() is None
+
+
+class _StopAfterFirstStep(duties.Duty):
+    """A duty that ends the run by an exception after the first step, as a signal would."""
+
+    def due(self, trainer_, step, stage_end):
+        return True
+
+    def run(self, trainer_, step):
+        raise signals.Stopped(15, "stopped by the test")
 
 
 def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path):

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from tfseg.evaluation import evaluator
 from tfseg.serving import export_module, inference
-from tfseg.training import duties
+from tfseg.training import run_dir
 from test_training import run_module, run_train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,7 +93,7 @@ def test_unlabelled_run_trains_on_every_photo_and_chooses_the_region_by_the_bord
     assert "chosen by the border rule" in out
     assert "skipped as unreadable: 1 file(s)" in out and "broken.jpg" in out
     assert "no labelled test split" in out
-    with open(os.path.join(model_dir, duties.FOREGROUND_FILE)) as f:
+    with open(os.path.join(model_dir, run_dir.FOREGROUND_FILE)) as f:
         record = json.load(f)
     assert record["rule"] == "border" and record["region"] in (0, 1)
     assert not os.path.exists(os.path.join(model_dir, "best"))
@@ -103,7 +103,7 @@ def test_unlabelled_run_trains_on_every_photo_and_chooses_the_region_by_the_bord
 def test_export_of_an_unlabelled_run_says_it_took_the_latest_checkpoint_and_can_invert(unlabelled_run):
     root, _, model_dir, result = unlabelled_run
     assert result.returncode == 0, result.stderr[-3000:]
-    with open(os.path.join(model_dir, duties.FOREGROUND_FILE)) as f:
+    with open(os.path.join(model_dir, run_dir.FOREGROUND_FILE)) as f:
         chosen = json.load(f)["region"]
     out = run_module("tfseg.export", f"--model_dir={model_dir}", f"--export_dir={root / 'serving'}")
     assert out.returncode == 0, out.stderr[-3000:]

@@ -28,8 +28,8 @@ def main(argv):
     console.quiet_tensorflow(FLAGS.verbosity)
     from tfseg import registry  # pylint: disable=import-outside-toplevel
     from tfseg.errors import ConfigError, DataError, RunDirError  # pylint: disable=import-outside-toplevel
-    from tfseg.evaluation import metrics  # pylint: disable=import-outside-toplevel
-    from tfseg.training import loading, trainer  # pylint: disable=import-outside-toplevel
+    from tfseg.evaluation import metrics, split_evaluation  # pylint: disable=import-outside-toplevel
+    from tfseg.training import loading  # pylint: disable=import-outside-toplevel
     registry.import_configurables()  # the run's config.gin may name any configurable
 
     if not FLAGS.model_dir:
@@ -39,7 +39,7 @@ def main(argv):
     try:
         model, train_config, path = loading.load_trained(FLAGS.model_dir, FLAGS.checkpoint,
                                                          FLAGS.gin_bindings)
-        results = trainer.run_split_evaluation(model, train_config, FLAGS.model_dir, FLAGS.split)
+        results = split_evaluation.run_split_evaluation(model, train_config, FLAGS.model_dir, FLAGS.split)
     except (ConfigError, DataError, RunDirError) as err:  # RunDirError: a checkpoint of another layout
         print(f"error: {err}", file=sys.stderr)
         return 2

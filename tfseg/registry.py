@@ -25,7 +25,7 @@ CONFIGURABLE_MODULES = (
     "tfseg.methods.redo",
     "tfseg.modeling.refinement",
     "tfseg.training.strategy",
-    "tfseg.training.trainer",
+    "tfseg.training.train_config",
 )
 
 _imported = False

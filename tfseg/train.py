@@ -87,7 +87,7 @@ def _prepare(model_dir):
     from tfseg import config, registry  # pylint: disable=import-outside-toplevel
     from tfseg.errors import ConfigError, DataError, RunDirError  # pylint: disable=import-outside-toplevel
     from tfseg.data import pipeline  # pylint: disable=import-outside-toplevel
-    from tfseg.training import run_dir, trainer  # pylint: disable=import-outside-toplevel
+    from tfseg.training import loading, run_dir, schedule, train_config  # pylint: disable=import-outside-toplevel
     from tfseg.training import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
     import gin  # pylint: disable=import-outside-toplevel
 
@@ -98,8 +98,8 @@ def _prepare(model_dir):
     registry.import_configurables()
     config.parse(gin_files, FLAGS.gin_bindings)
     config.check_numeric_bindings()
-    cfg = trainer.TrainConfig()
-    trainer.method_settings(cfg)  # the method's own bindings, before anything is built
+    cfg = train_config.TrainConfig()
+    loading.method_settings(cfg)  # the method's own bindings, before anything is built
     # Before any TensorFlow op: a multi-worker strategy configures collective ops, which
     # TensorFlow accepts only at program start-up.
     strategy = None if FLAGS.dry_run else strategy_lib.make_strategy()
@@ -108,7 +108,7 @@ def _prepare(model_dir):
     stages = None
     if FLAGS.dry_run:
         # Constructing the method (no weights yet) checks its bindings and stage budgets.
-        stages = trainer.stage_schedule(trainer.build_method(cfg), cfg)
+        stages = schedule.stage_schedule(loading.build_method(cfg), cfg)
     else:
         config.prepare_model_dir(model_dir)
     return _Prepared(cfg, strategy, data_info, data_problem, clash, stages)

@@ -91,11 +91,11 @@ def full_mask_baseline(gin_file, smoke=False):
     from tfseg import config, registry  # pylint: disable=import-outside-toplevel
     from tfseg.data import pipeline  # pylint: disable=import-outside-toplevel
     from tfseg.evaluation.metrics import MaskMetrics  # pylint: disable=import-outside-toplevel
-    from tfseg.training import trainer  # pylint: disable=import-outside-toplevel
+    from tfseg.training import train_config  # pylint: disable=import-outside-toplevel
 
     registry.import_configurables()
     config.parse([gin_file] + ([config.SMOKE_CONFIG] if smoke else []))
-    train_config = trainer.TrainConfig()
+    train_config = train_config.TrainConfig()
     metric = MaskMetrics(0.5)
     for batch in pipeline.make_dataset("test", 64, resolution=train_config.resolution):
         truth = batch["mask"].numpy()

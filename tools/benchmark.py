@@ -5,7 +5,7 @@
         --tfrecord_pattern='SHARDS/{split}-*.tfrecord' [--gin_file=gin_configs/lsun_horse.gin --xla=false --nosavedmodel]
 
 Synthetic inputs of the config's shape feed the exact training step the trainer runs
-(`tfseg.training.trainer.make_train_step`), so the figures measure compute, not data loading.
+(`tfseg.training.train_step.make_train_step`), so the figures measure compute, not data loading.
 Each figure is the median over `--repeats` timings of `--steps` steps, after warm-up (tracing
 and XLA compilation are excluded). Training images/s counts every image a step consumes. The step
 timed is the one most iterations run: a lazy regulariser that runs as a phase of its own every n-th
@@ -46,9 +46,10 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """Defines the flags (only when run as a script, so tests can import this module next to
-    tfseg.train, whose --gin_file and --gin_bindings flags would clash)."""
+    tfseg.train, whose --gin_file flag would clash)."""
+    from tfseg import cli_flags  # pylint: disable=import-outside-toplevel
     flags.DEFINE_multi_string("gin_file", [], "gin config(s) to measure.")
-    flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
+    cli_flags.define_gin_bindings()
     flags.DEFINE_integer("steps", 20, "Steps per timing.")
     flags.DEFINE_integer("repeats", 5, "Timings per figure; the median is reported.")
     flags.DEFINE_integer("warmup", 3, "Untimed steps before timing (compilation).")
@@ -197,20 +198,21 @@ def measure(train_config, jit_compile, strategy):
 def _measure(train_config, jit_compile, strategy):
     from tfseg.methods import base  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from tfseg.training import strategy as strategy_lib, trainer  # pylint: disable=import-outside-toplevel
+    from tfseg.training import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
+    from tfseg.training import loading, schedule, train_step  # pylint: disable=import-outside-toplevel
 
     r, b = train_config.resolution, train_config.batch_size
     with strategy.scope():
-        model = trainer.build_method(train_config)
+        model = loading.build_method(train_config)
         model.build_for_training(b)
     batch = {"image": tf.random.uniform([b, r, r, 3], -1.0, 1.0, seed=1)}
     iterator = strategy_lib.distributed_iterator(strategy, tf.data.Dataset.from_tensors(batch).repeat())
     step = tf.Variable(0, dtype=tf.int64)
     stages, profiles = {}, {}
-    for stage, _, _ in trainer.stage_schedule(model, train_config):
+    for stage, _, _ in schedule.stage_schedule(model, train_config):
         model.begin_stage(stage.name)
         # The step of most iterations: a lazy regulariser (a `Periodic` phase) is left out.
-        step_fn = trainer.make_train_step(model, strategy, jit_compile, base.every_step_phases(stage.phases),
+        step_fn = train_step.make_train_step(model, strategy, jit_compile, base.every_step_phases(stage.phases),
                                           stage.batches_per_step)
         per_step = stage.images_per_step(b)
         rate = _median_rate(lambda: step_fn(iterator, step), per_step, FLAGS.steps, FLAGS.repeats, FLAGS.warmup)
@@ -314,7 +316,8 @@ def main(argv):
     console.quiet_tensorflow(FLAGS.verbosity)  # before anything imports TensorFlow: its start-up lines
     from tfseg import config, registry  # pylint: disable=import-outside-toplevel
     from tfseg.errors import ConfigError, DataError  # pylint: disable=import-outside-toplevel
-    from tfseg.training import strategy as strategy_lib, trainer  # pylint: disable=import-outside-toplevel
+    from tfseg.training import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
+    from tfseg.training.train_config import TrainConfig  # pylint: disable=import-outside-toplevel
 
     registry.import_configurables()
     if FLAGS.paper_shapes:
@@ -341,14 +344,14 @@ def main(argv):
               flush=True)
         if not FLAGS.gin_file:
             return 0
-    train_config = trainer.TrainConfig()
+    run_config = TrainConfig()
     strategy = strategy_lib.make_strategy()
     rows = {}
     for setting in FLAGS.xla:
         jit = strategy_lib.resolve_jit_compile(setting)
-        rows[jit] = measure(train_config, jit, strategy)
-    print(f"\nconfig: {', '.join(FLAGS.gin_file)} | resolution {train_config.resolution} | "
-          f"batch {train_config.batch_size} | replicas {strategy.num_replicas_in_sync} | "
+        rows[jit] = measure(run_config, jit, strategy)
+    print(f"\nconfig: {', '.join(FLAGS.gin_file)} | resolution {run_config.resolution} | "
+          f"batch {run_config.batch_size} | replicas {strategy.num_replicas_in_sync} | "
           f"median of {FLAGS.repeats} x {FLAGS.steps} steps")
     print(f"{'XLA':<6}{'stage':<12}{'train img/s':>14}{'train steps/s':>16}{'inference img/s':>18}")
     for jit, (stages, infer_rate, _, _) in rows.items():
@@ -372,7 +375,7 @@ def main(argv):
                   f"traced; kernel time summed over threads):\n{tables}")
     if FLAGS.savedmodel:
         model = next(iter(rows.values()))[2]
-        rates = measure_savedmodel(model, train_config)
+        rates = measure_savedmodel(model, run_config)
         print(f"\nSavedModel (serving signatures, images/s):")
         print(f"{'signature':<22}{'batch 1':>10}{'batch 32':>10}")
         for name, key in (("serving_default bytes", "bytes"), ("serve_image_tensor", "tensor")):

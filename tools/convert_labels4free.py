@@ -275,11 +275,11 @@ def convert(alpha_checkpoint, generator_checkpoint, model_dir, batch_size=8, mbs
 
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from tfseg import config, registry  # pylint: disable=import-outside-toplevel
-    from tfseg.training import checkpointing, trainer  # pylint: disable=import-outside-toplevel
+    from tfseg.training import checkpointing, loading, train_config  # pylint: disable=import-outside-toplevel
     registry.import_configurables()
     config.load_run_config(model_dir)
-    train_config = trainer.TrainConfig()
-    model = trainer.build_method(train_config)
+    train_config = train_config.TrainConfig()
+    model = loading.build_method(train_config)
     model.build_for_training(train_config.batch_size)
     for generator in (model.generator, model.generator_ema):
         sg2_convert.convert_generator(g_sd, generator, latent_avg=latent_avg)

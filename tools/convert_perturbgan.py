@@ -302,7 +302,7 @@ def convert_checkpoint(checkpoint, model_dir, min_mask_coverage=0.05, shift_frac
     from tfseg import config as tfseg_config
     from tfseg import registry
     from tfseg.methods import perturbgan
-    from tfseg.training import checkpointing, trainer
+    from tfseg.training import checkpointing, loading, train_config
 
     created = not os.path.exists(model_dir)
     os.makedirs(model_dir, exist_ok=True)
@@ -314,8 +314,8 @@ def convert_checkpoint(checkpoint, model_dir, min_mask_coverage=0.05, shift_frac
         registry.import_configurables()
         gin.clear_config()
         tfseg_config.parse([path], ())
-        train_config = trainer.TrainConfig()
-        model = trainer.build_method(train_config)
+        train_config = train_config.TrainConfig()
+        model = loading.build_method(train_config)
         model.build_for_training(train_config.batch_size)
         convert_networks(checkpoint, model, what)
         model.segmentation_route.assign(perturbgan.ENCODER_ROUTE)

@@ -338,7 +338,7 @@ def write_run(model_dir, state_dicts, options, foreground_region=0, batch_size=N
     """Builds the tfseg method, copies the weights, writes config.gin and `best/ckpt-0`."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from tfseg import config, registry  # pylint: disable=import-outside-toplevel
-    from tfseg.training import checkpointing, duties, run_dir, trainer  # pylint: disable=import-outside-toplevel
+    from tfseg.training import checkpointing, loading, run_dir, train_config  # pylint: disable=import-outside-toplevel
 
     check_options(options)
     settings = redo_settings(options)
@@ -354,15 +354,15 @@ def write_run(model_dir, state_dicts, options, foreground_region=0, batch_size=N
             f.write(config_text(settings, options, batch_size))
         registry.import_configurables()
         config.load_run_config(partial)
-        train_config = trainer.TrainConfig()
-        method = trainer.build_method(train_config)
+        train_config = train_config.TrainConfig()
+        method = loading.build_method(train_config)
         method.build_for_training(train_config.batch_size)
         assign(method, weights)
         method.foreground_region.assign(int(foreground_region))
         state = checkpointing.RunState()
         _, best = checkpointing.managers(checkpointing.make_checkpoint(method, state), partial)
         saved = best.save(checkpoint_number=0)
-        with open(os.path.join(partial, duties.FOREGROUND_FILE), "w", encoding="utf-8") as f:
+        with open(os.path.join(partial, run_dir.FOREGROUND_FILE), "w", encoding="utf-8") as f:
             json.dump({"region": int(foreground_region), "rule": "conversion",
                        "why": f"tools/convert_redo.py --foreground_region={int(foreground_region)} (the authors' "
                               f"mPred[:, {int(foreground_region)}])", "step": 0}, f, indent=2)

@@ -15,8 +15,6 @@ those checks for every split before a trainer spends time building networks.
 
 from __future__ import annotations
 
-import atexit
-import gc
 from typing import Callable, NamedTuple, Sequence
 import weakref
 
@@ -81,40 +79,6 @@ def _example_of(example, ok):
 def keep_decoded(ds: tf.data.Dataset) -> tf.data.Dataset:
     """`(example, ok)` pairs -> the examples whose decode succeeded (the others were recorded)."""
     return ds.filter(_ok_of).map(_example_of)
-
-
-# --------------------------------------------------------------------------------------------------
-# Clean interpreter exit.
-# --------------------------------------------------------------------------------------------------
-
-
-def release_iterators() -> int:
-    """Destroys the resources of all live tf.data iterators; returns how many were released.
-
-    Registered with `atexit`. Why: the procedural and folder sources run Python inside `tf.data` through
-    `tf.numpy_function`. If an iterator with such calls in flight (a prefetching training stream) is
-    only destroyed while CPython finalizes, the TF thread waiting for the GIL is terminated, its call
-    never completes, and the iterator's destructor waits for it forever: the process hangs on exit.
-    atexit hooks run before finalization, when in-flight calls can still finish. The iterators are
-    unusable afterwards, so only call this when the process is about to end.
-    """
-    try:
-        from tensorflow.python.data.ops import iterator_ops  # pylint: disable=g-import-not-at-top
-    except ImportError:  # pragma: no cover
-        return 0
-    released = 0
-    for obj in gc.get_objects():
-        # type() rather than isinstance(): isinstance falls back to obj.__class__, which some lazy proxy
-        # objects (TFDS's deprecated builder aliases) answer with a warning each.
-        if issubclass(type(obj), iterator_ops.OwnedIterator) and "_iterator_resource" in obj.__dict__:
-            obj.__dict__.pop("_iterator_resource")
-            obj.__dict__.pop("_components", None)
-            released += 1
-    gc.collect()
-    return released
-
-
-atexit.register(release_iterators)
 
 
 # --------------------------------------------------------------------------------------------------

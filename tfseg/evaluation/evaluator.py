@@ -19,6 +19,12 @@ def _region_fn(model):
     return model._tfseg_region_fn
 
 
+#: Scores of `evaluate` that may rank checkpoints (`tfseg.training.TrainConfig.selection_metric`;
+#: higher is better). "redo_iou" is ReDO's reference criterion (metrics.MaskMetrics).
+RANKING_METRICS = ("fg_iou", "miou", "accuracy", "best_perm_fg_iou", "redo_iou")
+#: Scores of `evaluate` filed in TensorBoard at each validation (under `eval/`).
+SUMMARY_METRICS = ("fg_iou", "miou", "accuracy", "best_perm_fg_iou", "best_perm_accuracy", "confusion_miou")
+
 #: The centred-disc baseline's name.
 DISC = "centred disc, 50 % of the image"
 

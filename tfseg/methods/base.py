@@ -120,8 +120,11 @@ class Method(keras.Model):
     foreground_by_construction = False
     #: Why region 0 is the object when `foreground_by_construction` (said on the console).
     foreground_reason = "the segmenter predicts the foreground layer's mask"
+    #: What the owner of an older run must bind when its checkpoint no longer fits the networks
+    #: (added to `tfseg.training.checkpointing.CheckpointMismatch`'s message); "" when nothing helps.
+    checkpoint_hint = ""
     #: Post-processing every mask passes through outside training (`tfseg.modeling.refinement`), or
-    #: None. Set from gin by `tfseg.training.trainer.build_method`; it has no weights to checkpoint.
+    #: None. Set from gin by `tfseg.training.loading.build_method`; it has no weights to checkpoint.
     mask_refinement = None
 
     def __init__(self, settings, **kwargs):
@@ -162,7 +165,13 @@ class Method(keras.Model):
         raise NotImplementedError
 
     def phase_optimizers(self):
-        """`{phase: (optimizer, variables)}`: what each phase trains, with which optimizer."""
+        """`{phase: (optimizer, variables)}`: what each phase trains, with which optimizer.
+
+        A phase whose one backward pass trains several networks, each with its own optimizer, maps to
+        `{name: (optimizer, variables)}` instead, and its `phase_gradients` returns `{name: grads}`
+        (ReDO's "generator" phase: F, the G_k and the encoder). Checkpoints and learning-rate
+        summaries name an optimizer by its phase, or by its name within such a phase.
+        """
         raise NotImplementedError
 
     def region_masks(self, images, training=False):
@@ -180,11 +189,15 @@ class Method(keras.Model):
         G update of the step. Nothing by default."""
 
     def apply_phase(self, phase, grads):
-        """Applies the gradients of `phase_gradients` with the phase's optimizer."""
-        optimizer, variables = self.phase_optimizers()[phase]
-        if phase in self.partial_gradient_phases:
-            grads, variables = zip(*[(g, v) for g, v in zip(grads, variables) if g is not None])
-        optimizer.apply(grads, variables)
+        """Applies the gradients of `phase_gradients` with the phase's optimizer(s)."""
+        updates = self.phase_optimizers()[phase]
+        if not isinstance(updates, dict):
+            updates, grads = {phase: updates}, {phase: grads}
+        for name, (optimizer, variables) in updates.items():
+            named_grads = grads[name]
+            if phase in self.partial_gradient_phases:
+                named_grads, variables = zip(*[(g, v) for g, v in zip(named_grads, variables) if g is not None])
+            optimizer.apply(named_grads, variables)
 
     @property
     def loss_scaled(self):
@@ -193,12 +206,19 @@ class Method(keras.Model):
 
     def build_optimizers(self):
         """Creates every optimizer's slots (after the networks are built), so checkpoints restore."""
-        for optimizer, variables in self.phase_optimizers().values():
+        for optimizer, variables in self._named_updates().values():
             optimizer.build(variables)
 
     def optimizers_by_name(self):
-        """Dict of the optimizers, for checkpoints and learning-rate summaries: one per phase."""
-        return {phase: optimizer for phase, (optimizer, _) in self.phase_optimizers().items()}
+        """Dict of the optimizers, for checkpoints and learning-rate summaries (`phase_optimizers`' names)."""
+        return {name: optimizer for name, (optimizer, _) in self._named_updates().items()}
+
+    def _named_updates(self):
+        """`{name: (optimizer, variables)}` over all phases, a phase of several updates flattened."""
+        named = {}
+        for phase, updates in self.phase_optimizers().items():
+            named.update(updates if isinstance(updates, dict) else {phase: updates})
+        return named
 
     def final_region_masks(self, images):
         """`region_masks` as evaluation and serving see them: after `mask_refinement`, if any."""

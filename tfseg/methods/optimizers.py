@@ -47,16 +47,21 @@ class FusedAdam(keras.optimizers.Adam):
     Keras' Adam, so a change there fails a test rather than training differently.
     """
 
-    def __init__(self, *args, steps_per_variable=False, pytorch_epsilon=False, **kwargs):
+    def __init__(self, *args, steps_per_variable=False, pytorch_epsilon=False, coupled_weight_decay=0.0,
+                 **kwargs):
         """`steps_per_variable`: count Adam's steps (its bias correction) per variable, over the
         applies that give it a gradient, as PyTorch's Adam does, instead of once per optimizer:
         for networks that grow (a layer that joins late starts its moments as a new one would).
         It adds one scalar slot per variable to the checkpoint.
         `pytorch_epsilon`: add epsilon to the bias-corrected sqrt(v_hat), as PyTorch's Adam does
         (m_hat / (sqrt(v_hat) + eps)), instead of to sqrt(v) (Keras, TensorFlow); the kernel is
-        given eps * sqrt(1 - beta_2^t), which is the same update."""
+        given eps * sqrt(1 - beta_2^t), which is the same update.
+        `coupled_weight_decay`: L2 added to the gradient (g + wd * theta), as PyTorch's Adam
+        `weight_decay` does (ReDO's F), not Keras' decoupled (AdamW) decay. Under loss scaling it
+        is added to the unscaled gradient (`LossScaleOptimizer` unscales before this optimizer)."""
         super().__init__(*args, **kwargs)
         self.pytorch_epsilon = pytorch_epsilon
+        self.coupled_weight_decay = coupled_weight_decay
         if self.amsgrad:
             raise ValueError("FusedAdam has no amsgrad variant; use keras.optimizers.Adam")
         self.steps_per_variable = steps_per_variable
@@ -82,6 +87,8 @@ class FusedAdam(keras.optimizers.Adam):
                                     epsilon=tf.constant(self.epsilon, tf.float32))
         if self.pytorch_epsilon:
             self._shared.scalars["epsilon"] = self._scaled_epsilon(self._shared.scalars["beta2_power"])
+        if self.coupled_weight_decay:
+            grads = [g + self.coupled_weight_decay * v for g, v in zip(grads, trainable_variables)]
         try:
             super()._backend_update_step(grads, trainable_variables, learning_rate)
         finally:
@@ -108,7 +115,7 @@ class FusedAdam(keras.optimizers.Adam):
 
 
 def gan_adam(learning_rate, beta_2=0.99, epsilon=1e-8, lazy_ratio=1.0, steps_per_variable=False,
-             pytorch_epsilon=False):
+             pytorch_epsilon=False, coupled_weight_decay=0.0):
     """Adam(beta_1 = 0, beta_2), scaled for a lazily run regulariser: lr * c, beta_2 ** c.
 
     Inside `loss_scaling(True)` it comes wrapped in Keras' dynamic `LossScaleOptimizer`.
@@ -121,9 +128,11 @@ def gan_adam(learning_rate, beta_2=0.99, epsilon=1e-8, lazy_ratio=1.0, steps_per
             regulariser runs every `interval` steps (StyleGAN2 appendix B); 1 when none does.
         steps_per_variable: bias correction per variable (`FusedAdam`), for growing networks.
         pytorch_epsilon: epsilon where PyTorch's Adam adds it (`FusedAdam`).
+        coupled_weight_decay: PyTorch Adam's L2 on the weights, added to the gradient (`FusedAdam`).
     """
     adam = FusedAdam(learning_rate * lazy_ratio, beta_1=0.0, beta_2=beta_2**lazy_ratio, epsilon=epsilon,
-                     steps_per_variable=steps_per_variable, pytorch_epsilon=pytorch_epsilon)
+                     steps_per_variable=steps_per_variable, pytorch_epsilon=pytorch_epsilon,
+                     coupled_weight_decay=coupled_weight_decay)
     if _LOSS_SCALING[0]:
         return keras.optimizers.LossScaleOptimizer(adam)
     return adam

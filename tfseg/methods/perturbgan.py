@@ -238,6 +238,8 @@ class PerturbGAN(Method):
 
     # -- structure ------------------------------------------------------------------------------
     phases = ("discriminator", "generator", "encoder", "segmenter")
+    checkpoint_hint = ("PerturbGAN runs made before its encoder predicted z need "
+                       "--gin_bindings=\"tfseg.methods.perturbgan.encoder_target='w'\"")
     # The segmenter predicts the foreground layer's mask: region 0 is the object.
     foreground_by_construction = True
 

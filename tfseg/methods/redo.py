@@ -8,7 +8,7 @@ empty. F, the G_k and the encoder are trained together on one loss; D on the hin
 """
 import dataclasses
 import math
-from typing import Optional
+from typing import ClassVar, Optional, Tuple
 
 import gin
 import keras
@@ -141,6 +141,11 @@ class ReDOSettings:
     spectral_norm: str = "reference"
     seed: int = 0
 
+    #: Layout-changing bindings a resumed run is checked on by the checkpoint restore, not by
+    #: `tfseg.training.run_dir` (runs made before they existed lack them in config.gin).
+    CHECKED_AT_RESTORE: ClassVar[Tuple[str, ...]] = ("spectral_norm", "generator_seed_multiplier",
+                                                     "shared_encoder_trunk")
+
     def __post_init__(self):
         if not 0.0 <= self.object_min_coverage < self.object_max_coverage <= 1.0:
             raise ConfigError("tfseg.methods.redo.object_min_coverage and object_max_coverage must satisfy "
@@ -157,10 +162,10 @@ class ReDOSettings:
         return ReDO(self)
 
 
-def _adam(learning_rate, settings):
+def _adam(learning_rate, settings, coupled_weight_decay=0.0):
     # beta_2 = 0.9: the reference's setting for every network.
     return gan_adam(learning_rate, beta_2=0.9, epsilon=settings.adam_epsilon,
-                    pytorch_epsilon=settings.pytorch_adam_epsilon)
+                    pytorch_epsilon=settings.pytorch_adam_epsilon, coupled_weight_decay=coupled_weight_decay)
 
 
 class ReDO(Method):
@@ -170,6 +175,11 @@ class ReDO(Method):
     """
 
     phases = ("generator", "discriminator")
+    checkpoint_hint = (
+        "ReDO runs made before tfseg.methods.redo.spectral_norm existed need --gin_bindings=\"tfseg.methods."
+        "redo.spectral_norm='keras'\"; ReDO runs of a config other than demo.gin made before the reference "
+        "defaults also need \"tfseg.methods.redo.generator_seed_multiplier=2\" and "
+        "\"tfseg.methods.redo.shared_encoder_trunk=True\"")
     batches_per_step = 2
 
     def __init__(self, settings):
@@ -193,7 +203,8 @@ class ReDO(Method):
                         self._discriminator_shaped(False, with_encoder_head=True, name="encoder",
                                                    with_adversarial_head=False,
                                                    width=s.encoder_width or s.discriminator_width))
-        self.mask_optimizer = _adam(s.mask_learning_rate, s)
+        # Coupled L2 on F (PyTorch Adam's weight_decay, not AdamW): gradient += wd * theta.
+        self.mask_optimizer = _adam(s.mask_learning_rate, s, coupled_weight_decay=s.mask_weight_decay)
         self.generator_optimizer = _adam(s.learning_rate, s)
         self.encoder_optimizer = _adam(s.learning_rate, s)
         self.discriminator_optimizer = _adam(s.learning_rate, s)
@@ -243,10 +254,7 @@ class ReDO(Method):
             self.encoder(images)
         if self.settings.pytorch_bias_init:
             self._draw_biases_as_pytorch()
-        self.mask_optimizer.build(self.mask_network.trainable_variables)
-        self.generator_optimizer.build(self._generator_variables())
-        self.encoder_optimizer.build(self._encoder_variables())
-        self.discriminator_optimizer.build(self._discriminator_variables())
+        self.build_optimizers()
 
     def _networks(self):
         return [self.mask_network, *self.generators, self.discriminator] + (
@@ -261,9 +269,13 @@ class ReDO(Method):
                     bound = 1.0 / math.sqrt(math.prod(layer._kernel.shape[:-1]))  # pylint: disable=protected-access
                     layer.bias.assign(rng.uniform(-bound, bound, layer.bias.shape).astype(np.float32))
 
-    def optimizers_by_name(self):
-        return {"mask": self.mask_optimizer, "generator": self.generator_optimizer,
-                "encoder": self.encoder_optimizer, "discriminator": self.discriminator_optimizer}
+    def phase_optimizers(self):
+        # One backward pass of the "generator" phase trains F, the G_k and the encoder, each with its
+        # own optimizer (the reference's three Adams): a phase of several named updates.
+        return {"generator": {"mask": (self.mask_optimizer, self.mask_network.trainable_variables),
+                              "generator": (self.generator_optimizer, self._generator_variables()),
+                              "encoder": (self.encoder_optimizer, self._encoder_variables())},
+                "discriminator": (self.discriminator_optimizer, self._discriminator_variables())}
 
     # -- forward pieces -------------------------------------------------------------------------
     def region_masks(self, images, training=False):
@@ -382,7 +394,7 @@ class ReDO(Method):
             losses={**named_losses, "generator_total": per_example},
             mask_coverage=coverage,
             diagnostics={"mask/binariness": losses.mask_binariness(masks[..., :1])})
-        return metrics, (mask_grads, gen_grads, enc_grads)
+        return metrics, {"mask": mask_grads, "generator": gen_grads, "encoder": enc_grads}
 
     def _mask_priors(self, images, masks, step):
         """tfseg's optional terms on F's masks, not the paper's (on F only): `{name: (weight, [b])}`,
@@ -431,22 +443,6 @@ class ReDO(Method):
                                diagnostics={"discriminator/real": real_logits,
                                             "discriminator/fake": losses.per_source_example(fake_logits, b)})
         return metrics, grads
-
-    def apply_phase(self, phase, grads):
-        if phase == "generator":
-            mask_grads, gen_grads, enc_grads = grads
-            mask_vars = self.mask_network.trainable_variables
-            # Coupled L2 (PyTorch Adam weight_decay), not AdamW: gradient += wd * theta.
-            # Under float16 the gradients carry the loss scale, so the decay term must too.
-            decay = self.settings.mask_weight_decay * optimizers.loss_scale(self.mask_optimizer)
-            mask_grads = [g + decay * v for g, v in zip(mask_grads, mask_vars)]
-            self.mask_optimizer.apply(mask_grads, mask_vars)
-            self.generator_optimizer.apply(gen_grads, self._generator_variables())
-            self.encoder_optimizer.apply(enc_grads, self._encoder_variables())
-        elif phase == "discriminator":
-            self.discriminator_optimizer.apply(grads, self._discriminator_variables())
-        else:
-            raise ValueError(f"ReDO has no phase {phase!r}")
 
     # -- summaries ------------------------------------------------------------------------------
     def summary_images(self, images, step):

@@ -8,6 +8,7 @@ import os
 import tensorflow as tf
 
 from tfseg.errors import RunDirError
+from tfseg.training.run_dir import BEST_DIR, CHECKPOINTS_DIR
 
 
 class RunState:
@@ -55,10 +56,10 @@ def make_checkpoint(model, state, include_unreached=True):
 
 
 def managers(checkpoint, model_dir, keep=3):
-    """(latest, best) checkpoint managers under `model_dir/checkpoints` and `model_dir/best`."""
-    latest = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"),
+    """(latest, best) checkpoint managers under `model_dir`'s `CHECKPOINTS_DIR` and `BEST_DIR`."""
+    latest = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, CHECKPOINTS_DIR),
                                         max_to_keep=keep)
-    best = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "best"), max_to_keep=1)
+    best = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, BEST_DIR), max_to_keep=1)
     return latest, best
 
 
@@ -70,8 +71,11 @@ class MissingAverages(CheckpointMismatch):
     """A checkpoint written before tfseg saved the weights no optimizer trains (G's moving average)."""
 
 
-def restore(checkpoint, path):
+def restore(checkpoint, path, hint=""):
     """Restores `path` and checks every variable of the model found its value.
+
+    `hint`: what the method tells the owner of an older run whose layout does not fit (its
+    `Method.checkpoint_hint`), added to the mismatch's message.
 
     Raises:
         CheckpointMismatch: the checkpoint holds other variables or shapes (another network layout);
@@ -85,25 +89,19 @@ def restore(checkpoint, path):
         if hasattr(checkpoint, UNREACHED) and not any(
                 key.startswith(UNREACHED + "/") for key in tf.train.load_checkpoint(path).get_variable_to_shape_map()):
             raise MissingAverages(
-                f"checkpoint {path} was written by a tfseg that did not save G's moving average (the "
-                "EMA generator of Labels4Free, and of PerturbGAN with ema_decay): resumed, it would "
-                "sample from an untrained generator. Train it afresh in another --model_dir; the run "
-                "was left as it was.") from err
+                f"checkpoint {path} was written by a tfseg that did not save the weights no optimizer "
+                "trains (a generator's moving average): resumed, it would sample from an untrained "
+                "generator. Train it afresh in another --model_dir; the run was left as it was.") from err
         raise CheckpointMismatch(
             f"checkpoint {path} does not fit the networks this config builds ({first}). It was written "
-            "with another network layout: other bindings, or an older tfseg (ReDO runs made before "
-            "tfseg.methods.redo.spectral_norm existed need --gin_bindings=\"tfseg.methods.redo."
-            "spectral_norm='keras'\"; ReDO runs of a config other than demo.gin made before the reference "
-            "defaults also need \"tfseg.methods.redo.generator_seed_multiplier=2\" and "
-            "\"tfseg.methods.redo.shared_encoder_trunk=True\"; PerturbGAN runs made before its encoder predicted z need "
-            "\"tfseg.methods.perturbgan.encoder_target='w'\"). Resume it with the bindings it was made "
-            "with, or pass another "
-            "--model_dir; the run was left as it was.") from err
+            "with another network layout: other bindings, or an older tfseg"
+            + (f" ({hint})" if hint else "") + ". Resume it with the bindings it was made with, or "
+            "pass another --model_dir; the run was left as it was.") from err
 
 
 def latest_checkpoint(model_dir, which="best"):
     """Path of the best (validation-selected) or latest checkpoint in `model_dir`, or None."""
-    folders = ["best", "checkpoints"] if which == "best" else ["checkpoints"]
+    folders = [BEST_DIR, CHECKPOINTS_DIR] if which == "best" else [CHECKPOINTS_DIR]
     for folder in folders:
         path = tf.train.latest_checkpoint(os.path.join(model_dir, folder))
         if path:

@@ -20,14 +20,13 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tfseg.data import pipeline
 from tfseg.evaluation import evaluator, grids
+from tfseg.evaluation.split_evaluation import eval_dataset
+from tfseg.training import run_dir
 from tfseg.training.step_metrics import StepMetrics
 
 #: What `Duty.run` returns to make the loop start the run afresh (after a collapse).
 RESTART = "restart"
-#: Written into model_dir whenever the foreground region is chosen: which region, by what rule, why.
-FOREGROUND_FILE = "foreground.json"
 
 
 class Duty:
@@ -76,9 +75,6 @@ class Validate(Every):
     labels (`choose_foreground_without_labels`). Skipped while steps are non-finite.
     """
 
-    #: Validation scores filed in TensorBoard under `eval/`.
-    SCALARS = ("fg_iou", "miou", "accuracy", "best_perm_fg_iou", "best_perm_accuracy", "confusion_miou")
-
     def __init__(self, every, metric="fg_iou"):
         """`metric`: the key of `evaluator.evaluate`'s results that ranks checkpoints (higher is better)."""
         super().__init__(every)
@@ -105,7 +101,7 @@ class Validate(Every):
         else:
             record_foreground(trainer, step, "binding", "tfseg.training.TrainConfig.foreground_region")
         with trainer.writers["validation"].as_default(step=step):
-            for key in self.SCALARS:
+            for key in evaluator.SUMMARY_METRICS:
                 tf.summary.scalar(f"eval/{key}", results[key])
             tf.summary.image("eval/image_truth_prediction_overlay",
                              evaluator.prediction_grid(sample)[None].astype(np.float32) / 255.0)
@@ -122,7 +118,7 @@ class Validate(Every):
 
 
 class DetectCollapse(Every):
-    """ReDO's autoRestart, for every method: if the smaller region's share fell below `threshold`
+    """Automatic restart of collapsed runs (ReDO's reference code has it), for any method: if the smaller region's share fell below `threshold`
     on the last logged training batch and on validation (at or before `before_step`), the run's
     checkpoints are deleted and it starts afresh, reseeded (at most `max_restarts` times)."""
 
@@ -150,7 +146,7 @@ class DetectCollapse(Every):
             return None
         trainer.display.message(f"masks collapsed at step {step} (smaller region {train_smaller:.3f} < "
                                 f"{self.threshold}): restarting from scratch, restart {restarts + 1}")
-        for folder in ("checkpoints", "best"):
+        for folder in (run_dir.CHECKPOINTS_DIR, run_dir.BEST_DIR):
             path = os.path.join(trainer.write_dir, folder)
             if tf.io.gfile.exists(path):
                 tf.io.gfile.rmtree(path)
@@ -172,11 +168,6 @@ def default_duties(config):
             DetectCollapse(config.eval_every, config.collapse_threshold, config.collapse_before_step,
                            config.max_restarts),
             WriteCheckpoint(config.checkpoint_every)]
-
-
-def eval_dataset(config, split):
-    """Batches of `split` for scoring, at the run's resolution and evaluation batch size."""
-    return pipeline.make_dataset(split, config.eval_batch_size, resolution=config.resolution)
 
 
 def choose_foreground_without_labels(trainer, step, images):
@@ -210,7 +201,7 @@ def record_foreground(trainer, step, rule, why, quiet=False):
     """Writes foreground.json; says so on the console when the choice changes (unless `quiet`)."""
     region = int(trainer.model.foreground_region.numpy())
     previous = read_foreground(trainer.write_dir) or {}
-    with open(os.path.join(trainer.write_dir, FOREGROUND_FILE), "w") as f:
+    with open(os.path.join(trainer.write_dir, run_dir.FOREGROUND_FILE), "w") as f:
         json.dump({"region": region, "rule": rule, "why": why, "step": step}, f, indent=2)
     if not quiet and (previous.get("region"), previous.get("rule")) != (region, rule):
         trainer.display.message(f"foreground: region {region}, chosen by the {rule} rule: {why}")
@@ -218,7 +209,7 @@ def record_foreground(trainer, step, rule, why, quiet=False):
 
 def read_foreground(model_dir):
     """The run's foreground.json (region, rule, why, step) as a dict, or None before any choice."""
-    path = os.path.join(model_dir, FOREGROUND_FILE)
+    path = os.path.join(model_dir, run_dir.FOREGROUND_FILE)
     if not os.path.exists(path):
         return None
     with open(path) as f:

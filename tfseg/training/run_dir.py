@@ -16,12 +16,30 @@ import os
 import shutil
 import socket
 
+import gin
+
 # RunDirError lives in the leaf module tfseg.errors; the name stays importable from here.
 from tfseg.errors import RunDirError  # noqa: F401
 
+# -- the run folder's file names: every module that reads or writes one takes it from here ----------
 #: The run's own bindings (`tfseg.config.save_config` writes it; tools writing a run folder use it).
 CONFIG_FILE = "config.gin"
+#: Every value the run used, defaults included (informational; nothing reads it back).
+OPERATIVE_CONFIG_FILE = "operative_config.gin"
 LOCK_FILE = ".tfseg.lock"
+#: Folders of the latest checkpoints and of the validation-best one.
+CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "best"
+#: TensorBoard's folders: training scalars and grids, validation scores.
+TRAIN_LOGS = "train"
+VALIDATION_LOGS = "validation"
+#: Which region is the object, by what rule, why (written whenever the region is chosen).
+FOREGROUND_FILE = "foreground.json"
+
+
+def eval_files(split):
+    """`(scores .json, image grid .png)` file names of a split's evaluation."""
+    return f"eval_{split}.json", f"eval_{split}.png"
 
 #: Bindings that may change between a run and its resumption (length and cadence, not the model).
 RESUMABLE_CHANGES = ("num_steps", "stage_steps", "log_every", "eval_every", "checkpoint_every",
@@ -32,11 +50,21 @@ RESUMABLE_CHANGES = ("num_steps", "stage_steps", "log_every", "eval_every", "che
 #: checkpoint resumes on one machine, and the other way round).
 RESUMABLE_CONFIGURABLES = ("make_strategy",)
 
-#: Bindings this check leaves to the checkpoint restore: they change the variables' layout, so a
-#: value that does not fit the run is refused there (`checkpointing.CheckpointMismatch`, which says
-#: the fix). Checked here, a run made before the parameter existed could never be resumed: its
-#: config.gin lacks it, and binding the value it ran with would count as a change.
-CHECKED_AT_RESTORE = ("spectral_norm", "generator_seed_multiplier", "shared_encoder_trunk")
+#: The class attribute by which a configurable (a method's settings) names the parameters this check
+#: leaves to the checkpoint restore: they change the variables' layout, so a value that does not fit
+#: the run is refused there (`checkpointing.CheckpointMismatch`, which says the fix). Checked here, a
+#: run made before such a parameter existed could never be resumed: its config.gin lacks it, and
+#: binding the value it ran with would count as a change.
+CHECKED_AT_RESTORE = "CHECKED_AT_RESTORE"
+
+
+def _checked_at_restore(selector):
+    """The parameters of `selector`'s configurable that the checkpoint restore checks instead."""
+    try:
+        configurable = gin.get_configurable(selector)
+    except ValueError:  # not registered in this process: nothing to leave to the restore
+        return ()
+    return tuple(getattr(configurable, CHECKED_AT_RESTORE, ()))
 
 
 def _alive(pid):
@@ -105,7 +133,7 @@ class Lock:
 def remove_partial_checkpoints(model_dir):
     """Deletes half-written `ckpt-*_temp*` folders under `model_dir`; returns their paths."""
     removed = []
-    for pattern in ("checkpoints/*_temp*", "best/*_temp*"):
+    for pattern in (f"{CHECKPOINTS_DIR}/*_temp*", f"{BEST_DIR}/*_temp*"):
         for path in glob.glob(os.path.join(model_dir, pattern)):
             shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
             removed.append(path)
@@ -133,7 +161,7 @@ def config_differences(saved_text, new_text):
     diffs = []
     for key in sorted(set(saved) | set(new)):
         selector, _, parameter = key.rpartition(".")
-        if (parameter in RESUMABLE_CHANGES + CHECKED_AT_RESTORE
+        if (parameter in RESUMABLE_CHANGES + _checked_at_restore(selector)
                 or selector.rpartition(".")[2] in RESUMABLE_CONFIGURABLES):
             continue
         if saved.get(key) != new.get(key):
@@ -141,10 +169,10 @@ def config_differences(saved_text, new_text):
     return diffs
 
 
-def check_config_fits(model_dir, new_text, config_file="config.gin"):
+def check_config_fits(model_dir, new_text, config_file=CONFIG_FILE):
     """Raises RunDirError if `model_dir` holds checkpoints of a config that differs from `new_text`."""
     path = os.path.join(model_dir, config_file)
-    has_checkpoints = bool(glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.index")))
+    has_checkpoints = bool(glob.glob(os.path.join(model_dir, CHECKPOINTS_DIR, "ckpt-*.index")))
     if not (os.path.exists(path) and has_checkpoints):
         return
     with open(path) as f:

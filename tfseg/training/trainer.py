@@ -1,273 +1,29 @@
 """The custom training loop shared by every method: steps, stages, resuming, restarts.
 
 What the loop does between steps (progress, validation and the best checkpoint, collapse
-detection, checkpoints) are duties, one class each in `tfseg.training.duties`.
-
-Not `model.fit`: fit breaks under MultiWorkerMirroredStrategy (keras-team/keras#20585), and a GAN
-step is several optimizer phases anyway. Each phase's losses-and-gradients function runs per
-replica, compiled with XLA when asked; the optimizer update runs outside XLA in the replica
-context, where Keras all-reduces the gradients (XLA cannot compile that merge).
+detection, checkpoints) are duties, one class each in `tfseg.training.duties`; one step is
+`tfseg.training.train_step`; the run's knobs are `tfseg.training.train_config.TrainConfig`. The
+loop knows no method: all it needs of one is the contract of `tfseg.methods.base.Method`.
 """
-import functools
-import json
 import os
 import sys
 import tempfile
-from typing import Optional
 
 import gin
-import numpy as np
 import tensorflow as tf
 
 from tfseg.data import decode, pipeline
-from tfseg.errors import ConfigError, DataError, SplitUnavailableError
-from tfseg.evaluation import evaluator, grids, metrics
-from tfseg.methods import optimizers
+from tfseg.evaluation import metrics
+from tfseg.evaluation.split_evaluation import run_split_evaluation
 from tfseg.methods.base import phases_due
-from tfseg.modeling import refinement
 from tfseg import progress
 from tfseg.training import checkpointing, nonfinite, precision, run_dir, signals
 from tfseg.training import duties as duties_lib
+from tfseg.training import schedule as schedule_lib
 from tfseg.training import strategy as strategy_lib
-
-#: Every value the run used, defaults included (informational; nothing reads it back).
-OPERATIVE_CONFIG_FILE = "operative_config.gin"
-#: Validation scores that may choose the best checkpoint (`TrainConfig.selection_metric`), all
-#: computed by `tfseg.evaluation.evaluator.evaluate`.
-SELECTION_METRICS = ("fg_iou", "miou", "accuracy", "best_perm_fg_iou", "redo_iou")
-
-
-@gin.configurable(module="tfseg.training")
-class TrainConfig:
-    """Every knob of a run that is not a network's or the data's (gin: `tfseg.training.TrainConfig.<arg>`).
-
-    Args:
-        method: a method's settings class, e.g. `@tfseg.methods.redo` (`ReDOSettings`); called with
-            `resolution` and `seed`, its `build()` makes the method.
-        resolution: image side R used by data and networks.
-        batch_size: global batch, split across replicas.
-        num_steps: length of the run in training steps (of each stage not in `stage_steps`).
-        stage_steps: steps per stage for methods trained in stages, e.g. PerturbGAN's
-            {"generator": 3000, "encoder": 500, "segmenter": 500}; 0 skips a stage.
-        log_every: steps between progress lines and scalar summaries.
-        eval_every: steps between validation evaluations, image grids and best-checkpoint updates.
-        checkpoint_every: steps between checkpoints (also written at the end and on Ctrl-C).
-        eval_examples: validation images scored at each evaluation (None: all).
-        eval_batch_size: batch size of evaluation.
-        jit_compile: "auto" (XLA on GPU/TPU only), "true" or "false".
-        collapse_threshold: restart the run if the smaller region's mean coverage falls below
-            this on both the last training batch and validation (0, the default, disables it; a
-            method whose runs may collapse binds it in its base config).
-        collapse_before_step: ... at an evaluation at or before this step.
-        max_restarts: give up restarting after this many.
-        keep_checkpoints: how many recent checkpoints to keep.
-        seed: seeds weights, codes and data order.
-        skip_nonfinite: undo a step whose losses or gradients are not finite (keeps a copy of every
-            variable; see `tfseg.training.nonfinite`).
-        max_nonfinite_steps: that many non-finite steps in a row restore the last checkpoint.
-        max_nonfinite_restores: past that many such restores the run stops with an error.
-        exact_resume: on resume, advance the data stream past the batches already trained on, so a
-            resumed run ends with the weights of an uninterrupted one (costs one pass of reading).
-        foreground_region: which output region is the object; None chooses it: on a labelled
-            validation split by fg IoU, else region 0 for methods whose mask layer is the object
-            by construction (PerturbGAN, Labels4Free), else (ReDO) the region that touches the
-            image border least on a batch of training photos.
-        optimize_graphs: let TensorFlow's graph optimiser (Grappler: constant folding, op fusion)
-            rewrite the step before its first run. Off in smoke runs (`gin_configs/smoke.gin`): for a
-            run of seconds it costs more than it saves (10 of the 50 s a smoke run of the ReDO
-            demo takes on a 2-core CPU); the results do not change beyond float rounding.
-        precision: "float32", "mixed_bfloat16" or "mixed_float16" (16-bit compute, float32
-            variables, masks and losses; float16 with dynamic loss scaling): `tfseg.training.precision`.
-            Training only; evaluation and export run in float32.
-        selection_metric: the validation score that chooses the best checkpoint (and the test split's
-            model): "fg_iou" (fixed polarity, tfseg's default), or "redo_iou" (ReDO's reference
-            criterion: each image scored with its better region, then averaged by batches; reproduction
-            configs use it), or another of `SELECTION_METRICS`.
-    """
-
-    def __init__(self, method=gin.REQUIRED, resolution=gin.REQUIRED, batch_size=gin.REQUIRED,
-                 num_steps=None, stage_steps=None, log_every=50, eval_every=500, checkpoint_every=500,
-                 eval_examples: Optional[int] = 512, eval_batch_size=64, jit_compile="auto",
-                 collapse_threshold=0.0, collapse_before_step=7000, max_restarts=5,
-                 keep_checkpoints=3, seed=0, skip_nonfinite=True, max_nonfinite_steps=10,
-                 max_nonfinite_restores=2, exact_resume=True, foreground_region=None,
-                 optimize_graphs=True, precision="float32", selection_metric="fg_iou"):
-        self.method = method
-        self.resolution = resolution
-        self.batch_size = batch_size
-        self.num_steps = num_steps
-        self.stage_steps = dict(stage_steps or {})
-        self.log_every = log_every
-        self.eval_every = eval_every
-        self.checkpoint_every = checkpoint_every
-        self.eval_examples = eval_examples
-        self.eval_batch_size = eval_batch_size
-        self.jit_compile = jit_compile
-        self.collapse_threshold = collapse_threshold
-        self.collapse_before_step = collapse_before_step
-        self.max_restarts = max_restarts
-        self.keep_checkpoints = keep_checkpoints
-        self.seed = seed
-        self.skip_nonfinite = skip_nonfinite
-        self.max_nonfinite_steps = max_nonfinite_steps
-        self.max_nonfinite_restores = max_nonfinite_restores
-        self.exact_resume = exact_resume
-        self.foreground_region = foreground_region
-        self.optimize_graphs = optimize_graphs
-        self.precision = precision
-        self.selection_metric = selection_metric
-        self.validate()
-
-    def validate(self):
-        """Raises ConfigError naming the binding for a value that cannot work (before any network)."""
-        def check(name, ok, wanted):
-            value = getattr(self, name)
-            if value is gin.REQUIRED:
-                raise ConfigError(f"tfseg.training.TrainConfig.{name} is not set: bind it to {wanted}.")
-            try:
-                good = ok(value)
-            except TypeError:
-                good = False
-            if not good:
-                raise ConfigError(f"tfseg.training.TrainConfig.{name} = {value!r}: must be {wanted}.")
-
-        def whole(low, none_ok=False):
-            return lambda v: (v is None and none_ok) or (
-                isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low)
-
-        check("resolution", whole(4), "a whole number of pixels >= 4")
-        check("batch_size", whole(1), "a whole number >= 1")
-        check("num_steps", whole(0, none_ok=True), "a whole number >= 0, or None with stage_steps")
-        for name in ("log_every", "eval_every", "checkpoint_every", "eval_batch_size", "keep_checkpoints",
-                     "max_nonfinite_steps"):
-            check(name, whole(1), "a whole number >= 1")
-        for name in ("max_restarts", "max_nonfinite_restores", "collapse_before_step", "seed"):
-            check(name, whole(0), "a whole number >= 0")
-        check("eval_examples", whole(1, none_ok=True), "a whole number >= 1, or None for all")
-        check("collapse_threshold", lambda v: not isinstance(v, bool) and 0 <= float(v) <= 1,
-              "a number in [0, 1]")
-        check("stage_steps", lambda v: all(whole(0)(n) for n in v.values()),
-              "a dict of stage name -> whole number of steps >= 0")
-        check("foreground_region", whole(0, none_ok=True), "None (chosen for you) or a region index >= 0")
-        for name in ("skip_nonfinite", "exact_resume", "optimize_graphs"):
-            check(name, lambda v: isinstance(v, bool), "True or False")
-        check("precision", lambda v: v in precision.POLICIES,
-              f"one of {', '.join(repr(p) for p in precision.POLICIES)}")
-        check("selection_metric", lambda v: v in SELECTION_METRICS,
-              f"one of {', '.join(repr(m) for m in SELECTION_METRICS)}")
-
-
-def stage_schedule(model, config):
-    """`[(stage, first_step, end_step)]` of the stages that run, in order.
-
-    Raises:
-        ConfigError: a stage without a step budget, or a budget for a stage the method lacks.
-    """
-    stages = model.stages()
-    names = [stage.name for stage in stages]
-    unknown = sorted(set(config.stage_steps) - set(names))
-    if unknown:
-        raise ConfigError(f"tfseg.training.TrainConfig.stage_steps names {unknown}, but this "
-                          f"method's stages are {names}.")
-    fixed = sorted(stage.name for stage in stages if stage.images is not None and stage.name in config.stage_steps)
-    if fixed:
-        raise ConfigError(f"tfseg.training.TrainConfig.stage_steps names {fixed}, whose length the method "
-                          "fixes in images (e.g. progressive growing's progressive_phase_images): remove "
-                          "them from stage_steps.")
-    schedule, start = [], 0
-    for stage in stages:
-        steps = stage.fixed_steps(config.batch_size)
-        if steps is None:
-            steps = config.stage_steps.get(stage.name, config.num_steps)
-        if steps is None:
-            raise ConfigError(
-                f"no step budget for stage '{stage.name}': bind tfseg.training.TrainConfig."
-                f"num_steps = N, or tfseg.training.TrainConfig.stage_steps = "
-                f"{{{', '.join(repr(n) + ': N' for n in names)}}}.")
-        if steps > 0:
-            schedule.append((stage, start, start + int(steps)))
-            start += int(steps)
-    if not schedule:
-        raise ConfigError("every stage has 0 steps: nothing to train.")
-    return schedule
-
-
-def make_train_step(model, strategy, jit_compile, phases=None, batches_per_step=None):
-    """A `tf.function(iterator, step) -> metrics` running every phase of `model` (or `phases`) once.
-
-    Each phase's gradient function is compiled per replica (with XLA if `jit_compile`); the
-    optimizer update runs outside XLA, in the replica context, where Keras all-reduces the
-    gradients. Metrics are every phase's `PhaseMetrics.flat()`, per-example values gathered from
-    all replicas, plus `nonfinite.FINITE_METRIC` (a scalar bool: every loss and gradient of every
-    replica was finite), with which the caller keeps or undoes the step (`nonfinite.Guard`).
-    """
-    phases = tuple(model.phases if phases is None else phases)
-    batches_per_step = model.batches_per_step if batches_per_step is None else batches_per_step
-    # Without AutoGraph: the step's Python loops run over static phases and batches, and a method's
-    # tensor-dependent branch must be an explicit tf.cond (a tensor used as a Python bool fails at
-    # trace time, loudly). Tracing is then cheaper.
-    gradient_fns = {
-        phase: tf.function(lambda batches, step, phase=phase:
-                           model.phase_gradients(phase, batches, step),
-                           jit_compile=jit_compile, autograph=False)
-        for phase in phases}
-
-    @functools.partial(tf.function, autograph=False)
-    def train_step(iterator, step):
-        batches = tuple(next(iterator) for _ in range(batches_per_step))
-        model.begin_step(phases)
-        out, finite = {}, []
-        for phase in phases:
-            def replica_fn(batches, step, phase=phase):
-                phase_metrics, grads = gradient_fns[phase](batches, step)
-                phase_metrics = phase_metrics.flat()
-                model.apply_phase(phase, grads)
-                # A loss-scaled optimizer skips overflowed gradients itself and lowers its scale:
-                # those steps are expected (float16), not a reason to undo the step.
-                ok = nonfinite.all_finite(phase_metrics, () if model.loss_scaled else grads)
-                return {**phase_metrics, nonfinite.FINITE_METRIC: nonfinite.finite_metric(phase_metrics, ok)}
-            per_replica = strategy.run(replica_fn, args=(batches, step))
-            for name, value in per_replica.items():
-                gathered = strategy.gather(value, axis=0)
-                if name == nonfinite.FINITE_METRIC:
-                    finite.append(tf.reduce_all(gathered > 0.5))
-                else:
-                    out[name] = gathered
-        out[nonfinite.FINITE_METRIC] = tf.reduce_all(tf.stack(finite))
-        return out
-
-    return train_step
-
-
-def method_settings(config, restarts=0):
-    """The method's settings dataclass for `config` (its bindings checked; no network built)."""
-    return config.method(resolution=config.resolution, seed=config.seed + 1000 * restarts)
-
-
-def build_method(config, restarts=0):
-    """The method of `config`, seeded anew for every automatic restart, with gin's mask refinement."""
-    method = method_settings(config, restarts).build()
-    method.mask_refinement = refinement.mask_refinement()
-    return method
-
-
-def restore_float32(config, checkpoint_path):
-    """The method of `config` with float32 networks, whatever precision its run trained in, holding
-    `checkpoint_path`'s weights: the run's test score, evaluation, export and prediction compute what
-    a user's export computes. Its optimizers are built as the run had them (loss scaling included),
-    so the checkpoint's slots find their variables."""
-    with precision.policy("float32"), optimizers.loss_scaling(precision.loss_scaled(config.precision)):
-        model = build_method(config, restarts=checkpointing.saved_restarts(checkpoint_path))
-        model.build_for_training(config.batch_size)
-    state = checkpointing.RunState()
-    try:
-        checkpointing.restore(checkpointing.make_checkpoint(model, state), checkpoint_path)
-    except checkpointing.MissingAverages:
-        # Everything an optimizer trained is there, the segmenter included: only G's average is not.
-        checkpointing.restore(checkpointing.make_checkpoint(model, state, include_unreached=False), checkpoint_path)
-        print(f"warning: {checkpoint_path} predates saved moving averages: G's EMA keeps its initial weights "
-              "(the distilled segmenter is unaffected; PerturbGAN's encoder route is not usable)", file=sys.stderr)
-    return model
+from tfseg.training.loading import build_method, restore_float32
+from tfseg.training.train_config import TrainConfig
+from tfseg.training.train_step import make_train_step
 
 
 def _image_only(example):
@@ -301,9 +57,9 @@ class Trainer:
         # temporary folder, and their summaries nowhere.
         self.is_chief = strategy_lib.is_chief(self.strategy)
         self.write_dir = model_dir if self.is_chief else tempfile.mkdtemp(prefix="tfseg_worker_")
-        self.writers = {name: (tf.summary.create_file_writer(os.path.join(model_dir, name)) if self.is_chief
+        self.writers = {name: (tf.summary.create_file_writer(os.path.join(model_dir, folder)) if self.is_chief
                                else tf.summary.create_noop_writer())
-                        for name in ("train", "validation")}
+                        for name, folder in (("train", run_dir.TRAIN_LOGS), ("validation", run_dir.VALIDATION_LOGS))}
 
     # -- construction ---------------------------------------------------------------------------
     def _build(self, restarts):
@@ -324,16 +80,13 @@ class Trainer:
         # Where a resumed run reads from: the chief's checkpoints, on every worker.
         self.resume_from = (self.latest if self.is_chief else
                             checkpointing.managers(self.checkpoint, self.model_dir, self.config.keep_checkpoints)[0])
-        self.schedule = stage_schedule(self.model, self.config)
+        self.schedule = schedule_lib.stage_schedule(self.model, self.config)
         self.total_steps = self.schedule[-1][2]
         self.stage = None
         self._enter_stage(0)
 
     def _stage_at(self, step):
-        for stage, start, end in self.schedule:
-            if start <= step < end:
-                return stage, start, end
-        return self.schedule[-1]
+        return schedule_lib.stage_at(self.schedule, step)
 
     def _enter_stage(self, step, display=None):
         """Switches to the stage that owns `step`: tells the method, traces that stage's step."""
@@ -348,7 +101,7 @@ class Trainer:
             self._stage_header(display)
 
     def write_operative_config(self):
-        """Writes `OPERATIVE_CONFIG_FILE`: every value the run uses, defaults included.
+        """Writes `run_dir.OPERATIVE_CONFIG_FILE`: every value the run uses, defaults included.
 
         config.gin holds only what was bound (what evaluate, export and resume re-read, so that a
         run follows later defaults only where tfseg checks them); this file answers "what did this
@@ -356,7 +109,7 @@ class Trainer:
         built, so their configurables have been called, and again at the end. Chief only.
         """
         if self.is_chief:
-            with open(os.path.join(self.model_dir, OPERATIVE_CONFIG_FILE), "w", encoding="utf-8") as f:
+            with open(os.path.join(self.model_dir, run_dir.OPERATIVE_CONFIG_FILE), "w", encoding="utf-8") as f:
                 f.write(gin.operative_config_str())
 
     def _stage_header(self, display):
@@ -383,10 +136,6 @@ class Trainer:
         so that the console and TensorBoard show its latest figure rather than nothing."""
         self.carried_values.update(values)
         return self.carried_values
-
-    def _batches_before(self, step):
-        """Real batches the stream delivered before `step` (stages consume different numbers)."""
-        return sum(stage.batches_per_step * max(0, min(step, end) - start) for stage, start, end in self.schedule)
 
     # -- the loop -------------------------------------------------------------------------------
     def train(self, restarts=None):
@@ -437,18 +186,44 @@ class Trainer:
         with self.writers["train"].as_default(step=step):
             # Indented: TensorBoard renders text summaries as Markdown.
             tf.summary.text("config", "\n".join("    " + line for line in gin.config_str().splitlines()))
-        skip = self._batches_before(step) if (resumed and cfg.exact_resume) else 0
+        skip = schedule_lib.batches_before(self.schedule, step) if (resumed and cfg.exact_resume) else 0
         if skip:
             display.message(f"advancing the data stream past the {skip} batches already trained on "
                             "(exact resume; tfseg.training.TrainConfig.exact_resume = False skips this)")
-        iterator = _training_dataset(cfg, self.strategy, skip)
         self.write_operative_config()
         self.display, self.last_metrics, self.last_validation = display, None, None
-        self.nonfinite_total, self.nonfinite_in_a_row, restores = 0, 0, 0
+        self.nonfinite_total, self.nonfinite_in_a_row = 0, 0
+        # The trainer owns its stream and releases it when the loop ends, however it ends: an
+        # iterator still prefetching through tf.numpy_function when the interpreter finalizes would
+        # hang the exit. Held only here (never in a local a traceback could keep alive).
+        self._iterator = _training_dataset(cfg, self.strategy, skip)
+        try:
+            step = self._run_steps(step, display)
+        finally:
+            self._iterator = None
+        if step == duties_lib.RESTART:
+            return self.train(restarts=int(self.state.restarts.numpy()) + 1)
+        self._save_latest(step)
+        if strategy_lib.num_workers(self.strategy) > 1:
+            display.message(f"weights fingerprint {strategy_lib.weights_fingerprint(self.model.variables)} "
+                            "(synchronous training: the same on every worker)")
+        display.message(f"skipped as unreadable: {decode.skipped_count()} file(s)"
+                        + (f", e.g.\n{decode.first_skipped(3)}" if decode.skipped_count() else ""))
+        if self.nonfinite_total:
+            display.message(f"{self.nonfinite_total} step(s) had non-finite losses and were undone")
+        return self.final_evaluation(display)
+
+    def _run_steps(self, step, display):
+        """Trains from `step` to the end of the schedule; returns the last step, or `duties.RESTART`.
+
+        Raises:
+            signals.Stopped: SIGTERM or SIGINT arrived; a checkpoint of the last whole step was written.
+        """
+        cfg, restores = self.config, 0
         with signals.StopRequests() as stop:
             while step < self.total_steps:
                 self._enter_stage(step, display)
-                values = self._train_step_at(step)(iterator, self.state.step)
+                values = self._train_step_at(step)(self._iterator, self.state.step)
                 finite = bool(values.pop(nonfinite.FINITE_METRIC).numpy())
                 if self.guard is not None:
                     self.guard.keep_or_revert(finite)
@@ -470,22 +245,14 @@ class Trainer:
                 stage_end = self._stage_at(step - 1)[2] == step
                 for duty in self.duties:
                     if duty.due(self, step, stage_end) and duty.run(self, step) == duties_lib.RESTART:
-                        return self.train(restarts=int(self.state.restarts.numpy()) + 1)
+                        return duties_lib.RESTART
                 if stop.signum:  # read after the duties: a signal during one of them counts now
                     self._save_latest(step)
                     message = (f"stopped by {stop.name} at step {step}: checkpoint written; run the same "
                                "command again to resume")
                     display.message(message)
                     raise signals.Stopped(stop.signum, message)
-        self._save_latest(step)
-        if strategy_lib.num_workers(self.strategy) > 1:
-            display.message(f"weights fingerprint {strategy_lib.weights_fingerprint(self.model.variables)} "
-                            "(synchronous training: the same on every worker)")
-        display.message(f"skipped as unreadable: {decode.skipped_count()} file(s)"
-                        + (f", e.g.\n{decode.first_skipped(3)}" if decode.skipped_count() else ""))
-        if self.nonfinite_total:
-            display.message(f"{self.nonfinite_total} step(s) had non-finite losses and were undone")
-        return self.final_evaluation(display)
+        return step
 
     def _save_latest(self, step):
         """Saves the latest checkpoint at `step` unless a duty just did."""
@@ -497,7 +264,7 @@ class Trainer:
         candidates = list(reversed(self.resume_from.checkpoints))
         for i, path in enumerate(candidates):
             try:
-                checkpointing.restore(self.checkpoint, path)
+                checkpointing.restore(self.checkpoint, path, self.model.checkpoint_hint)
             except checkpointing.CheckpointMismatch:
                 raise  # another layout, not a damaged file: falling back or starting afresh would lose the run
             except Exception as err:  # pylint: disable=broad-except  # truncated, missing or corrupt files
@@ -532,7 +299,7 @@ class Trainer:
         return step
 
     def _saved_restarts(self):
-        path = tf.train.latest_checkpoint(os.path.join(self.model_dir, "checkpoints"))
+        path = tf.train.latest_checkpoint(os.path.join(self.model_dir, run_dir.CHECKPOINTS_DIR))
         return checkpointing.saved_restarts(path) if path else 0
 
     def final_evaluation(self, display=None):
@@ -554,29 +321,3 @@ class Trainer:
         (display.message if display else print)(
             f"test split, checkpoint {path}:\n{text}")
         return results
-
-
-def run_split_evaluation(model, config, model_dir, split):
-    """Scores `model` on `split` and writes `eval_<split>.json` and `eval_<split>.png`.
-
-    Raises:
-        DataError: the run's data have no masks for `split` (the message says how to get masks of
-            the photos instead).
-    """
-    try:
-        labelled = pipeline.dataset_has_masks(split)
-    except SplitUnavailableError:
-        labelled = False
-    if not labelled:
-        raise DataError(
-            f"this run's data have no masks for the {split!r} split, so there is nothing to score. To see "
-            f"the masks of your photos: python -m tfseg.export --model_dir={model_dir} --export_dir=serving/"
-            f"{os.path.basename(os.path.normpath(model_dir))}, then python -m tfseg.predict --export_dir=serving/"
-            f"{os.path.basename(os.path.normpath(model_dir))}/1 --images=DIR --out=DIR. To score, bind a mask "
-            "folder (tfseg.data.image_folder_source.mask_dir) when training.")
-    results, sample = evaluator.evaluate(model, duties_lib.eval_dataset(config, split))
-    results = {k: (v.item() if hasattr(v, "item") else v) for k, v in results.items()}
-    with open(os.path.join(model_dir, f"eval_{split}.json"), "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
-    grids.save_png(evaluator.prediction_grid(sample, cell=256), os.path.join(model_dir, f"eval_{split}.png"))
-    return results
