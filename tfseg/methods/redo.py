@@ -78,13 +78,13 @@ class ReDOSettings:
             region 0 (on F only; not the paper's, 0 = off). With the size prior it stops F from
             meeting the hinges with a faint layer over the whole image. Measured once with that
             prior on Flowers-17 at 32 px: hard masks, but one bottom strip for every photo
-            (validation 0.28 -> 0.24 over 1,250 steps; docs/real_photos.md); no config sets it.
+            (validation 0.28 -> 0.24 over 1,250 steps; docs/results.md); no config sets it.
         equivariance_weight: weight of tfseg's crop-equivariance term on F (not the paper's, 0 =
             off): mean |F(crop(x)) - crop(F(x))| over a random box per image (side
             `equivariance_min_scale` to 1 of the image; `tfseg.modeling.equivariance`). A fixed
             split (F ignoring its input) disagrees with itself under crops; one extra pass of F.
             Measured on Flowers-17 at 32 px with the size prior and binarization (two runs, stopped
-            at steps 600 and 800, docs/real_photos.md): no gain, validation 0.21-0.33; the split
+            at steps 600 and 800, docs/results.md): no gain, validation 0.21-0.33; the split
             stayed fixed (a faint uniform layer at weight 5, a corner wedge at weight 10); no
             config sets it.
         equivariance_min_scale: smallest side of the equivariance term's boxes.
