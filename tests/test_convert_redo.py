@@ -266,6 +266,7 @@ def test_cli_names_a_missing_file(tmp_path):
     assert f"{missing}: no such file" in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_labels4free_file_and_a_wrong_size_naming_the_file(tmp_path):
     torch = pytest.importorskip("torch", reason="writing a .pth needs torch (pip install -e '.[reference]')")
     alpha = tmp_path / "alpha.pt"

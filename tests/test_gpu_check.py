@@ -32,6 +32,7 @@ def _script(*args):
                           text=True, timeout=300, env=env)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(HAS_GPU, reason="this machine has a GPU: the check would run")
 def test_without_a_gpu_it_says_so_and_exits_2_before_running_anything(tmp_path):
     out = tmp_path / "check"
@@ -42,6 +43,7 @@ def test_without_a_gpu_it_says_so_and_exits_2_before_running_anything(tmp_path):
     assert not out.exists()  # nothing was run, nothing written
 
 
+@pytest.mark.slow
 def test_a_wrong_workload_is_refused_before_any_check_naming_the_workloads(tmp_path):
     result = _script("--workloads=redo_64", f"--out={tmp_path / 'check'}")
     assert result.returncode == 2
@@ -73,6 +75,7 @@ def test_the_planned_training_resolves_at_128_px(tmp_path):
     assert "#   train: steps 1-1000000" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_run_past_its_minutes_is_stopped_with_ctrl_c_and_killed_if_it_ignores_it(tmp_path, monkeypatch):
     waits = "import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    raise SystemExit(130)"
     code, _, seconds, stopped = gpu_check.run_check([sys.executable, "-c", waits], str(tmp_path / "log"), 1.0)
@@ -115,6 +118,7 @@ def test_each_row_reads_what_the_real_tools_print():
         f"{'tests':<30}{'ok':<8}{1.6:>8.1f}  {detail}", f"{'evaluate':<30}{'FAILED':<8}{0.1:>8.1f}  exit code 1"]
 
 
+@pytest.mark.slow
 def test_plan_prints_every_command_and_runs_none_on_any_machine(tmp_path):
     result = _script("--plan", "--workloads=redo_128", "--train_minutes=2", f"--out={tmp_path / 'check'}")
     assert result.returncode == 0, result.stderr[-2000:]

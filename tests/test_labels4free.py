@@ -274,6 +274,7 @@ def test_a_non_finite_path_length_step_keeps_the_running_mean(monkeypatch):
     assert model.path_length_mean.numpy() == 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phases", [("discriminator", "generator"), ("discriminator", "generator", "path_length")])
 def test_the_ema_follows_the_last_g_update_of_the_step_once(phases):
     # As the references accumulate once per iteration, after the adversarial and path-length G steps.

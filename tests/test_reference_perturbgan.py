@@ -406,6 +406,7 @@ def _worst(errors, n=3):
     return ", ".join(f"{k} {v:.1e}" for k, v in sorted(errors.items(), key=lambda kv: -kv[1])[:n])
 
 
+@pytest.mark.slow
 def test_one_training_iteration(authors):
     """One iteration as train.py: every loss term rel <= 1e-4, every parameter after it rel <= 1e-3."""
     loss_errors, param_errors = _run_iterations(authors, 1, seed=5)
@@ -415,6 +416,7 @@ def test_one_training_iteration(authors):
     assert max(param_errors.values()) <= 1e-3, _worst(param_errors, 10)
 
 
+@pytest.mark.slow
 def test_ten_training_iterations(authors):
     """Ten iterations in a row (drift): parameters rel <= 1e-2."""
     loss_errors, param_errors = _run_iterations(authors, 10, seed=6)
@@ -483,6 +485,7 @@ def test_converted_checkpoint_export_predict(authors, tmp_path):
     assert agree >= 0.999
 
 
+@pytest.mark.slow
 def test_training_iterations_fading_in(authors):
     """Progressive growing: ten iterations at 16 px of a 32 px run while its new block fades in
     (alpha 0.1 ... 1, as train.py's fade; Adam's step counts per weight, as torch.optim.Adam's):

@@ -283,6 +283,7 @@ def _train_both(authors, iterations):
     return loss_errors, _parameter_errors(method, nets, iterations)
 
 
+@pytest.mark.slow
 def test_one_training_iteration_matches_the_authors(authors):
     loss_errors, (parameter_errors, undetermined) = _train_both(authors, 1)
     print("one iteration: elements with a gradient below rounding (sign undetermined), of all:", undetermined)

@@ -194,6 +194,7 @@ def test_prepare_refuses_a_non_empty_out_and_overwrite_removes_stale_shards(tmp_
     assert not os.path.exists(tmp_path / "other")
 
 
+@pytest.mark.slow
 def test_prepare_data_cli_writes_shards_and_explains_its_errors(tmp_path):
     images, masks = _photo_folder(tmp_path)
     tool = os.path.join(REPO, "tools", "prepare_data.py")

@@ -197,6 +197,7 @@ class _StopAfterFirstStep(duties.Duty):
         raise signals.Stopped(15, "stopped by the test")
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path):
     result = run_module("tfseg.evaluate", f"--model_dir={tmp_path}")
     assert result.returncode == 2
@@ -336,6 +337,7 @@ def test_dry_run_of_lsun_horse_resolves_the_paper_config_and_reports_the_missing
 
 @pytest.mark.parametrize("line", ["from __gin__ import dynamic_registration", "import subprocess",
                                   "include '/tmp/other.gin'"])
+@pytest.mark.slow
 def test_a_run_folder_config_that_could_run_code_is_refused(tmp_path, line):
     config.parse([os.path.join(REPO, "gin_configs", "demo.gin"), config.SMOKE_CONFIG])
     path = config.save_config(str(tmp_path))
