@@ -5,11 +5,32 @@ this: the weights are the initial ones, and skipping the steps saves their traci
 minute on a busy 2-core machine).
 """
 import os
+import signal
+import subprocess
+import sys
 
 from tfseg import config
 from tfseg.training import checkpointing, loading, train_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: One thread and oneDNN off: runs compared for equal weights compute in one order.
+REPRODUCIBLE_ENV = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
+def train_in_subprocess(args, model_dir, interrupt_after=None, timeout=600):
+    """`python -m tfseg.train args --model_dir=model_dir` in a subprocess (`REPRODUCIBLE_ENV`), Ctrl-C'd
+    (SIGINT) once step `interrupt_after` is logged. Returns (exit code, stdout, stderr)."""
+    process = subprocess.Popen([sys.executable, "-m", "tfseg.train", *args, f"--model_dir={model_dir}"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=REPRODUCIBLE_ENV)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if interrupt_after is not None and line.startswith(f"step {interrupt_after}/"):
+            process.send_signal(signal.SIGINT)
+            break
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, "".join(lines) + out, err
 
 
 def write_untrained_run(model_dir, gin_name="demo.gin", steps=(2,), foreground_region=1, bindings=()):

@@ -3,8 +3,6 @@ blending, per-resolution batch and learning rate, and a run stopped mid-fade."""
 import math
 import os
 import signal
-import subprocess
-import sys
 import warnings
 
 import keras
@@ -19,6 +17,8 @@ from tfseg.methods import perturbgan as pg
 from tfseg.modeling import stylegan
 from tfseg.modeling.layers import upsample_nearest
 from tfseg.training import loading, schedule, train_config
+
+import run_fixture  # tests/run_fixture.py
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 registry.import_configurables()
@@ -187,18 +187,7 @@ GROWING_SMOKE = [f"--gin_file={REPO}/gin_configs/demo_perturbgan.gin", "--smoke"
 
 
 def _run(model_dir, stop_after_step=None):
-    from test_robustness import REPRODUCIBLE_ENV  # noqa: PLC0415  (absl flags are defined there)
-    process = subprocess.Popen([sys.executable, "-m", "tfseg.train", *GROWING_SMOKE, f"--model_dir={model_dir}"],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=REPRODUCIBLE_ENV)
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if stop_after_step is not None and line.startswith(f"step {stop_after_step}/"):
-            process.send_signal(signal.SIGINT)
-            break
-    out, err = process.communicate(timeout=300)
-    return process.returncode, "".join(lines) + out, err
+    return run_fixture.train_in_subprocess(GROWING_SMOKE, model_dir, stop_after_step, timeout=300)
 
 
 @pytest.mark.slow

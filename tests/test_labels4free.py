@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import convert_stylegan2 as conv  # noqa: E402
 import test_convert_stylegan2 as rosinality  # noqa: E402  (tiny state dicts in the rosinality layout)
+import run_fixture  # noqa: E402  (tests/run_fixture.py)
 
 TINY = dict(z_dim=8, w_dim=8, mapping_layers=1, channel_base=64, max_channels=8,
             segmenter_width=8, segmenter_residual_blocks=1)
@@ -437,7 +438,6 @@ def test_pytorch_adam_epsilon_reaches_every_optimizer_of_the_method():
 # -- exact resume with path lengths ---------------------------------------------------------------
 # One intra-op thread and TensorFlow's own kernels, as tests/test_robustness.py: two runs of the same
 # steps then agree bit for bit even when other processes compete for the cores.
-_REPRODUCIBLE_ENV = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_ENABLE_ONEDNN_OPTS": "0"}
 _PATH_LENGTH_STEPS = 12
 # Stage 1 only, with the path-length step every 2nd step (0, 2, 4, ...) and style mixing on.
 _PATH_LENGTH_RUN = [f"--gin_file={REPO}/gin_configs/demo_labels4free.gin", "--smoke",
@@ -449,19 +449,8 @@ _PATH_LENGTH_RUN = [f"--gin_file={REPO}/gin_configs/demo_labels4free.gin", "--sm
 
 
 def _train_path_length_run(model_dir, interrupt_after=None):
-    """`tfseg.train` of `_PATH_LENGTH_RUN` in a subprocess; Ctrl-C (SIGINT) once step `interrupt_after`
-    is logged. Returns (exit code, stdout, stderr)."""
-    process = subprocess.Popen([sys.executable, "-m", "tfseg.train", *_PATH_LENGTH_RUN, f"--model_dir={model_dir}"],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=_REPRODUCIBLE_ENV)
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if interrupt_after is not None and line.startswith(f"step {interrupt_after}/"):
-            process.send_signal(signal.SIGINT)
-            break
-    out, err = process.communicate(timeout=600)
-    return process.returncode, "".join(lines) + out, err
+    """`tfseg.train` of `_PATH_LENGTH_RUN` (`run_fixture.train_in_subprocess`)."""
+    return run_fixture.train_in_subprocess(_PATH_LENGTH_RUN, model_dir, interrupt_after)
 
 
 def _latest_values(model_dir):

@@ -33,7 +33,7 @@ def _checkpoint_values(path):
 # One intra-op thread and TensorFlow's own kernels: reductions then add in one order, so two runs of the same
 # steps agree bit for bit even when another process competes for the cores (multi-threaded oneDNN
 # reductions do not: under CI load they drifted by 1e-4 in 12 steps, as much as a stream off by one batch).
-REPRODUCIBLE_ENV = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_ENABLE_ONEDNN_OPTS": "0"}
+REPRODUCIBLE_ENV = run_fixture.REPRODUCIBLE_ENV
 
 
 def _train_and_signal(model_dir, steps, signum, after_step, env=None):

@@ -12,6 +12,7 @@ from absl import logging
 # ConfigError lives in the leaf module tfseg.errors; the name stays importable from here.
 from tfseg import registry
 from tfseg.errors import ConfigError  # noqa: F401
+from tfseg.training.run_dir import CONFIG_FILE
 
 GIN_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "gin_configs")
@@ -169,7 +170,7 @@ def prepare_model_dir(model_dir):
                           "Pass --model_dir=<a folder you can write>, e.g. --model_dir=runs/demo") from err
 
 
-def save_config(model_dir, name="config.gin"):
+def save_config(model_dir, name=CONFIG_FILE):
     """Writes the full parsed config to `model_dir/name` (what `tfseg.evaluate` re-reads)."""
     path = os.path.join(model_dir, name)
     with open(path, "w") as f:
@@ -179,7 +180,7 @@ def save_config(model_dir, name="config.gin"):
 
 def load_run_config(model_dir, extra_bindings=()):
     """Parses the config a training run saved in `model_dir` (after `registry.import_configurables()`)."""
-    path = os.path.join(model_dir, "config.gin")
+    path = os.path.join(model_dir, CONFIG_FILE)
     if not os.path.exists(path):
         raise ConfigError(f"'{model_dir}' holds no config.gin: it is not a tfseg training run. "
                           "Train first with python -m tfseg.train --gin_file=... "

@@ -5,6 +5,7 @@ permutation; threshold 0.5), writes `eval_<split>.json` and an image | truth | p
 `eval_<split>.png` into the run directory. The foreground region was chosen on validation
 during training; test labels select nothing.
 """
+import os
 import sys
 
 from absl import flags
@@ -29,7 +30,7 @@ def main(argv):
     from tfseg import registry  # pylint: disable=import-outside-toplevel
     from tfseg.errors import ConfigError, DataError, RunDirError  # pylint: disable=import-outside-toplevel
     from tfseg.evaluation import metrics, split_evaluation  # pylint: disable=import-outside-toplevel
-    from tfseg.training import loading  # pylint: disable=import-outside-toplevel
+    from tfseg.training import loading, run_dir  # pylint: disable=import-outside-toplevel
     registry.import_configurables()  # the run's config.gin may name any configurable
 
     if not FLAGS.model_dir:
@@ -45,7 +46,7 @@ def main(argv):
         return 2
     print(f"{FLAGS.split} split, checkpoint {path}:")
     print(metrics.format_table(results))
-    print(f"wrote {FLAGS.model_dir}/eval_{FLAGS.split}.json and eval_{FLAGS.split}.png")
+    print("wrote " + " and ".join(os.path.join(FLAGS.model_dir, name) for name in run_dir.eval_files(FLAGS.split)))
     return 0
 
 

@@ -77,7 +77,8 @@ def train_row(row, gin_file, out, generator_steps, segmenter_steps, extra=(), sm
         done.wait()
     if done.returncode != 0:
         raise RuntimeError(f"row ({row}) failed with exit code {done.returncode}; see {log_path}")
-    with open(os.path.join(model_dir, "eval_test.json")) as f:
+    from tfseg.training import run_dir  # pylint: disable=import-outside-toplevel
+    with open(os.path.join(model_dir, run_dir.eval_files("test")[0])) as f:
         results = json.load(f)
     results["minutes"] = (time.time() - start) / 60
     print(f"[{row}] fg IoU {results['fg_iou']:.4f}  mIoU {results['miou']:.4f}  "

@@ -261,16 +261,17 @@ def convert(alpha_checkpoint, generator_checkpoint, model_dir, batch_size=8, mbs
     if args.get("size") not in (None, g_config["resolution"]):
         raise CheckpointKindError(f"{alpha_what} was trained at --size {args['size']}, {generator_what} draws "
                                   f"{g_config['resolution']} px images")
+    from tfseg.training import run_dir  # pylint: disable=import-outside-toplevel
     some_d = alpha_d_sd if alpha_d_sd is not None else d_sd
     d_config = (sg2_convert.discriminator_config(some_d, mbstd_group) if some_d is not None
                 else {"channel_base": g_config["channel_base"], "max_channels": g_config["max_channels"]})
     settings = dict(settings_from_args(args), mbstd_group=mbstd_group, alpha_r1_logit_weight=1.0,
                     pytorch_adam_epsilon=True, seed=seed)
-    if os.path.exists(os.path.join(model_dir, "config.gin")):
+    if os.path.exists(os.path.join(model_dir, run_dir.CONFIG_FILE)):
         raise FileExistsError(f"{model_dir} already holds a run (config.gin); pass an empty --model_dir")
     os.makedirs(model_dir, exist_ok=True)
     text = run_config_text(g_config, d_config, settings, batch_size, segmenter_steps, extra_bindings)
-    with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
+    with open(os.path.join(model_dir, run_dir.CONFIG_FILE), "w", encoding="utf-8") as f:
         f.write(text)
 
     import tensorflow as tf  # pylint: disable=import-outside-toplevel

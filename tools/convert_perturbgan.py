@@ -294,8 +294,9 @@ def convert_checkpoint(checkpoint, model_dir, min_mask_coverage=0.05, shift_frac
     Returns:
         (sizes dict, checkpoint path).
     """
+    from tfseg.training import run_dir  # pylint: disable=import-outside-toplevel
     sizes = networks_config(checkpoint, what)
-    if os.path.exists(os.path.join(model_dir, "config.gin")):
+    if os.path.exists(os.path.join(model_dir, run_dir.CONFIG_FILE)):
         raise ConversionError(f"{model_dir} already holds a run (config.gin); pick a new --model_dir")
     import gin
     import tensorflow as tf
@@ -307,7 +308,7 @@ def convert_checkpoint(checkpoint, model_dir, min_mask_coverage=0.05, shift_frac
     created = not os.path.exists(model_dir)
     os.makedirs(model_dir, exist_ok=True)
     text = config_text(sizes, min_mask_coverage, shift_fraction)
-    path = os.path.join(model_dir, "config.gin")
+    path = os.path.join(model_dir, run_dir.CONFIG_FILE)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
     try:
@@ -328,7 +329,7 @@ def convert_checkpoint(checkpoint, model_dir, min_mask_coverage=0.05, shift_frac
             shutil.rmtree(model_dir, ignore_errors=True)
         else:
             os.remove(path)
-            shutil.rmtree(os.path.join(model_dir, "checkpoints"), ignore_errors=True)
+            shutil.rmtree(os.path.join(model_dir, run_dir.CHECKPOINTS_DIR), ignore_errors=True)
         raise
     finally:
         gin.clear_config()

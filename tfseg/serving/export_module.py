@@ -42,6 +42,7 @@ import tensorflow as tf
 from tfseg.data import augment
 from tfseg.modeling import refinement
 from tfseg.serving.versions import next_version
+from tfseg.training import run_dir
 
 SIGNATURE_BYTES = "serving_default"
 SIGNATURE_TENSOR = "serve_image_tensor"
@@ -373,7 +374,7 @@ def _latent_endpoint(model):
 
 def checkpoint_selection(checkpoint, which):
     """How the exported checkpoint was chosen, in words (for the summary line and tfseg_export.json)."""
-    if os.path.basename(os.path.dirname(checkpoint)) == "best":
+    if os.path.basename(os.path.dirname(checkpoint)) == run_dir.BEST_DIR:
         return "best on the labelled validation split"
     if which == "best":
         return "latest: the run has no labelled validation split to choose a best checkpoint"

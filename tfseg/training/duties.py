@@ -118,9 +118,10 @@ class Validate(Every):
 
 
 class DetectCollapse(Every):
-    """Automatic restart of collapsed runs (ReDO's reference code has it), for any method: if the smaller region's share fell below `threshold`
-    on the last logged training batch and on validation (at or before `before_step`), the run's
-    checkpoints are deleted and it starts afresh, reseeded (at most `max_restarts` times)."""
+    """Automatic restart of collapsed runs (ReDO's reference code has it), for any method: if the
+    smaller region's share fell below `threshold` on the last logged training batch and on validation
+    (at or before `before_step`), the run's checkpoints are deleted and it starts afresh, reseeded (at
+    most `max_restarts` times)."""
 
     def __init__(self, every, threshold, before_step, max_restarts):
         super().__init__(every)

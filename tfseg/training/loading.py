@@ -37,7 +37,8 @@ def restore_float32(config, checkpoint_path):
     except checkpointing.MissingAverages:
         # Everything an optimizer trained is there (a distilled segmenter included); only the weights
         # no optimizer trains (a generator's moving average) are not.
-        checkpointing.restore(checkpointing.make_checkpoint(model, state, include_unreached=False), checkpoint_path)
+        checkpointing.restore(checkpointing.make_checkpoint(model, state, include_unreached=False), checkpoint_path,
+                              model.checkpoint_hint)
         print(f"warning: {checkpoint_path} predates saved moving averages: the weights no optimizer trains "
               "(a generator's moving average) keep their initial values; every trained network, a distilled "
               "segmenter included, is restored", file=sys.stderr)
